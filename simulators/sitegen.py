@@ -1,0 +1,89 @@
+"""Build site files for simulated fleets: scaled-up districts and free loopback ports."""
+
+from __future__ import annotations
+
+import math
+import socket
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from siren_gateway.config import DEFAULT_PROFILES_DIR
+
+PROFILE = "generic_siren_controller"
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports free right now on `host` (all held open together, so they are distinct)."""
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((host, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def generate_site(
+    sirens: int,
+    units_per_line: int = 1,
+    poll_interval_s: float = 2.0,
+    timeout_s: float = 1.0,
+    center: tuple[float, float] = (32.06, 118.82),
+    zones: list[dict[str, str]] | None = None,
+    name: str = "Simulated district",
+) -> dict[str, Any]:
+    """A site of `sirens` controllers on a spiral around `center`.
+
+    With units_per_line > 1, controllers share RS-485 lines behind serial device servers
+    (Modbus RTU over TCP), `units_per_line` unit ids per port; otherwise each has its own port.
+    Ports are placeholders: call assign_free_ports before use.
+    """
+    zones = zones or [{"id": f"zone-{i + 1}", "name": f"Zone {i + 1}"} for i in range(6)]
+    entries = []
+    for i in range(sirens):
+        angle, radius = i * 2.399963, 0.004 * math.sqrt(i + 1)  # golden-angle spiral
+        if units_per_line > 1:
+            link = {"type": "modbus_rtu_over_tcp", "host": "127.0.0.1",
+                    "port": 1 + i // units_per_line, "unit_id": 1 + i % units_per_line,
+                    "timeout_s": timeout_s}
+        else:
+            link = {"type": "modbus_tcp", "host": "127.0.0.1", "port": 1 + i, "unit_id": 1,
+                    "timeout_s": timeout_s}
+        entries.append({
+            "id": f"s{i + 1:05d}",
+            "name": f"Siren {i + 1}",
+            "location": {"lat": round(center[0] + radius * math.sin(angle), 5),
+                         "lon": round(center[1] + radius * math.cos(angle), 5)},
+            "zones": [zones[i % len(zones)]["id"]],
+            "profile": PROFILE,
+            "link": link,
+            "poll_interval_s": poll_interval_s,
+        })
+    return {"site": {"name": name, "timezone": "Asia/Shanghai"}, "zones": zones,
+            "sirens": entries}
+
+
+def assign_free_ports(site: dict[str, Any], host: str = "127.0.0.1") -> dict[str, Any]:
+    """Move every TCP endpoint of the site to a free port, keeping which sirens share one."""
+    old_ports = sorted({(s["link"]["type"], s["link"]["port"]) for s in site["sirens"]
+                        if "port" in s["link"]})
+    mapping = dict(zip(old_ports, free_ports(len(old_ports), host), strict=True))
+    for siren in site["sirens"]:
+        link = siren["link"]
+        if "port" in link:
+            link["port"] = mapping[(link["type"], link["port"])]
+            link["host"] = host
+    return site
+
+
+def write_site(site: dict[str, Any], path: Path, database: Path | None = None) -> Path:
+    """Write a site file that works from any folder (absolute profile and database paths)."""
+    site = dict(site)
+    site["profiles_dir"] = str(DEFAULT_PROFILES_DIR)
+    if database is not None:
+        site["storage"] = dict(site.get("storage", {})) | {"path": str(database)}
+    path.write_text(yaml.safe_dump(site, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+
+from siren_gateway.api.deps import GatewayDep
+from siren_gateway.model import utc_now
+
+router = APIRouter(tags=["sirens"])
+
+
+@router.get("/sirens")
+def list_sirens(gateway: GatewayDep) -> list[dict[str, Any]]:
+    return [state.as_dict() for state in gateway.fleet.states.values()]
+
+
+@router.get("/sirens/{siren_id}")
+async def get_siren(
+    siren_id: str,
+    gateway: GatewayDep,
+    history_minutes: Annotated[float, Query(gt=0, le=60 * 24 * 366)] = 60,
+    history_limit: Annotated[int, Query(ge=0, le=10_000)] = 500,
+) -> dict[str, Any]:
+    state = gateway.fleet.get(siren_id)
+    if state is None:
+        raise HTTPException(404, f"no siren with id {siren_id!r}")
+    since = utc_now() - timedelta(minutes=history_minutes)
+    history = await gateway.telemetry.history(siren_id, since, history_limit) if history_limit else []
+    return state.as_dict() | {"history": history}

@@ -1,0 +1,90 @@
+"""In-process publish/subscribe of typed events with bounded queues.
+
+Publishing never blocks and never fails: a subscriber that falls behind loses its own oldest
+events (counted), so a slow dashboard or database can never stall the pollers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+
+from siren_gateway.model import Sample
+
+
+@dataclass(frozen=True, slots=True)
+class SampleReceived:
+    sample: Sample
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    siren_id: str
+    old: str
+    new: str
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FaultsChanged:
+    siren_id: str
+    raised: frozenset[str]
+    cleared: frozenset[str]
+    active: frozenset[str]
+    at: datetime
+
+
+Event = SampleReceived | StatusChanged | FaultsChanged
+
+
+class Subscription:
+    def __init__(self, bus: Bus, name: str, maxsize: int,
+                 kinds: tuple[type[Event], ...] | None) -> None:
+        self.name = name
+        self.kinds = kinds
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
+        self.dropped = 0
+        self.delivered = 0
+        self._bus = bus
+
+    def offer(self, event: Event) -> None:
+        if self.kinds is not None and not isinstance(event, self.kinds):
+            return
+        if self.queue.full():
+            self.queue.get_nowait()  # the oldest goes: live views care about the newest
+            self.dropped += 1
+        self.queue.put_nowait(event)
+        self.delivered += 1
+
+    async def get(self) -> Event:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        self._bus.unsubscribe(self)
+
+
+class Bus:
+    def __init__(self) -> None:
+        self._subscriptions: list[Subscription] = []
+        self.published = 0
+
+    def subscribe(self, name: str, maxsize: int = 1000,
+                  kinds: tuple[type[Event], ...] | None = None) -> Subscription:
+        subscription = Subscription(self, name, maxsize, kinds)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        if subscription in self._subscriptions:
+            self._subscriptions.remove(subscription)
+
+    def publish(self, event: Event) -> None:
+        self.published += 1
+        for subscription in self._subscriptions:
+            subscription.offer(event)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {s.name: {"queued": s.queue.qsize(), "delivered": s.delivered, "dropped": s.dropped}
+                for s in self._subscriptions}

@@ -1,0 +1,93 @@
+"""Command line: check-config, run, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from siren_gateway.config import ConfigError, load_site
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        site = load_site(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"{args.file}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    cfg = site.config
+    print(f"{args.file}: OK - {len(cfg.sirens)} sirens, {len(cfg.zones)} zones, "
+          f"{len(site.signals)} signals, profiles: {', '.join(sorted(site.profiles))}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from siren_gateway.api.app import create_app
+    from siren_gateway.gateway import Gateway
+
+    try:
+        site = load_site(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    api = site.config.api
+    app = create_app(Gateway(site, args.database))
+    uvicorn.run(app, host=args.host or api.host, port=args.port or api.port, log_level="info")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from siren_gateway.demo import run_demo
+
+    if args.sirens is not None and not 1 <= args.sirens <= 20000:
+        print("--sirens must be between 1 and 20000", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_demo(args.port, args.sim_port, args.sirens, args.data_dir))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="siren-gateway",
+                                     description="Monitor and control outdoor warning sirens.")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check-config", help="validate a site file; exit 1 if it has problems")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_check_config)
+
+    run = sub.add_parser("run", help="run the gateway against the devices of a site file")
+    run.add_argument("--config", type=Path, required=True)
+    run.add_argument("--host", default=None, help="API address (default: from the config)")
+    run.add_argument("--port", type=int, default=None, help="API port (default: from the config)")
+    run.add_argument("--database", type=Path, default=None, help="SQLite file (default: config)")
+    run.set_defaults(handler=_run)
+
+    demo = sub.add_parser("demo", help="simulated district + gateway + API on 127.0.0.1")
+    demo.add_argument("--port", type=int, default=8080, help="gateway API port")
+    demo.add_argument("--sim-port", type=int, default=8081, help="simulator control API port")
+    demo.add_argument("--sirens", type=int, default=None,
+                      help="simulate N sirens instead of the 20 of config/demo.yaml")
+    demo.add_argument("--data-dir", type=Path, default=None,
+                      help="where the demo writes its site file and database (default: a temp dir)")
+    demo.set_defaults(handler=_demo)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we count and report link errors
+    handler = args.handler
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

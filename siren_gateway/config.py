@@ -1,0 +1,347 @@
+"""Site configuration: the YAML file that describes one district's sirens, validated at the edge.
+
+Every problem is reported with the file, the path of the bad key (``sirens[3].link.port``) and why.
+Unknown keys, duplicate ids, unknown zones and unknown profiles are errors: a typo in a safety
+system's configuration must stop it from starting, not be ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from siren_gateway.profiles import ModbusProfile, parse_profile
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_DIR = PACKAGE_DIR.parent
+DEFAULT_PROFILES_DIR = REPO_DIR / "devices"
+DEFAULT_SIGNALS_FILE = PACKAGE_DIR / "default_signals.yaml"
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+UnitId = Annotated[int, Field(ge=0, le=247)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModbusTcpLink(_Strict):
+    """Modbus TCP (MBAP framing) to a controller or a Modbus gateway."""
+
+    type: Literal["modbus_tcp"]
+    host: str
+    port: Port = 502
+    unit_id: UnitId = 1
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+
+
+class ModbusRtuOverTcpLink(_Strict):
+    """Modbus RTU frames tunnelled through a serial device server (RS-485 multidrop)."""
+
+    type: Literal["modbus_rtu_over_tcp"]
+    host: str
+    port: Port
+    unit_id: UnitId = Field(ge=1)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+
+
+class ModbusRtuSerialLink(_Strict):
+    """Modbus RTU on a local serial port."""
+
+    type: Literal["modbus_rtu"]
+    device: str
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    unit_id: UnitId = Field(ge=1)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+
+
+Link = Annotated[
+    ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuSerialLink, Field(discriminator="type")
+]
+LINK_TYPES = frozenset({"modbus_tcp", "modbus_rtu_over_tcp", "modbus_rtu"})
+
+
+def endpoint_key(link: ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuSerialLink) -> str:
+    """Sirens whose links share this key share one connection (and its request queue)."""
+    if isinstance(link, ModbusRtuSerialLink):
+        return f"serial:{link.device}"
+    return f"{link.type}:{link.host}:{link.port}"
+
+
+class Location(_Strict):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class SirenConfig(_Strict):
+    id: Identifier
+    name: str = Field(min_length=1)
+    location: Location
+    zones: list[Identifier] = []
+    profile: Identifier
+    link: Link
+    poll_interval_s: float = Field(default=5.0, ge=0.05, le=3600)
+    # In maintenance: never sounded, raises nothing. Still polled so its health stays visible.
+    inhibited: bool = False
+
+
+class ZoneConfig(_Strict):
+    id: Identifier
+    name: str
+    name_zh: str | None = None
+
+
+class SignalStep(_Strict):
+    on_s: float = Field(gt=0, le=3600)
+    off_s: float = Field(default=0, ge=0, le=3600)
+    repeat: int = Field(default=1, ge=1, le=1000)
+
+
+class SignalConfig(_Strict):
+    id: Identifier
+    name_en: str
+    name_zh: str
+    tone: Literal["steady", "wailing"]
+    steps: list[SignalStep] = Field(min_length=1)
+
+    @property
+    def duration_s(self) -> float:
+        """Time from the first onset until the pattern ends (a trailing pause is not sounding)."""
+        total = sum((s.on_s + s.off_s) * s.repeat for s in self.steps)
+        return total - self.steps[-1].off_s
+
+
+class SiteInfo(_Strict):
+    name: str
+    name_zh: str | None = None
+    timezone: str = "Asia/Shanghai"
+
+
+class PollingConfig(_Strict):
+    # Consecutive failed polls before a siren is declared offline.
+    offline_after_failures: int = Field(default=3, ge=1, le=100)
+    # A siren is stale when its last good poll is older than this many poll intervals.
+    stale_after_intervals: float = Field(default=2.5, ge=1.0, le=100)
+    # Longest wait between polls of a failing device (exponential back-off up to this).
+    backoff_max_s: float = Field(default=60.0, ge=1, le=3600)
+    jitter_fraction: float = Field(default=0.05, ge=0, le=0.5)
+
+
+class StorageConfig(_Strict):
+    path: str = "siren-gateway.db"
+    telemetry_retention_days: float = Field(default=30.0, gt=0)
+    # Store a sample per siren at most this often unless something discrete changed (state,
+    # faults, flags); 0 stores every poll.
+    telemetry_min_interval_s: float = Field(default=60.0, ge=0)
+
+
+class ApiConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+
+
+class SiteConfig(_Strict):
+    site: SiteInfo
+    profiles_dir: str | None = None  # relative to the config file; default: the repo's devices/
+    zones: list[ZoneConfig] = []
+    sirens: list[SirenConfig] = Field(min_length=1)
+    signals: list[SignalConfig] | None = None  # None: the shipped defaults
+    polling: PollingConfig = PollingConfig()
+    storage: StorageConfig = StorageConfig()
+    api: ApiConfig = ApiConfig()
+
+    @model_validator(mode="after")
+    def _check_signal_ids(self) -> SiteConfig:
+        ids = [s.id for s in self.signals or []]
+        if len(ids) != len(set(ids)):
+            raise ValueError("signal ids must be unique")
+        return self
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    path: str  # e.g. sirens[3].link.port; empty for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(Exception):
+    def __init__(self, file: Path, problems: list[ConfigProblem]):
+        self.file = file
+        self.problems = problems
+        lines = "\n".join(f"{file}: {p}" for p in problems)
+        super().__init__(lines)
+
+
+@dataclass(frozen=True)
+class Site:
+    """A validated configuration together with what it refers to (profiles, signals)."""
+
+    config: SiteConfig
+    profiles: dict[str, ModbusProfile]
+    signals: dict[str, SignalConfig]
+    source: Path | None
+
+    def siren(self, siren_id: str) -> SirenConfig | None:
+        return next((s for s in self.config.sirens if s.id == siren_id), None)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; in a safety config that is an error."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,  # type: ignore[arg-type]
+)
+
+
+def read_yaml(file: Path) -> Any:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(file, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from exc
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(file, [ConfigProblem("", f"{where}invalid YAML: {problem}")]) from exc
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    """('sirens', 3, 'link', 'modbus_tcp', 'port') -> 'sirens[3].link.port'."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in LINK_TYPES and i > 0 and loc[i - 1] == "link":
+            continue  # pydantic names the union member it tried; the user never wrote it
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def problems_from_validation(exc: ValidationError) -> list[ConfigProblem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif "input" in err and not isinstance(err["input"], dict | list):
+            message = f"{message} (got {err['input']!r})"
+        problems.append(ConfigProblem(format_location(tuple(err["loc"])), message))
+    return problems
+
+
+def load_profile_file(file: Path) -> ModbusProfile:
+    data = read_yaml(file)
+    try:
+        return parse_profile(data, file)
+    except ValidationError as exc:
+        raise ConfigError(file, problems_from_validation(exc)) from exc
+
+
+def load_profiles(directory: Path) -> dict[str, ModbusProfile]:
+    profiles: dict[str, ModbusProfile] = {}
+    for file in sorted(directory.glob("*.yaml")):
+        profile = load_profile_file(file)
+        if profile.name in profiles:
+            raise ConfigError(file, [ConfigProblem("model", f"model {profile.name!r} is defined "
+                                                   f"twice (also in {profiles[profile.name].source})")])
+        profiles[profile.name] = profile
+    return profiles
+
+
+def load_default_signals() -> list[SignalConfig]:
+    data = read_yaml(DEFAULT_SIGNALS_FILE)
+    try:
+        return [SignalConfig.model_validate(item) for item in data["signals"]]
+    except ValidationError as exc:
+        raise ConfigError(DEFAULT_SIGNALS_FILE, problems_from_validation(exc)) from exc
+
+
+def _check_references(
+    config: SiteConfig, profiles: dict[str, ModbusProfile], signals: dict[str, SignalConfig]
+) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    zone_ids: set[str] = set()
+    for i, zone in enumerate(config.zones):
+        if zone.id in zone_ids:
+            problems.append(ConfigProblem(f"zones[{i}].id", f"duplicate zone id {zone.id!r}"))
+        zone_ids.add(zone.id)
+    siren_ids: set[str] = set()
+    units: dict[tuple[str, int], str] = {}
+    for i, siren in enumerate(config.sirens):
+        if siren.id in siren_ids:
+            problems.append(ConfigProblem(f"sirens[{i}].id", f"duplicate siren id {siren.id!r}"))
+        siren_ids.add(siren.id)
+        for j, zone in enumerate(siren.zones):
+            if zone not in zone_ids:
+                problems.append(ConfigProblem(f"sirens[{i}].zones[{j}]", f"unknown zone {zone!r}"))
+        profile = profiles.get(siren.profile)
+        if profile is None:
+            known = ", ".join(sorted(profiles)) or "none"
+            problems.append(ConfigProblem(f"sirens[{i}].profile",
+                                          f"unknown profile {siren.profile!r} (known: {known})"))
+        unit = (endpoint_key(siren.link), siren.link.unit_id)
+        if unit in units:
+            problems.append(ConfigProblem(
+                f"sirens[{i}].link",
+                f"same endpoint and unit id as siren {units[unit]!r}: two sirens cannot share a "
+                "Modbus address"))
+        units[unit] = siren.id
+    for profile in profiles.values():
+        for signal_id in profile.spec.signal_codes:
+            if signal_id not in signals:
+                problems.append(ConfigProblem(
+                    "signals", f"profile {profile.name!r} has a code for signal {signal_id!r}, "
+                    "which the site does not define"))
+    return problems
+
+
+def load_site(file: Path) -> Site:
+    """Read, validate and cross-check a site file; raise ConfigError listing every problem."""
+    file = Path(file)
+    data = read_yaml(file)
+    if not isinstance(data, dict):
+        raise ConfigError(file, [ConfigProblem("", "the file must hold a mapping at the top")])
+    try:
+        config = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(file, problems_from_validation(exc)) from exc
+    profiles_dir = (
+        (file.parent / config.profiles_dir).resolve() if config.profiles_dir else DEFAULT_PROFILES_DIR
+    )
+    if not profiles_dir.is_dir():
+        raise ConfigError(file, [ConfigProblem("profiles_dir", f"not a directory: {profiles_dir}")])
+    profiles = load_profiles(profiles_dir)
+    signal_list = config.signals if config.signals is not None else load_default_signals()
+    signals = {s.id: s for s in signal_list}
+    problems = _check_references(config, profiles, signals)
+    if problems:
+        raise ConfigError(file, problems)
+    used = {s.profile for s in config.sirens}
+    return Site(config, {k: v for k, v in profiles.items() if k in used}, signals, file)

@@ -1,0 +1,160 @@
+"""The live picture of every siren: reachability, latest status, active faults.
+
+Only the poller (and later the MQTT link) writes here; the API reads. Every change of
+reachability or of the fault set is published once on the bus, at the moment it is observed.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from siren_gateway.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
+from siren_gateway.config import PollingConfig, Site, SirenConfig
+from siren_gateway.model import LinkError, Sample, utc_now
+
+
+class Reachability(enum.StrEnum):
+    UNKNOWN = "unknown"  # not polled yet
+    ONLINE = "online"  # the last poll answered
+    STALE = "stale"  # answered before, but nothing fresh for a while
+    OFFLINE = "offline"  # several polls in a row went unanswered
+
+
+@dataclass
+class SirenState:
+    config: SirenConfig
+    sounding_current_threshold: float | None
+    reachability: Reachability = Reachability.UNKNOWN
+    since: datetime = field(default_factory=utc_now)
+    last_seen: datetime | None = None
+    last_attempt: datetime | None = None
+    sample: Sample | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    polls_ok: int = 0
+    polls_failed: int = 0
+
+    @property
+    def faults(self) -> frozenset[str]:
+        return self.sample.faults if self.sample else frozenset()
+
+    @property
+    def last_known_state(self) -> str:
+        value = self.sample.values.get("state") if self.sample else None
+        return str(value) if value is not None else "unknown"
+
+    @property
+    def state(self) -> str:
+        """The controller's activity (idle, sounding, ...) now; unknown unless it is answering.
+
+        A siren that stopped answering may be sounding on battery or may be dead: showing its
+        last answer as the present would be a lie in the one case that matters.
+        """
+        return self.last_known_state if self.reachability is Reachability.ONLINE else "unknown"
+
+    @property
+    def horn_on(self) -> bool:
+        """Sound is physically coming out: the device reports sounding current above threshold."""
+        if (self.sample is None or self.sounding_current_threshold is None
+                or self.reachability is not Reachability.ONLINE):
+            return False
+        current = self.sample.values.get("sounding_current")
+        return isinstance(current, int | float) and current >= self.sounding_current_threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        cfg = self.config
+        sample = self.sample
+        return {
+            "id": cfg.id,
+            "name": cfg.name,
+            "zones": list(cfg.zones),
+            "location": {"lat": cfg.location.lat, "lon": cfg.location.lon},
+            "profile": cfg.profile,
+            "inhibited": cfg.inhibited,
+            "online": self.reachability is Reachability.ONLINE,
+            "reachability": self.reachability.value,
+            "reachability_since": self.since.isoformat(),
+            "state": self.state,
+            "last_known_state": self.last_known_state,
+            "sounding": self.state == "sounding",
+            "horn_on": self.horn_on,
+            "last_seen": self.last_seen.isoformat() if self.last_seen else None,
+            "last_error": self.last_error,
+            "consecutive_failures": self.consecutive_failures,
+            "faults": sorted(self.faults),
+            "telemetry": dict(sample.values) if sample else None,
+            "device_time": sample.device_time.isoformat() if sample and sample.device_time
+            else None,
+            "polls": {"ok": self.polls_ok, "failed": self.polls_failed},
+        }
+
+
+class Fleet:
+    def __init__(self, site: Site, bus: Bus) -> None:
+        self.bus = bus
+        self.polling: PollingConfig = site.config.polling
+        self.states: dict[str, SirenState] = {
+            s.id: SirenState(s, site.profiles[s.profile].spec.sounding_current_threshold)
+            for s in site.config.sirens
+        }
+
+    def get(self, siren_id: str) -> SirenState | None:
+        return self.states.get(siren_id)
+
+    def _set_reachability(self, state: SirenState, new: Reachability, at: datetime,
+                          reason: str) -> None:
+        if state.reachability is new:
+            return
+        old, state.reachability, state.since = state.reachability, new, at
+        self.bus.publish(StatusChanged(state.config.id, old.value, new.value, at, reason))
+
+    def record_sample(self, sample: Sample) -> None:
+        state = self.states[sample.siren_id]
+        before = state.faults
+        state.sample = sample
+        state.last_seen = state.last_attempt = sample.received_at
+        state.consecutive_failures = 0
+        state.last_error = None
+        state.polls_ok += 1
+        self._set_reachability(state, Reachability.ONLINE, sample.received_at, "answered")
+        if sample.faults != before:
+            self.bus.publish(FaultsChanged(sample.siren_id, sample.faults - before,
+                                           before - sample.faults, sample.faults,
+                                           sample.received_at))
+        self.bus.publish(SampleReceived(sample))
+
+    def record_failure(self, siren_id: str, error: LinkError) -> None:
+        state = self.states[siren_id]
+        now = utc_now()
+        state.last_attempt = now
+        state.consecutive_failures += 1
+        state.polls_failed += 1
+        state.last_error = str(error)
+        if state.consecutive_failures >= self.polling.offline_after_failures:
+            self._set_reachability(state, Reachability.OFFLINE, now,
+                                   f"{state.consecutive_failures} polls failed: {error.reason}")
+        else:
+            self.check_stale(state, now)
+
+    def check_stale(self, state: SirenState, now: datetime) -> None:
+        if state.reachability is not Reachability.ONLINE or state.last_seen is None:
+            return
+        limit = timedelta(seconds=state.config.poll_interval_s * self.polling.stale_after_intervals)
+        if now - state.last_seen > limit:
+            self._set_reachability(state, Reachability.STALE, now, "no fresh status")
+
+    def sweep(self) -> None:
+        """Catch sirens whose polls hang rather than fail (called periodically)."""
+        now = utc_now()
+        for state in self.states.values():
+            self.check_stale(state, now)
+
+    def counts(self) -> dict[str, int]:
+        out = {r.value: 0 for r in Reachability}
+        for state in self.states.values():
+            out[state.reachability.value] += 1
+        out["with_faults"] = sum(1 for s in self.states.values() if s.faults)
+        return out

@@ -1,0 +1,71 @@
+"""The composition root: builds every long-lived part from the site and owns their lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from siren_gateway.bus import Bus
+from siren_gateway.config import Site
+from siren_gateway.fleet import Fleet
+from siren_gateway.links.base import SirenLink
+from siren_gateway.links.modbus import ModbusEndpoint, build_modbus_links
+from siren_gateway.poller import Poller
+from siren_gateway.storage import Database, TelemetryStore
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, site: Site, database_path: str | Path | None = None) -> None:
+        self.site = site
+        self.bus = Bus()
+        self.fleet = Fleet(site, self.bus)
+        storage = site.config.storage
+        path = Path(database_path) if database_path else Path(storage.path)
+        if site.source is not None and not path.is_absolute() and database_path is None:
+            path = site.source.parent / path
+        self.db = Database(path)
+        self.telemetry = TelemetryStore(self.db, self.bus, storage)
+        links, self.endpoints = build_modbus_links(
+            [(s.id, s.link, site.profiles[s.profile]) for s in site.config.sirens])
+        self.links: dict[str, SirenLink] = dict(links)
+        self.poller = Poller(self.fleet, self.links)
+        self.started_at: float | None = None
+
+    async def start(self) -> None:
+        await self.db.open()
+        self.telemetry.start()
+        self.poller.start()
+        self.started_at = time.time()
+        log.info("gateway started: %d sirens on %d endpoints",
+                 len(self.fleet.states), len(self.endpoints))
+
+    async def stop(self) -> None:
+        await self.poller.stop()
+        for endpoint in self.endpoints:
+            await endpoint.close()
+        await self.telemetry.stop()
+        await self.db.close()
+        log.info("gateway stopped")
+
+    def health(self) -> dict[str, Any]:
+        endpoints: list[ModbusEndpoint] = self.endpoints
+        polls_ok = sum(s.polls_ok for s in self.fleet.states.values())
+        polls_failed = sum(s.polls_failed for s in self.fleet.states.values())
+        reasons: dict[str, int] = {}
+        for endpoint in endpoints:
+            for reason, n in endpoint.stats.failures_by_reason.items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        return {
+            "status": "ok" if self.started_at else "starting",
+            "site": self.site.config.site.name,
+            "uptime_s": round(time.time() - self.started_at, 1) if self.started_at else 0.0,
+            "sirens": self.fleet.counts() | {"total": len(self.fleet.states)},
+            "polls": {"ok": polls_ok, "failed": polls_failed, "failures_by_reason": reasons},
+            "endpoints": len(endpoints),
+            "bus": self.bus.stats(),
+            "telemetry_store": self.telemetry.stats(),
+        }

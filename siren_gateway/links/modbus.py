@@ -1,0 +1,268 @@
+"""Modbus links on pymodbus: one client per endpoint, requests serialised, commands first.
+
+An endpoint is one connection: a controller's own TCP port, or a serial device server with an
+RS-485 line of several controllers behind it. Modbus allows one request in flight per connection,
+so each endpoint owns a priority queue drained by one worker task; a command waiting behind
+polls goes to the front. Each request has a hard deadline, so one dead device costs at most its
+timeout on a shared line and nothing at all on the others' connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+
+from siren_gateway.config import (
+    ModbusRtuOverTcpLink,
+    ModbusRtuSerialLink,
+    ModbusTcpLink,
+    endpoint_key,
+)
+from siren_gateway.model import Command, LinkError, Sample, utc_now
+from siren_gateway.profiles import ModbusProfile
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ModbusLinkConfig = ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuSerialLink
+ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+COMMAND_PRIORITY = 0
+POLL_PRIORITY = 1
+# pymodbus drops a connection after a few unanswered requests by design; on a shared line that
+# would cut off the healthy devices because of one dead one, so the endpoint decides instead.
+_NEVER_DISCONNECT = 1 << 30
+
+
+@dataclass
+class EndpointStats:
+    requests: int = 0
+    failures: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+    rejected_queue_full: int = 0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(order=True)
+class _Job:
+    priority: int
+    order: int
+    run: Callable[[ModbusClient], Awaitable[Any]] = field(compare=False)
+    future: asyncio.Future[Any] = field(compare=False)
+
+
+def _make_client(link: ModbusLinkConfig, timeout_s: float) -> ModbusClient:
+    # retries=0 and no automatic reconnect: timing and back-off are ours to decide.
+    if isinstance(link, ModbusRtuSerialLink):
+        return AsyncModbusSerialClient(
+            link.device, framer=FramerType.RTU, baudrate=link.baudrate, parity=link.parity,
+            stopbits=link.stopbits, timeout=timeout_s, retries=0, reconnect_delay=0,
+        )
+    framer = FramerType.SOCKET if isinstance(link, ModbusTcpLink) else FramerType.RTU
+    return AsyncModbusTcpClient(
+        link.host, port=link.port, framer=framer, timeout=timeout_s, retries=0, reconnect_delay=0,
+    )
+
+
+class ModbusEndpoint:
+    """One Modbus connection and the queue of requests waiting for it."""
+
+    def __init__(self, link: ModbusLinkConfig, timeout_s: float, units: int,
+                 connect_backoff_max_s: float = 30.0) -> None:
+        self.key = endpoint_key(link)
+        self.timeout_s = timeout_s
+        self.shared = units > 1
+        self.stats = EndpointStats()
+        self._client = _make_client(link, timeout_s)
+        self._client.set_max_no_responses(_NEVER_DISCONNECT)
+        self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue(maxsize=4 * units + 16)
+        self._order = itertools.count()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self._connect_backoff_max_s = connect_backoff_max_s
+        self._connect_backoff_s = 0.0
+        self._next_connect_at = 0.0
+
+    async def submit(self, priority: int, run: Callable[[ModbusClient], Awaitable[T]]) -> T:
+        """Queue a request; wait for its result. Raises LinkError."""
+        if self._closed:
+            raise LinkError("closed", self.key)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        try:
+            self._queue.put_nowait(_Job(priority, next(self._order), run, future))
+        except asyncio.QueueFull:
+            self.stats.rejected_queue_full += 1
+            raise LinkError("queue_full", self.key) from None
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._drain(), name=f"modbus {self.key}")
+        return await future
+
+    async def _drain(self) -> None:
+        while True:
+            job = await self._queue.get()
+            if job.future.done():  # the caller gave up (cancelled)
+                continue
+            try:
+                result = await self._execute(job)
+            except LinkError as exc:
+                self._count_failure(exc.reason)
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            except Exception as exc:  # a bug or a library surprise must not kill the endpoint
+                log.exception("unexpected error on %s", self.key)
+                self._count_failure("internal")
+                if not job.future.done():
+                    job.future.set_exception(LinkError("internal", repr(exc)))
+            else:
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    def _count_failure(self, reason: str) -> None:
+        self.stats.failures += 1
+        self.stats.failures_by_reason[reason] = self.stats.failures_by_reason.get(reason, 0) + 1
+
+    async def _ensure_connected(self) -> None:
+        if self._client.connected:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._next_connect_at:
+            raise LinkError("unreachable", f"{self.key}: waiting before reconnecting")
+        self.stats.connects += 1
+        try:
+            async with asyncio.timeout(self.timeout_s + 1.0):
+                ok = await self._client.connect()
+        except (TimeoutError, OSError, ModbusException):
+            ok = False
+        if ok:
+            self._connect_backoff_s = 0.0
+            return
+        self.stats.connect_failures += 1
+        self._connect_backoff_s = min(self._connect_backoff_max_s,
+                                      max(0.25, self._connect_backoff_s * 2))
+        self._next_connect_at = loop.time() + self._connect_backoff_s
+        self._client.close()
+        raise LinkError("connect_failed", self.key)
+
+    async def _execute(self, job: _Job) -> Any:
+        self.stats.requests += 1
+        await self._ensure_connected()
+        try:
+            # pymodbus enforces the timeout itself; ours is the backstop for a wedged transport.
+            async with asyncio.timeout(self.timeout_s * 2 + 0.5):
+                return await job.run(self._client)
+        except TimeoutError:
+            self._after_timeout()
+            raise LinkError("timeout", self.key) from None
+        except ModbusIOException as exc:
+            if not self._client.connected:
+                raise LinkError("disconnected", "the device closed the connection") from None
+            self._after_timeout()
+            reason = "timeout" if "No response" in str(exc) else "protocol"
+            raise LinkError(reason, str(exc)) from None
+        except (ConnectionException, OSError) as exc:
+            self._client.close()
+            raise LinkError("disconnected", str(exc)) from None
+        except ModbusException as exc:
+            raise LinkError("protocol", str(exc)) from None
+
+    def _after_timeout(self) -> None:
+        # A controller with its own connection that stops answering is usually wedged; a fresh
+        # connection also discards any late reply. On a shared line the others still answer.
+        if not self.shared:
+            self._client.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(LinkError("closed", self.key))
+        self._client.close()
+
+
+def _registers(response: Any, expected: int, what: str) -> list[int]:
+    if response.isError():
+        raise LinkError("exception", f"{what}: Modbus exception code {response.exception_code}")
+    registers = list(getattr(response, "registers", ()))
+    if len(registers) != expected:
+        raise LinkError("malformed", f"{what}: {len(registers)} registers, expected {expected}")
+    return registers
+
+
+class ModbusSirenLink:
+    """One siren controller: a unit id on an endpoint, spoken to through its profile."""
+
+    def __init__(self, siren_id: str, endpoint: ModbusEndpoint, unit_id: int,
+                 profile: ModbusProfile) -> None:
+        self.siren_id = siren_id
+        self.endpoint = endpoint
+        self.unit_id = unit_id
+        self.profile = profile
+
+    async def _read_all(self, client: ModbusClient) -> list[list[int]]:
+        blocks = []
+        for block in self.profile.blocks:
+            read = (client.read_input_registers if block.table == "input"
+                    else client.read_holding_registers)
+            response = await read(block.address, count=block.count, device_id=self.unit_id)
+            blocks.append(_registers(response, block.count, f"{block.table} {block.address}"))
+        return blocks
+
+    async def poll(self) -> Sample:
+        # All blocks of one poll go as one job, so a sample is never stitched from two moments.
+        blocks = await self.endpoint.submit(POLL_PRIORITY, self._read_all)
+        received_at = utc_now()
+        try:
+            values = self.profile.decode(blocks)
+        except (ValueError, IndexError, UnicodeError) as exc:
+            raise LinkError("malformed", f"cannot decode: {exc}") from None
+        clock = values.get("device_clock")
+        device_time = None
+        if isinstance(clock, int | float) and not isinstance(clock, bool) and clock > 0:
+            device_time = datetime.fromtimestamp(clock, UTC)
+        return Sample(self.siren_id, received_at, values, self.profile.faults(values), device_time)
+
+    async def send(self, command: Command) -> None:
+        address, words = self.profile.encode_command(command)
+
+        async def write(client: ModbusClient) -> None:
+            response = await client.write_registers(address, words, device_id=self.unit_id)
+            if response.isError():
+                raise LinkError("rejected", f"Modbus exception code {response.exception_code}")
+
+        await self.endpoint.submit(COMMAND_PRIORITY, write)
+
+
+def build_modbus_links(
+    sirens: list[tuple[str, ModbusLinkConfig, ModbusProfile]],
+) -> tuple[dict[str, ModbusSirenLink], list[ModbusEndpoint]]:
+    """Group sirens by endpoint and give each its link; returns links by siren id, endpoints."""
+    grouped: dict[str, list[tuple[str, ModbusLinkConfig, ModbusProfile]]] = {}
+    for entry in sirens:
+        grouped.setdefault(endpoint_key(entry[1]), []).append(entry)
+    links: dict[str, ModbusSirenLink] = {}
+    endpoints: list[ModbusEndpoint] = []
+    for members in grouped.values():
+        timeout_s = max(link.timeout_s for _, link, _ in members)
+        endpoint = ModbusEndpoint(members[0][1], timeout_s, units=len(members))
+        endpoints.append(endpoint)
+        for siren_id, link, profile in members:
+            links[siren_id] = ModbusSirenLink(siren_id, endpoint, link.unit_id, profile)
+    return links, endpoints

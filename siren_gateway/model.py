@@ -1,0 +1,61 @@
+"""Typed values that flow between links, the fleet, storage and the API."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+# A decoded status point: a measurement, a flag, or a label (state, firmware).
+Value = float | int | bool | str
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CommandKind(enum.StrEnum):
+    SOUND = "sound"
+    STOP = "stop"
+    RESET_FAULTS = "reset_faults"
+    SILENT_TEST = "silent_test"
+    SET_CLOCK = "set_clock"
+    ARM = "arm"
+    DISARM = "disarm"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One instruction for one siren controller, before it is encoded for a link."""
+
+    kind: CommandKind
+    signal: str | None = None  # a signal id from the site's signal table, for SOUND
+    start_at: datetime | None = None  # device-clock start time for a synchronised SOUND
+    clock: datetime | None = None  # the time to set, for SET_CLOCK
+    sequence: int = 0  # echoed by the device so a poll can tell which command it last took
+
+    def __post_init__(self) -> None:
+        if self.kind is CommandKind.SOUND and not self.signal:
+            raise ValueError("a sound command needs a signal")
+        if self.kind is CommandKind.SET_CLOCK and self.clock is None:
+            raise ValueError("a set_clock command needs a clock value")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """What one successful poll (or one telemetry message) said about one siren."""
+
+    siren_id: str
+    received_at: datetime  # gateway time, UTC
+    values: dict[str, Value]
+    faults: frozenset[str] = field(default_factory=frozenset)
+    device_time: datetime | None = None  # the controller's own clock, if it reports one
+
+
+class LinkError(Exception):
+    """A request to a device did not produce a usable answer."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason  # short machine-readable class: timeout, exception, garbage, ...
+        self.detail = detail

@@ -1,0 +1,201 @@
+"""The embedded store: SQLite, owned by one worker thread so the event loop never waits on disk.
+
+Telemetry is written in batches by a bus subscriber. To keep a year of a large fleet in a file,
+a sample is stored when something discrete changed (state, faults, flags, labels) or when the
+configured minimum interval has passed since that siren's last stored sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from siren_gateway.bus import Bus, SampleReceived, Subscription
+from siren_gateway.config import StorageConfig
+from siren_gateway.model import Sample, Value
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS telemetry (
+    siren_id  TEXT NOT NULL,
+    ts        REAL NOT NULL,      -- gateway receive time, seconds since epoch (UTC)
+    device_ts REAL,               -- the controller's clock, if reported
+    faults    TEXT NOT NULL,      -- JSON list
+    data      TEXT NOT NULL       -- JSON object of point name -> value
+);
+CREATE INDEX IF NOT EXISTS telemetry_by_siren ON telemetry (siren_id, ts);
+CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry (ts);
+"""
+
+
+class Database:
+    """One SQLite connection, used only from its own thread."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        await self._call(self._open)
+
+    def _open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+        self._conn = conn
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(connection)` on the database thread."""
+
+        def call() -> T:
+            if self._conn is None:
+                raise RuntimeError("database is not open")
+            return fn(self._conn)
+
+        return await self._call(call)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._call(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+
+def _discrete_signature(sample: Sample) -> tuple[Any, ...]:
+    """What must never be thinned out: labels, flags and faults (numbers may be)."""
+    discrete = tuple(v for v in sample.values.values() if isinstance(v, bool | str))
+    return (discrete, sample.faults)
+
+
+class TelemetryStore:
+    """Writes samples from the bus into SQLite in batches; answers history queries."""
+
+    def __init__(self, db: Database, bus: Bus, config: StorageConfig,
+                 batch_size: int = 1000, flush_interval_s: float = 0.5) -> None:
+        self.db = db
+        self.config = config
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self._subscription: Subscription = bus.subscribe(
+            "telemetry-store", maxsize=50_000, kinds=(SampleReceived,))
+        self._last_stored: dict[str, tuple[float, tuple[Any, ...]]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.thinned = 0
+        self.write_errors = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="telemetry store")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self._flush(self._drain())  # what was queued at shutdown still reaches disk
+        self._subscription.close()
+
+    def _keep(self, sample: Sample) -> bool:
+        ts = sample.received_at.timestamp()
+        signature = _discrete_signature(sample)
+        last = self._last_stored.get(sample.siren_id)
+        if (last is not None and last[1] == signature
+                and ts - last[0] < self.config.telemetry_min_interval_s):
+            self.thinned += 1
+            return False
+        self._last_stored[sample.siren_id] = (ts, signature)
+        return True
+
+    def _drain(self) -> list[Sample]:
+        samples = []
+        while len(samples) < self.batch_size and not self._subscription.queue.empty():
+            event = self._subscription.queue.get_nowait()
+            if isinstance(event, SampleReceived) and self._keep(event.sample):
+                samples.append(event.sample)
+        return samples
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_retention = 0.0
+        while True:
+            event = await self._subscription.get()
+            batch = [event.sample] if (isinstance(event, SampleReceived)
+                                       and self._keep(event.sample)) else []
+            await asyncio.sleep(self.flush_interval_s)  # let a batch gather
+            batch += self._drain()
+            await self._flush(batch)
+            if loop.time() >= next_retention:
+                await self.apply_retention()
+                next_retention = loop.time() + 600
+
+    async def _flush(self, samples: list[Sample]) -> None:
+        if not samples:
+            return
+        rows = [
+            (s.siren_id, s.received_at.timestamp(),
+             s.device_time.timestamp() if s.device_time else None,
+             json.dumps(sorted(s.faults)), json.dumps(s.values, separators=(",", ":")))
+            for s in samples
+        ]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.executemany("INSERT INTO telemetry VALUES (?, ?, ?, ?, ?)", rows)
+
+        try:
+            await self.db.run(insert)
+            self.written += len(rows)
+        except sqlite3.Error:
+            self.write_errors += 1
+            log.exception("could not store %d telemetry samples", len(rows))
+
+    async def apply_retention(self) -> int:
+        cutoff = time.time() - self.config.telemetry_retention_days * 86400
+
+        def delete(conn: sqlite3.Connection) -> int:
+            with conn:
+                return conn.execute("DELETE FROM telemetry WHERE ts < ?", (cutoff,)).rowcount
+
+        return await self.db.run(delete)
+
+    async def history(self, siren_id: str, since: datetime, limit: int) -> list[dict[str, Any]]:
+        """Stored samples of one siren since a moment, oldest first (at most `limit`, newest)."""
+
+        def query(conn: sqlite3.Connection) -> list[tuple[float, float | None, str, str]]:
+            return conn.execute(
+                "SELECT ts, device_ts, faults, data FROM telemetry WHERE siren_id = ? AND ts >= ?"
+                " ORDER BY ts DESC LIMIT ?", (siren_id, since.timestamp(), limit)).fetchall()
+
+        rows = await self.db.run(query)
+        out = []
+        for ts, device_ts, faults, data in reversed(rows):
+            values: dict[str, Value] = json.loads(data)
+            out.append({
+                "time": datetime.fromtimestamp(ts, UTC).isoformat(),
+                "device_time": datetime.fromtimestamp(device_ts, UTC).isoformat()
+                if device_ts is not None else None,
+                "faults": json.loads(faults),
+                "values": values,
+            })
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {"written": self.written, "thinned": self.thinned, "write_errors": self.write_errors,
+                "queued": self._subscription.queue.qsize(), "dropped": self._subscription.dropped}
