@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -207,10 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # injected faults are expected
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.config, args.host, args.control_port, args.shard))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import signal
@@ -14,6 +16,16 @@ from pathlib import Path
 from typing import Any
 
 REPO_DIR = Path(__file__).resolve().parent.parent
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the parent dies, so a killed demo or test leaves no orphans."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent's own cleanup has to do
 
 
 @dataclass
@@ -42,7 +54,9 @@ def start_fleet(config: Path, control_port: int = 0, shard: tuple[int, int] = (1
     command = [sys.executable, "-m", "simulators.fleet", "--config", str(config),
                "--control-port", str(control_port), "--shard", f"{shard[0]}/{shard[1]}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen(command, cwd=REPO_DIR, stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(command, cwd=REPO_DIR, stdout=subprocess.PIPE, text=True, env=env,
+                               # only a prctl call runs between fork and exec, which is safe beside threads
+                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)  # noqa: PLW1509
     assert process.stdout is not None
     ready: list[str] = []
 

@@ -21,7 +21,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.physics import SimulatedSiren
-from siren_gateway.profiles import ModbusProfile
+from siren_gateway.profiles import ModbusProfile, Table
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class SimulatedUnit:
         if set_values is not None:
             return self._write(address, [int(v) for v in set_values], now)
         if function_code in (FC_READ_INPUT, FC_READ_HOLDING):
-            table = "input" if function_code == FC_READ_INPUT else "holding"
+            table: Table = "input" if function_code == FC_READ_INPUT else "holding"
             fresh = self.profile.encode_status(self.siren.status_values(now))[table]
             for addr, word in fresh.items():
                 current_registers[addr - start_address] = word
@@ -138,5 +138,5 @@ class SimulatedEndpoint:
 
     async def stop(self) -> None:
         if self.server is not None:
-            await self.server.shutdown()
+            await self.server.shutdown()  # type: ignore[no-untyped-call]
             self.server = None

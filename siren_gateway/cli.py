@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -47,10 +47,8 @@ def _demo(args: argparse.Namespace) -> int:
     if args.sirens is not None and not 1 <= args.sirens <= 20000:
         print("--sirens must be between 1 and 20000", file=sys.stderr)
         return 2
-    try:
-        asyncio.run(run_demo(args.port, args.sim_port, args.sirens, args.data_dir))
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        run_demo(args.port, args.sim_port, args.sirens, args.data_dir)
     return 0
 
 

@@ -202,7 +202,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -213,7 +213,7 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: b
 
 _UniqueKeyLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -223,7 +223,7 @@ def read_yaml(file: Path) -> Any:
     except OSError as exc:
         raise ConfigError(file, [ConfigProblem("", f"cannot read: {exc.strerror}")]) from exc
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -298,9 +298,9 @@ def _check_references(
         if siren.id in siren_ids:
             problems.append(ConfigProblem(f"sirens[{i}].id", f"duplicate siren id {siren.id!r}"))
         siren_ids.add(siren.id)
-        for j, zone in enumerate(siren.zones):
-            if zone not in zone_ids:
-                problems.append(ConfigProblem(f"sirens[{i}].zones[{j}]", f"unknown zone {zone!r}"))
+        for j, zone_id in enumerate(siren.zones):
+            if zone_id not in zone_ids:
+                problems.append(ConfigProblem(f"sirens[{i}].zones[{j}]", f"unknown zone {zone_id!r}"))
         profile = profiles.get(siren.profile)
         if profile is None:
             known = ", ".join(sorted(profiles)) or "none"

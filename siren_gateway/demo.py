@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -35,8 +36,10 @@ def demo_site(sirens: int | None, base: Path) -> dict[str, object]:
     return generated
 
 
-async def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None,
-                   base: Path = DEMO_CONFIG) -> None:
+def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None,
+             base: Path = DEMO_CONFIG) -> None:
+    """Run until interrupted. The simulator processes are started and stopped outside the event
+    loop, so an interrupt at any moment still ends them."""
     work = data_dir or Path(tempfile.mkdtemp(prefix="siren-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     site_dict = assign_free_ports(demo_site(sirens, base))
@@ -47,13 +50,8 @@ async def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path 
     fleets: list[FleetProcess] = []
     try:
         for index in range(processes):
-            control = sim_port if index == 0 else 0
-            fleets.append(await asyncio.to_thread(start_fleet, config, control,
-                                                  (index + 1, processes)))
-        gateway = Gateway(site)
-        app = create_app(gateway)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                               log_level="warning"))
+            fleets.append(start_fleet(config, sim_port if index == 0 else 0,
+                                      (index + 1, processes)))
         print(f"Siren Gateway demo: {count} simulated sirens ({site.config.site.name})")
         print(f"  gateway API:        http://127.0.0.1:{port}/api/sirens")
         print(f"  API docs:           http://127.0.0.1:{port}/docs")
@@ -61,7 +59,12 @@ async def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path 
               + (f" (+{processes - 1} more processes)" if processes > 1 else ""))
         print(f"  data and config:    {work}")
         print("Press Ctrl-C to stop.", flush=True)
-        await server.serve()
+        app = create_app(Gateway(site))
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                               log_level="warning"))
+        # uvicorn re-raises the Ctrl-C it handled; by then the gateway has already stopped.
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(server.serve())
     finally:
         for fleet in fleets:
-            await asyncio.to_thread(fleet.stop)
+            fleet.stop()

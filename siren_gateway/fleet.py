@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from siren_gateway.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
-from siren_gateway.config import PollingConfig, Site, SirenConfig
+from siren_gateway.config import PollingConfig, SirenConfig, Site
 from siren_gateway.model import LinkError, Sample, utc_now
 
 

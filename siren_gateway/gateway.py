@@ -29,14 +29,17 @@ class Gateway:
             path = site.source.parent / path
         self.db = Database(path)
         self.telemetry = TelemetryStore(self.db, self.bus, storage)
-        links, self.endpoints = build_modbus_links(
-            [(s.id, s.link, site.profiles[s.profile]) for s in site.config.sirens])
-        self.links: dict[str, SirenLink] = dict(links)
+        self.endpoints: list[ModbusEndpoint] = []
+        self.links: dict[str, SirenLink] = {}
         self.poller = Poller(self.fleet, self.links)
         self.started_at: float | None = None
 
     async def start(self) -> None:
         await self.db.open()
+        # Clients are made here, inside the running loop (pymodbus binds them to it).
+        links, self.endpoints = build_modbus_links(
+            [(s.id, s.link, self.site.profiles[s.profile]) for s in self.site.config.sirens])
+        self.links.update(links)
         self.telemetry.start()
         self.poller.start()
         self.started_at = time.time()
@@ -52,7 +55,7 @@ class Gateway:
         log.info("gateway stopped")
 
     def health(self) -> dict[str, Any]:
-        endpoints: list[ModbusEndpoint] = self.endpoints
+        endpoints = self.endpoints
         polls_ok = sum(s.polls_ok for s in self.fleet.states.values())
         polls_failed = sum(s.polls_failed for s in self.fleet.states.values())
         reasons: dict[str, int] = {}

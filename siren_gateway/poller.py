@@ -71,8 +71,7 @@ class Poller:
             failures = self.fleet.states[link.siren_id].consecutive_failures
             due += next_delay(interval_s, failures, polling, self._rng)
             now = loop.time()
-            if due < now:
-                due = now  # fell behind (slow device): poll again now, don't burst to catch up
+            due = max(due, now)  # fell behind (slow device): poll again now, don't burst to catch up
             await asyncio.sleep(due - now)
 
     async def _sweep(self) -> None:

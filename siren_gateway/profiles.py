@@ -179,7 +179,7 @@ class ReadBlock:
 class CompiledPoint:
     """A point with its decoder and scaling resolved, ready for the hot path."""
 
-    __slots__ = ("_decode", "_decimals", "block_index", "offset", "spec", "labels", "signal_enum")
+    __slots__ = ("_decimals", "_decode", "block_index", "labels", "offset", "signal_enum", "spec")
 
     def __init__(self, spec: PointSpec, profile: ProfileSpec, block_index: int, offset: int):
         self.spec = spec

@@ -124,7 +124,7 @@ class TelemetryStore:
         return True
 
     def _drain(self) -> list[Sample]:
-        samples = []
+        samples: list[Sample] = []
         while len(samples) < self.batch_size and not self._subscription.queue.empty():
             event = self._subscription.queue.get_nowait()
             if isinstance(event, SampleReceived) and self._keep(event.sample):

@@ -10,6 +10,7 @@ timeout on a shared line and nothing at all on the others' connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -186,10 +187,8 @@ class ModbusEndpoint:
         self._closed = True
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Set up the project's environment and run it: `python3 dev.py demo` or `python3 dev.py test`.
+
+Needs only Python >= 3.11 and git. Creates .venv, installs the project with its dev extras
+(again whenever pyproject.toml changes), then runs the demo or the checks. Extra arguments are
+passed on: `python3 dev.py demo --sirens 500`, `python3 dev.py test -k modbus`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".installed-from"
+
+
+def run(*command: str | Path) -> int:
+    return subprocess.call([str(c) for c in command], cwd=ROOT)
+
+
+def ensure_environment() -> None:
+    if not (BIN / "python").exists():
+        print("creating .venv ...", flush=True)
+        venv.create(VENV, with_pip=True)
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    print("installing the project and its dev dependencies into .venv ...", flush=True)
+    python = BIN / "python"
+    if run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip") != 0:
+        sys.exit("pip upgrade failed")
+    if run(python, "-m", "pip", "install", "--quiet", "-e", ".[dev]") != 0:
+        sys.exit("installing the project failed")
+    STAMP.write_text(digest)
+
+
+def test(args: list[str]) -> int:
+    steps: list[tuple[str, list[str | Path]]] = [
+        ("ruff", [BIN / "ruff", "check", "."]),
+        ("mypy", [BIN / "mypy"]),
+        ("pytest", [BIN / "python", "-m", "pytest", *args]),
+    ]
+    failed = []
+    for name, command in steps:
+        print(f"== {name}", flush=True)
+        if run(*command) != 0:
+            failed.append(name)
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", flush=True)
+        return 1
+    return 0
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    ensure_environment()
+    action, args = sys.argv[1], sys.argv[2:]
+    if action == "demo":
+        return run(BIN / "siren-gateway", "demo", *args)
+    return test(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

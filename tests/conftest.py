@@ -1,0 +1,114 @@
+"""Fixtures: simulated fleets in their own processes, gateways against them, over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from simulators.launcher import FleetProcess, start_fleet
+from simulators.sitegen import assign_free_ports, write_site
+from siren_gateway.config import Site, load_site
+from siren_gateway.gateway import Gateway
+
+
+class SimControl:
+    """Client for a simulator fleet's control API: the physical truth, and fault injection."""
+
+    def __init__(self, fleet: FleetProcess) -> None:
+        self.fleet = fleet
+        self.http = httpx.AsyncClient(base_url=fleet.control_url, timeout=10)
+
+    async def truth(self, siren_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/sirens/{siren_id}")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def inject(self, siren_id: str, fault: str, *, active: bool = True,
+                     **options: Any) -> None:
+        response = await self.http.post(f"/sirens/{siren_id}/faults/{fault}",
+                                        json={"active": active, **options})
+        response.raise_for_status()
+
+    async def set_battery(self, siren_id: str, volts: float) -> None:
+        response = await self.http.post(f"/sirens/{siren_id}/battery", json={"voltage": volts})
+        response.raise_for_status()
+
+    async def set_clock(self, siren_id: str, offset_s: float, drift_ppm: float = 0.0) -> None:
+        response = await self.http.post(f"/sirens/{siren_id}/clock",
+                                        json={"offset_s": offset_s, "drift_ppm": drift_ppm})
+        response.raise_for_status()
+
+    async def requests(self) -> dict[str, int]:
+        response = await self.http.get("/stats")
+        response.raise_for_status()
+        result: dict[str, int] = response.json()["requests"]
+        return result
+
+
+class SimulatedDistrict:
+    def __init__(self, site_file: Path, fleet: FleetProcess) -> None:
+        self.site_file = site_file
+        self.fleet = fleet
+        self.control = SimControl(fleet)
+
+    def site(self) -> Site:
+        return load_site(self.site_file)
+
+
+StartDistrict = Callable[[dict[str, Any]], SimulatedDistrict]
+
+
+@pytest.fixture
+def start_district(tmp_path: Path) -> Iterator[StartDistrict]:
+    """Start a simulator process for a site dict (ports are moved to free ones)."""
+    fleets: list[FleetProcess] = []
+
+    def start(site: dict[str, Any]) -> SimulatedDistrict:
+        assign_free_ports(site)
+        path = write_site(site, tmp_path / f"site-{len(fleets)}.yaml",
+                          database=tmp_path / f"gateway-{len(fleets)}.db")
+        fleet = start_fleet(path, control_port=0)
+        fleets.append(fleet)
+        return SimulatedDistrict(path, fleet)
+
+    yield start
+    for fleet in fleets:
+        fleet.stop()
+
+
+@pytest.fixture
+async def gateways() -> AsyncIterator[Callable[[Site], Awaitable[Gateway]]]:
+    """Start gateways in this test's event loop; all are stopped at the end."""
+    started: list[Gateway] = []
+
+    async def start(site: Site) -> Gateway:
+        gateway = Gateway(site)
+        await gateway.start()
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        await gateway.stop()
+
+
+async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float,
+                     what: str, interval_s: float = 0.05) -> float:
+    """Wait for a condition; return the seconds it took. Fails the test with `what` on timeout."""
+    start = time.monotonic()
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout_s:
+            pytest.fail(f"timed out after {timeout_s} s waiting for: {what}")
+        await asyncio.sleep(interval_s)

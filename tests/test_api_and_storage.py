@@ -1,0 +1,161 @@
+"""The read API and the embedded telemetry store, against a simulated district."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from fastapi import FastAPI
+
+from simulators.sitegen import free_ports, generate_site
+from siren_gateway.api.app import create_app
+from siren_gateway.bus import Bus, SampleReceived
+from siren_gateway.config import Site, StorageConfig
+from siren_gateway.gateway import Gateway
+from siren_gateway.model import Sample
+from siren_gateway.storage import Database, TelemetryStore
+from tests.conftest import StartDistrict, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+StartGateway = Callable[[Site], Awaitable[Gateway]]
+
+
+def api_client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway")
+
+
+async def test_read_api_lists_sirens_with_state_and_history(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    site_dict = generate_site(3, poll_interval_s=0.2)
+    site_dict["storage"] = {"telemetry_min_interval_s": 0}
+    district = start_district(site_dict)
+    gateway = await gateways(district.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 3, 10, "online")
+    await district.control.inject("s00002", "mains_loss")
+    await wait_until(lambda: "mains_lost" in gateway.fleet.states["s00002"].faults, 3, "fault")
+    await wait_until(lambda: gateway.telemetry.written >= 6, 5, "telemetry stored")
+    async with api_client(create_app(gateway, manage_lifecycle=False)) as client:
+        health = (await client.get("/api/health")).json()
+        assert health["status"] == "ok"
+        assert health["sirens"]["online"] == 3 and health["sirens"]["with_faults"] == 1
+        sirens = (await client.get("/api/sirens")).json()
+        assert [s["id"] for s in sirens] == ["s00001", "s00002", "s00003"]
+        second = sirens[1]
+        assert second["online"] is True and second["reachability"] == "online"
+        assert second["faults"] == ["mains_lost"]
+        assert second["telemetry"]["mains_present"] is False
+        assert set(second) >= {"id", "name", "zones", "location", "online", "state", "last_seen",
+                               "telemetry", "faults"}
+        detail = (await client.get("/api/sirens/s00002", params={"history_minutes": 5})).json()
+        assert detail["id"] == "s00002"
+        assert len(detail["history"]) >= 2
+        assert detail["history"][-1]["faults"] == ["mains_lost"]
+        times = [h["time"] for h in detail["history"]]
+        assert times == sorted(times)
+        missing = await client.get("/api/sirens/nope")
+        assert missing.status_code == 404
+        assert "no siren with id 'nope'" in missing.json()["detail"]
+        bad = await client.get("/api/sirens/s00001", params={"history_minutes": -1})
+        assert bad.status_code == 422
+
+
+def sample(siren_id: str, at: datetime, battery: float, state: str = "idle") -> Sample:
+    return Sample(siren_id, at, {"battery_voltage": battery, "state": state}, frozenset())
+
+
+async def test_store_thins_numbers_but_keeps_every_discrete_change(tmp_path: Path) -> None:
+    bus = Bus()
+    db = Database(tmp_path / "t.db")
+    await db.open()
+    store = TelemetryStore(db, bus, StorageConfig(telemetry_min_interval_s=60), flush_interval_s=0)
+    store.start()
+    t0 = datetime.now(UTC)
+    for i in range(10):  # ten polls two seconds apart, nothing discrete changes
+        bus.publish(SampleReceived(sample("a", t0 + timedelta(seconds=2 * i), 27.0 - i / 100)))
+    bus.publish(SampleReceived(sample("a", t0 + timedelta(seconds=21), 26.9, state="sounding")))
+    bus.publish(SampleReceived(sample("a", t0 + timedelta(seconds=50), 26.85, state="sounding")))
+    bus.publish(SampleReceived(sample("a", t0 + timedelta(seconds=82), 26.8, state="sounding")))
+    await wait_until(lambda: store.written + store.thinned == 13, 3, "all handled")
+    history = await store.history("a", t0 - timedelta(seconds=1), 100)
+    assert [(h["values"]["state"], h["values"]["battery_voltage"]) for h in history] == [
+        ("idle", 27.0), ("sounding", 26.9), ("sounding", 26.8)]
+    await store.stop()
+    await db.close()
+
+
+async def test_samples_survive_a_restart_and_retention_drops_only_old_ones(
+        tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    config = StorageConfig(telemetry_min_interval_s=0, telemetry_retention_days=1)
+    now = datetime.now(UTC)
+    for battery in (26.0, 26.1):  # the second round reopens the same file
+        bus, db = Bus(), Database(path)
+        await db.open()
+        store = TelemetryStore(db, bus, config, flush_interval_s=0)
+        store.start()
+        bus.publish(SampleReceived(sample("a", now + timedelta(seconds=battery), battery)))
+        await wait_until(lambda s=store: s.written == 1, 3, "written")  # type: ignore[misc]
+        await store.stop()
+        await db.close()
+    old = (now - timedelta(days=3)).timestamp()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO telemetry VALUES ('a', ?, NULL, '[]', '{\"battery_voltage\": 20}')",
+                     (old,))
+    db = Database(path)
+    await db.open()
+    store = TelemetryStore(db, Bus(), config)
+    assert await store.apply_retention() == 1
+    history = await store.history("a", now - timedelta(days=10), 100)
+    assert [h["values"]["battery_voltage"] for h in history] == [26.0, 26.1]
+    await db.close()
+
+
+def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path) -> None:
+    """The README's main command: simulators + gateway + API, then Ctrl-C leaves nothing behind."""
+    port, sim_port = free_ports(2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "siren_gateway", "demo", "--port", str(port),
+         "--sim-port", str(sim_port), "--data-dir", str(tmp_path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        deadline = time.monotonic() + 60
+        sirens: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            try:
+                sirens = httpx.get(f"http://127.0.0.1:{port}/api/sirens", timeout=2).json()
+                if len(sirens) == 20 and all(s["online"] for s in sirens):
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        assert len(sirens) == 20 and all(s["online"] for s in sirens), sirens
+        truth = httpx.get(f"http://127.0.0.1:{sim_port}/sirens", timeout=5).json()
+        assert len(truth) == 20
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert children, "the simulator fleet runs in its own process"
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert f"http://127.0.0.1:{port}/api/sirens" in output
+    for child in children:
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert (tmp_path / "demo.db").exists()
+
+
+@pytest.mark.parametrize("args", [["demo", "--sirens", "0"]])
+def test_demo_rejects_a_bad_size(args: list[str]) -> None:
+    from siren_gateway.cli import main
+
+    assert main(args) == 2

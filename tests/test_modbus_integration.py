@@ -1,0 +1,278 @@
+"""The gateway's Modbus path against simulated controllers over real TCP sockets.
+
+The simulators run in their own process; what the gateway believes is compared with the
+physical truth reported by the simulators' control API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from simulators.sitegen import generate_site
+from siren_gateway.config import ModbusRtuOverTcpLink, Site
+from siren_gateway.fleet import Reachability
+from siren_gateway.gateway import Gateway
+from siren_gateway.links.modbus import COMMAND_PRIORITY, POLL_PRIORITY, ModbusEndpoint, ModbusSirenLink
+from siren_gateway.model import Command, CommandKind, LinkError
+from tests.conftest import StartDistrict, wait_until
+
+StartGateway = Callable[[Site], Awaitable[Gateway]]
+COMPARED = ("battery_voltage", "mains_present", "state", "current_signal", "firmware",
+            "charger_state", "activation_counter", "amplifier_1_fault", "cabinet_door_open")
+
+
+def fresh(gateway: Gateway, siren_id: str, after: datetime) -> bool:
+    state = gateway.fleet.states[siren_id]
+    return state.last_seen is not None and state.last_seen > after
+
+
+async def test_polled_values_equal_the_simulators_truth(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    district = start_district(generate_site(8, poll_interval_s=0.3))
+    gateway = await gateways(district.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 8, 10, "all sirens online")
+    await district.control.set_battery("s00003", 23.45)
+    await district.control.inject("s00005", "door_open")
+    moment = datetime.now(UTC)
+    await wait_until(lambda: all(fresh(gateway, f"s{i:05d}", moment) for i in range(1, 9)), 5,
+                     "a poll after the changes")
+    for i in range(1, 9):
+        siren_id = f"s{i:05d}"
+        truth = (await district.control.truth(siren_id))["values"]
+        believed = gateway.fleet.states[siren_id].sample
+        assert believed is not None
+        for name in COMPARED:
+            assert believed.values[name] == truth[name], (siren_id, name)
+        assert believed.device_time is not None
+        assert abs(believed.device_time.timestamp() - truth["device_clock"]) <= 2
+    assert gateway.fleet.states["s00003"].sample.values["battery_voltage"] == 23.45  # type: ignore[union-attr]
+    assert gateway.fleet.states["s00005"].faults == {"door_open"}
+
+
+@pytest.mark.parametrize(("fault", "options", "expected"), [
+    ("mains_loss", {}, "mains_lost"),
+    ("amplifier_fault", {"amplifier": 3}, "amplifier_fault"),
+    ("door_open", {}, "door_open"),
+    ("local_activation", {"signal": "growl_test"}, "local_activation"),
+])
+async def test_injected_faults_reach_the_live_state_within_two_poll_intervals(
+        start_district: StartDistrict, gateways: StartGateway, fault: str,
+        options: dict[str, Any], expected: str) -> None:
+    interval = 0.5
+    district = start_district(generate_site(3, poll_interval_s=interval))
+    gateway = await gateways(district.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 3, 10, "all sirens online")
+    state = gateway.fleet.states["s00002"]
+    assert expected not in state.faults
+    await district.control.inject("s00002", fault, **options)
+    took = await wait_until(lambda: expected in state.faults, 4 * interval, f"{expected} seen")
+    assert took <= 2 * interval
+    assert not gateway.fleet.states["s00001"].faults  # the others are untouched
+
+
+async def test_a_silent_siren_goes_offline_and_comes_back(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    district = start_district(generate_site(3, poll_interval_s=0.2, timeout_s=0.3))
+    gateway = await gateways(district.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 3, 10, "all sirens online")
+    state = gateway.fleet.states["s00001"]
+    await district.control.inject("s00001", "no_response")
+    await wait_until(lambda: state.reachability is Reachability.OFFLINE, 5, "offline")
+    assert state.state == "unknown"  # its last answer is not presented as the present
+    assert state.last_known_state == "idle"
+    assert state.last_error is not None and "timeout" in state.last_error
+    await district.control.inject("s00001", "no_response", active=False)
+    await wait_until(lambda: state.reachability is Reachability.ONLINE, 8, "online again")
+    assert gateway.fleet.states["s00002"].consecutive_failures == 0
+
+
+@pytest.mark.parametrize(("fault", "options", "reason"), [
+    ("exception", {"code": 4}, "exception"),
+    ("garbage", {}, "timeout"),  # pymodbus discards an unparseable frame; the request times out
+    ("drop_connection", {}, "disconnected"),
+    ("slow", {"delay_s": 1.0}, "timeout"),
+])
+async def test_bad_answers_are_counted_and_never_disturb_the_others(
+        start_district: StartDistrict, gateways: StartGateway, fault: str,
+        options: dict[str, Any], reason: str) -> None:
+    district = start_district(generate_site(4, poll_interval_s=0.2, timeout_s=0.4))
+    gateway = await gateways(district.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 4, 10, "all sirens online")
+    await district.control.inject("s00004", fault, **options)
+    bad = gateway.fleet.states["s00004"]
+    await wait_until(lambda: bad.reachability is Reachability.OFFLINE, 8, f"offline by {fault}")
+    healthy_before = {sid: s.polls_ok for sid, s in gateway.fleet.states.items() if sid != "s00004"}
+    await asyncio.sleep(1.0)
+    for siren_id, before in healthy_before.items():
+        state = gateway.fleet.states[siren_id]
+        assert state.reachability is Reachability.ONLINE
+        assert state.polls_ok >= before + 3, siren_id
+    reasons = gateway.health()["polls"]["failures_by_reason"]
+    assert reasons.get(reason, 0) >= 1, reasons
+    await district.control.inject("s00004", fault, active=False)
+    await wait_until(lambda: bad.reachability is Reachability.ONLINE, 15, "recovers after fault")
+
+
+async def test_dead_devices_do_not_slow_the_healthy_ones(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    """With 20 % of devices silent, the healthy devices' poll rate stays within 10 %."""
+    count, interval, window = 40, 0.25, 4.0
+    district = start_district(generate_site(count, poll_interval_s=interval, timeout_s=0.5))
+    gateway = await gateways(district.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == count, 15, "all sirens online")
+    dead = [f"s{i:05d}" for i in range(1, count + 1) if i % 5 == 0]
+    healthy = [sid for sid in gateway.fleet.states if sid not in dead]
+
+    async def healthy_rate() -> float:
+        before = sum(gateway.fleet.states[s].polls_ok for s in healthy)
+        await asyncio.sleep(window)
+        return (sum(gateway.fleet.states[s].polls_ok for s in healthy) - before) / window
+
+    rate_all_alive = await healthy_rate()
+    for siren_id in dead:
+        await district.control.inject(siren_id, "no_response")
+    await wait_until(lambda: all(gateway.fleet.states[s].reachability is Reachability.OFFLINE
+                                 for s in dead), 10, "dead sirens offline")
+    rate_with_dead = await healthy_rate()
+    ratio = rate_with_dead / rate_all_alive
+    print(f"healthy polls/s: {rate_all_alive:.1f} all alive, {rate_with_dead:.1f} with 20 % dead "
+          f"(ratio {ratio:.3f})")
+    assert rate_all_alive == pytest.approx(len(healthy) / interval, rel=0.15)
+    assert ratio >= 0.9
+
+
+async def test_multidrop_line_polls_each_unit(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    district = start_district(generate_site(6, units_per_line=3, poll_interval_s=0.2))
+    site = district.site()
+    ports = {s.link.port for s in site.config.sirens if isinstance(s.link, ModbusRtuOverTcpLink)}
+    assert len(ports) == 2  # six controllers on two RS-485 lines
+    gateway = await gateways(site)
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 6, 10, "all units online")
+    for i in range(1, 7):
+        await district.control.set_battery(f"s{i:05d}", 22.0 + i / 10)
+    moment = datetime.now(UTC)
+    await wait_until(lambda: all(fresh(gateway, f"s{i:05d}", moment) for i in range(1, 7)), 5,
+                     "fresh polls")
+    for i in range(1, 7):
+        sample = gateway.fleet.states[f"s{i:05d}"].sample
+        assert sample is not None and sample.values["battery_voltage"] == pytest.approx(22 + i / 10)
+    # A dead unit on a shared line costs the others its timeouts, but never their answers.
+    await district.control.inject("s00002", "no_response")
+    await wait_until(lambda: gateway.fleet.states["s00002"].reachability is Reachability.OFFLINE,
+                     10, "dead unit offline")
+    await asyncio.sleep(1.0)
+    for siren_id in ("s00001", "s00003"):
+        assert gateway.fleet.states[siren_id].reachability is Reachability.ONLINE
+
+
+async def test_serial_rtu_link_reads_a_line_through_pyserial(
+        start_district: StartDistrict) -> None:
+    """A `modbus_rtu` link, pointed at the simulated serial server through pyserial's socket://."""
+    district = start_district(generate_site(2, units_per_line=2))
+    site = district.site()
+    tcp = site.config.sirens[1].link
+    assert isinstance(tcp, ModbusRtuOverTcpLink)
+    from siren_gateway.config import ModbusRtuSerialLink
+
+    serial = ModbusRtuSerialLink(type="modbus_rtu", device=f"socket://127.0.0.1:{tcp.port}",
+                                 unit_id=2, timeout_s=1.0)
+    endpoint = ModbusEndpoint(serial, serial.timeout_s, units=2)
+    link = ModbusSirenLink("s00002", endpoint, 2, site.profiles["generic_siren_controller"])
+    try:
+        await district.control.set_battery("s00002", 25.55)
+        sample = await link.poll()
+        assert sample.values["battery_voltage"] == 25.55
+    finally:
+        await endpoint.close()
+
+
+async def test_a_command_is_executed_and_then_seen_in_the_polls(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    district = start_district(generate_site(2, poll_interval_s=0.2))
+    gateway = await gateways(district.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 2, 10, "online")
+    link = gateway.links["s00001"]
+    await link.send(Command(CommandKind.SOUND, signal="growl_test", sequence=77))
+    truth = await district.control.truth("s00001")
+    assert truth["sounding"] and truth["signal"] == "growl_test"
+    assert truth["last_command_sequence"] == 77
+    state = gateway.fleet.states["s00001"]
+    await wait_until(lambda: state.state == "sounding" and state.horn_on, 2, "sounding seen")
+    await link.send(Command(CommandKind.STOP, sequence=78))
+    await wait_until(lambda: state.state == "idle", 2, "stopped")
+    assert state.sample is not None
+    assert state.sample.values["last_activation_result"] == "stopped"
+    assert not (await district.control.truth("s00002"))["sounding"]  # only the one siren
+
+
+async def test_a_refused_command_is_an_error_not_a_success(start_district: StartDistrict,
+                                                           gateways: StartGateway) -> None:
+    district = start_district(generate_site(1, poll_interval_s=0.5))
+    gateway = await gateways(district.site())
+    link = gateway.links["s00001"]
+    await link.send(Command(CommandKind.SOUND, signal="all_clear"))
+    with pytest.raises(LinkError) as caught:
+        await link.send(Command(CommandKind.SILENT_TEST))  # the controller refuses while sounding
+    assert caught.value.reason == "rejected"
+    await link.send(Command(CommandKind.STOP))
+
+
+async def test_commands_jump_ahead_of_queued_polls(start_district: StartDistrict) -> None:
+    """On a busy shared line, a command waits for the request in flight, not for the queue."""
+    district = start_district(generate_site(3, units_per_line=3))
+    site = district.site()
+    for siren_id in ("s00001", "s00002", "s00003"):
+        await district.control.inject(siren_id, "slow", delay_s=0.2)
+    profile = site.profiles["generic_siren_controller"]
+    first = site.config.sirens[0].link
+    endpoint = ModbusEndpoint(first, 2.0, units=3)
+    links = [ModbusSirenLink(s.id, endpoint, s.link.unit_id, profile) for s in site.config.sirens]
+    finished: list[str] = []
+
+    async def poll(link: ModbusSirenLink, tag: str) -> None:
+        await link.poll()
+        finished.append(tag)
+
+    async def command() -> None:
+        await links[0].send(Command(CommandKind.ARM))
+        finished.append("command")
+
+    try:
+        polls = [asyncio.create_task(poll(links[i % 3], f"poll{i}")) for i in range(5)]
+        await asyncio.sleep(0.05)  # poll0 is on the wire, poll1..4 are queued
+        await asyncio.gather(command(), *polls)
+    finally:
+        await endpoint.close()
+    assert finished.index("command") == 1, finished
+    assert POLL_PRIORITY > COMMAND_PRIORITY
+
+
+async def test_exception_and_garbage_never_crash_the_gateway(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    """Every comms fault at once on different sirens; the gateway keeps serving the rest."""
+    district = start_district(generate_site(6, poll_interval_s=0.2, timeout_s=0.3))
+    gateway = await gateways(district.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 6, 10, "online")
+    faults: list[tuple[str, str, dict[str, Any]]] = [
+        ("s00001", "exception", {"code": 2}), ("s00002", "garbage", {}),
+        ("s00003", "drop_connection", {}), ("s00004", "no_response", {}),
+        ("s00005", "exception", {"code": 6})]
+    for siren_id, fault, options in faults:
+        await district.control.inject(siren_id, fault, **options)
+    await wait_until(lambda: gateway.fleet.counts()["offline"] == 5, 10, "five offline")
+    healthy = gateway.fleet.states["s00006"]
+    before = healthy.polls_ok
+    await asyncio.sleep(1.0)
+    assert healthy.polls_ok >= before + 3
+    assert all(not task.done() for task in gateway.poller._tasks)  # every poll loop is alive
+    for siren_id, fault, _ in faults:
+        await district.control.inject(siren_id, fault, active=False)
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 6, 20, "all recover")
+    assert math.isfinite(gateway.health()["uptime_s"])
