@@ -179,7 +179,8 @@ class ReadBlock:
 class CompiledPoint:
     """A point with its decoder and scaling resolved, ready for the hot path."""
 
-    __slots__ = ("_decimals", "_decode", "block_index", "labels", "offset", "signal_enum", "spec")
+    __slots__ = ("_bits", "_decimals", "_decode", "_f32", "_name", "_offset_value", "_scale",
+                 "_scaled", "block_index", "labels", "offset", "spec")
 
     def __init__(self, spec: PointSpec, profile: ProfileSpec, block_index: int, offset: int):
         self.spec = spec
@@ -198,28 +199,30 @@ class CompiledPoint:
             }
         else:
             self.labels = spec.enum
-        self.signal_enum = spec.enum == "signal_codes"
+        # Flattened for decode_into, which runs for every point of every poll.
+        self._name = spec.name
+        self._bits = [(bit, b.name) for bit, b in spec.bits.items()] if spec.bits else None
+        self._f32 = spec.type == "f32"
+        self._scale, self._offset_value = spec.scale, spec.offset
+        self._scaled = spec.scale != 1.0 or spec.offset != 0.0
 
     def decode_into(self, regs: Sequence[int], out: dict[str, Value]) -> None:
         raw = self._decode(regs, self.offset)
-        spec = self.spec
-        if spec.bits is not None:
+        if self._bits is not None:
             word = int(raw)
-            for bit, bit_spec in spec.bits.items():
-                out[bit_spec.name] = bool(word >> bit & 1)
-            return
-        if self.labels is not None:
-            out[spec.name] = self.labels.get(int(raw), f"unknown_{raw}")
-            return
-        if isinstance(raw, str):
-            out[spec.name] = raw
-            return
-        if spec.type == "f32":
-            raw = float(f"{raw:.7g}")  # a float32 carries ~7 significant digits, the rest is noise
-        if spec.scale != 1.0 or spec.offset != 0.0:
-            out[spec.name] = round(raw * spec.scale + spec.offset, self._decimals)
+            for bit, name in self._bits:
+                out[name] = bool(word >> bit & 1)
+        elif self.labels is not None:
+            out[self._name] = self.labels.get(int(raw), f"unknown_{raw}")
+        elif isinstance(raw, str):
+            out[self._name] = raw
         else:
-            out[spec.name] = raw
+            if self._f32:
+                raw = float(f"{raw:.7g}")  # float32 carries ~7 significant digits; the rest is noise
+            if self._scaled:
+                out[self._name] = round(raw * self._scale + self._offset_value, self._decimals)
+            else:
+                out[self._name] = raw
 
 
 class FaultRule:

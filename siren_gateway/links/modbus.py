@@ -10,13 +10,12 @@ timeout on a shared line and nothing at all on the others' connections.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -88,46 +87,71 @@ class ModbusEndpoint:
         self._client.set_max_no_responses(_NEVER_DISCONNECT)
         self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue(maxsize=4 * units + 16)
         self._order = itertools.count()
-        self._worker: asyncio.Task[None] | None = None
+        self._drainer: asyncio.Task[None] | None = None
+        self._busy = False  # a request is on the wire
         self._closed = False
         self._connect_backoff_max_s = connect_backoff_max_s
         self._connect_backoff_s = 0.0
         self._next_connect_at = 0.0
 
     async def submit(self, priority: int, run: Callable[[ModbusClient], Awaitable[T]]) -> T:
-        """Queue a request; wait for its result. Raises LinkError."""
+        """Run a request on this connection, in priority order; wait for its result.
+
+        Uncontended (the usual case for a controller with its own connection) the request runs
+        in the caller's task; otherwise it waits in the priority queue, where commands go ahead
+        of polls, and the drainer task works through it. Raises LinkError.
+        """
         if self._closed:
             raise LinkError("closed", self.key)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        if not self._busy and self._queue.empty():
+            self._busy = True
+            try:
+                return cast(T, await self._run_job(run))
+            finally:
+                self._busy = False
+                self._start_drainer()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Job(priority, next(self._order), run, future))
         except asyncio.QueueFull:
             self.stats.rejected_queue_full += 1
             raise LinkError("queue_full", self.key) from None
-        if self._worker is None:
-            self._worker = asyncio.create_task(self._drain(), name=f"modbus {self.key}")
+        self._start_drainer()
         return await future
 
+    def _start_drainer(self) -> None:
+        if self._queue.empty() or self._busy or self._closed:
+            return
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name=f"modbus {self.key}")
+
     async def _drain(self) -> None:
-        while True:
-            job = await self._queue.get()
+        while not self._queue.empty() and not self._busy:
+            job = self._queue.get_nowait()
             if job.future.done():  # the caller gave up (cancelled)
                 continue
+            self._busy = True
             try:
-                result = await self._execute(job)
+                result = await self._run_job(job.run)
             except LinkError as exc:
-                self._count_failure(exc.reason)
                 if not job.future.done():
                     job.future.set_exception(exc)
-            except Exception as exc:  # a bug or a library surprise must not kill the endpoint
-                log.exception("unexpected error on %s", self.key)
-                self._count_failure("internal")
-                if not job.future.done():
-                    job.future.set_exception(LinkError("internal", repr(exc)))
             else:
                 if not job.future.done():
                     job.future.set_result(result)
+            finally:
+                self._busy = False
+
+    async def _run_job(self, run: Callable[[ModbusClient], Awaitable[Any]]) -> Any:
+        try:
+            return await self._execute(run)
+        except LinkError as exc:
+            self._count_failure(exc.reason)
+            raise
+        except Exception as exc:  # a bug or a library surprise must not kill the endpoint
+            log.exception("unexpected error on %s", self.key)
+            self._count_failure("internal")
+            raise LinkError("internal", repr(exc)) from exc
 
     def _count_failure(self, reason: str) -> None:
         self.stats.failures += 1
@@ -155,13 +179,13 @@ class ModbusEndpoint:
         self._client.close()
         raise LinkError("connect_failed", self.key)
 
-    async def _execute(self, job: _Job) -> Any:
+    async def _execute(self, run: Callable[[ModbusClient], Awaitable[Any]]) -> Any:
         self.stats.requests += 1
         await self._ensure_connected()
         try:
             # pymodbus enforces the timeout itself; ours is the backstop for a wedged transport.
             async with asyncio.timeout(self.timeout_s * 2 + 0.5):
-                return await job.run(self._client)
+                return await run(self._client)
         except TimeoutError:
             self._after_timeout()
             raise LinkError("timeout", self.key) from None
@@ -185,10 +209,9 @@ class ModbusEndpoint:
 
     async def close(self) -> None:
         self._closed = True
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+        if self._drainer is not None:
+            self._drainer.cancel()
+            await asyncio.gather(self._drainer, return_exceptions=True)
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():

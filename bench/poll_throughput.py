@@ -1,0 +1,194 @@
+"""Poll throughput: the gateway against a bare pymodbus loop, same simulators, same registers.
+
+    python -m bench.poll_throughput --sirens 1000 --interval 10 --duration 30
+    python -m bench.poll_throughput --sirens 200 --interval 0.05 --duration 20   # saturation
+
+A simulated fleet runs in separate processes. Then, one after the other and each in its own
+process, (1) the real gateway (links, decoding, live state, bus, SQLite telemetry store) and
+(2) a bare loop that only calls pymodbus's read_input_registers on the same schedule, poll the
+fleet. Each child measures its own CPU time (getrusage) over the same window after warm-up.
+The figure is the ratio of CPU seconds per 1,000 polls; the sustained poll rate is reported next
+to the rate the schedule asks for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measure(counter: Callable[[], tuple[int, int]], warmup_s: float, duration_s: float
+                  ) -> dict[str, float]:
+    """Sample a poll counter and this process's CPU over a window after warm-up."""
+    await asyncio.sleep(warmup_s)
+    (polls0, failed0), cpu0, wall0 = counter(), cpu_seconds(), time.monotonic()
+    await asyncio.sleep(duration_s)
+    (polls1, failed1), cpu1, wall1 = counter(), cpu_seconds(), time.monotonic()
+    return {"polls": polls1 - polls0, "failed": failed1 - failed0, "cpu_s": cpu1 - cpu0,
+            "wall_s": wall1 - wall0}
+
+
+async def run_gateway(config: Path, warmup_s: float, duration_s: float) -> dict[str, float]:
+    import logging
+
+    from siren_gateway.config import load_site
+    from siren_gateway.gateway import Gateway
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    gateway = Gateway(load_site(config))
+    await gateway.start()
+    states = gateway.fleet.states.values()
+    try:
+        result = await measure(lambda: (sum(s.polls_ok for s in states),
+                                        sum(s.polls_failed for s in states)), warmup_s, duration_s)
+        result["online"] = gateway.fleet.counts()["online"]
+        result["stored"] = gateway.telemetry.written
+        result["bus_dropped"] = sum(v["dropped"] for v in gateway.bus.stats().values())
+        return result
+    finally:
+        await gateway.stop()
+
+
+async def run_bare(config: Path, warmup_s: float, duration_s: float) -> dict[str, float]:
+    """The baseline: pymodbus clients reading the same block on the same schedule, nothing else."""
+    import logging
+
+    from pymodbus.client import AsyncModbusTcpClient
+    from pymodbus.framer import FramerType
+
+    from siren_gateway.config import endpoint_key, load_site
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    site = load_site(config)
+    block = next(iter(site.profiles.values())).blocks[0]
+    clients: dict[str, AsyncModbusTcpClient] = {}
+    locks: dict[str, asyncio.Lock] = {}
+    counts = [0, 0]
+    rng = random.Random(1)
+
+    async def poll_forever(siren_id: str, key: str, unit: int, interval: float) -> None:
+        client, lock = clients[key], locks[key]
+        await asyncio.sleep(rng.uniform(0, min(interval, 5.0)))
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            try:
+                async with lock:
+                    if not client.connected:
+                        await client.connect()
+                    response = await client.read_input_registers(
+                        block.address, count=block.count, device_id=unit)
+                counts[0 if not response.isError() else 1] += 1
+            except Exception:
+                counts[1] += 1
+            due = max(due + interval, loop.time())
+            await asyncio.sleep(due - loop.time())
+
+    tasks = []
+    for siren in site.config.sirens:
+        link = siren.link
+        key = endpoint_key(link)
+        if key not in clients:
+            framer = FramerType.SOCKET if link.type == "modbus_tcp" else FramerType.RTU
+            clients[key] = AsyncModbusTcpClient(link.host, port=link.port,  # type: ignore[union-attr]
+                                                framer=framer, timeout=link.timeout_s, retries=0,
+                                                reconnect_delay=0)
+            locks[key] = asyncio.Lock()
+        tasks.append(asyncio.create_task(
+            poll_forever(siren.id, key, link.unit_id, siren.poll_interval_s)))
+    try:
+        return await measure(lambda: (counts[0], counts[1]), warmup_s, duration_s)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for client in clients.values():
+            client.close()
+
+
+def child(role: str, config: Path, warmup_s: float, duration_s: float) -> dict[str, float]:
+    command = [sys.executable, "-m", "bench.poll_throughput", "--role", role, "--config",
+               str(config), "--warmup", str(warmup_s), "--duration", str(duration_s)]
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def report(name: str, r: dict[str, float], target_rate: float) -> str:
+    rate = r["polls"] / r["wall_s"]
+    per_k = 1000 * r["cpu_s"] / max(r["polls"], 1)
+    return (f"  {name:<8} {rate:9.1f} polls/s ({100 * rate / target_rate:5.1f} % of schedule)  "
+            f"failed {int(r['failed']):5d}  CPU {r['cpu_s']:6.2f} s = {100 * r['cpu_s'] / r['wall_s']:5.1f}"
+            f" % of a core  {per_k:6.3f} CPU-s per 1,000 polls")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sirens", type=int, default=1000)
+    parser.add_argument("--interval", type=float, default=10.0, help="poll interval, seconds")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured window, seconds")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="seconds before measuring (default: interval + 5)")
+    parser.add_argument("--units-per-line", type=int, default=1,
+                        help="sirens per endpoint (>1: RS-485 lines, RTU over TCP)")
+    parser.add_argument("--sim-processes", type=int, default=2)
+    parser.add_argument("--store-every-poll", action="store_true",
+                        help="store every sample in SQLite (default: the shipped thinning)")
+    parser.add_argument("--role", choices=["gateway", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    warmup = args.warmup if args.warmup is not None else min(args.interval, 5.0) + 5.0
+
+    if args.role:
+        runner = run_gateway if args.role == "gateway" else run_bare
+        print(json.dumps(asyncio.run(runner(args.config, warmup, args.duration))), flush=True)
+        return
+
+    from simulators.launcher import start_fleet
+    from simulators.sitegen import assign_free_ports, generate_site, write_site
+
+    work = Path(tempfile.mkdtemp(prefix="bench-poll-"))
+    site = assign_free_ports(generate_site(args.sirens, units_per_line=args.units_per_line,
+                                           poll_interval_s=args.interval, timeout_s=2.0))
+    site["storage"] = {"telemetry_min_interval_s": 0 if args.store_every_poll else 60}
+    config = write_site(site, work / "site.yaml", database=work / "bench.db")
+    print(f"{args.sirens} sirens ({args.units_per_line} per endpoint), poll every {args.interval} s, "
+          f"{args.sim_processes} simulator processes, window {args.duration} s after {warmup} s")
+    fleets = [start_fleet(config, 0, (i + 1, args.sim_processes))
+              for i in range(args.sim_processes)]
+    try:
+        target = args.sirens / args.interval
+        gateway = child("gateway", config, warmup, args.duration)
+        bare = child("bare", config, warmup, args.duration)
+    finally:
+        for fleet in fleets:
+            fleet.stop()
+    print(f"schedule asks for {target:.1f} polls/s")
+    print(report("gateway", gateway, target))
+    print(report("bare", bare, target))
+    ratio = (gateway["cpu_s"] / max(gateway["polls"], 1)) / (bare["cpu_s"] / max(bare["polls"], 1))
+    print(f"  gateway online at end: {int(gateway['online'])}/{args.sirens}, samples stored: "
+          f"{int(gateway['stored'])}, bus drops: {int(gateway['bus_dropped'])}")
+    print(f"RATIO gateway/bare CPU per poll: {ratio:.2f}  (target <= 1.5)")
+    print(f"RATIO gateway/bare poll rate: {gateway['polls'] / max(bare['polls'], 1):.3f}")
+
+
+if __name__ == "__main__":
+    main()
