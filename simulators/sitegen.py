@@ -79,10 +79,11 @@ def assign_free_ports(site: dict[str, Any], host: str = "127.0.0.1") -> dict[str
     return site
 
 
-def write_site(site: dict[str, Any], path: Path, database: Path | None = None) -> Path:
+def write_site(site: dict[str, Any], path: Path, database: Path | None = None,
+               profiles_dir: Path = DEFAULT_PROFILES_DIR) -> Path:
     """Write a site file that works from any folder (absolute profile and database paths)."""
     site = dict(site)
-    site["profiles_dir"] = str(DEFAULT_PROFILES_DIR)
+    site["profiles_dir"] = str(profiles_dir)
     if database is not None:
         site["storage"] = dict(site.get("storage", {})) | {"path": str(database)}
     path.write_text(yaml.safe_dump(site, allow_unicode=True, sort_keys=False), encoding="utf-8")

@@ -7,7 +7,7 @@ compiled profile drives the simulator, so a register's address, type and scale h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -176,53 +176,91 @@ class ReadBlock:
     count: int
 
 
+PointDecoder = Callable[[Sequence[int], dict[str, Value]], None]
+
+
 class CompiledPoint:
     """A point with its decoder and scaling resolved, ready for the hot path."""
 
-    __slots__ = ("_bits", "_decimals", "_decode", "_f32", "_name", "_offset_value", "_scale",
-                 "_scaled", "block_index", "labels", "offset", "spec")
+    __slots__ = ("block_index", "decode_into", "labels", "offset", "spec")
 
     def __init__(self, spec: PointSpec, profile: ProfileSpec, block_index: int, offset: int):
         self.spec = spec
         self.block_index = block_index
         self.offset = offset  # registers from the start of its read block
-        self._decode = make_decoder(
-            spec.type,
-            spec.register_count,
-            spec.byte_order or profile.byte_order,
-            spec.word_order or profile.word_order,
-        )
-        self._decimals = scale_decimals(spec.scale)
         if spec.enum == "signal_codes":
             self.labels: dict[int, str] | None = {0: "none"} | {
                 code: name for name, code in profile.signal_codes.items()
             }
         else:
             self.labels = spec.enum
-        # Flattened for decode_into, which runs for every point of every poll.
-        self._name = spec.name
-        self._bits = [(bit, b.name) for bit, b in spec.bits.items()] if spec.bits else None
-        self._f32 = spec.type == "f32"
-        self._scale, self._offset_value = spec.scale, spec.offset
-        self._scaled = spec.scale != 1.0 or spec.offset != 0.0
+        self.decode_into: PointDecoder = _point_decoder(spec, profile, offset, self.labels)
 
-    def decode_into(self, regs: Sequence[int], out: dict[str, Value]) -> None:
-        raw = self._decode(regs, self.offset)
-        if self._bits is not None:
+
+def _point_decoder(spec: PointSpec, profile: ProfileSpec, at: int,
+                   labels: dict[int, str] | None) -> PointDecoder:
+    """One closure per point that writes its decoded value(s) into `out`.
+
+    This runs for every point of every poll, so the common single-register shapes get a
+    specialised closure (one call, no branching); everything else takes the general path.
+    """
+    name, scale, offset = spec.name, spec.scale, spec.offset
+    decimals = scale_decimals(scale)
+    scaled = scale != 1.0 or offset != 0.0
+    byte_order = spec.byte_order or profile.byte_order
+    direct_u16 = spec.register_count == 1 and byte_order == "big" and spec.type in ("u16",
+                                                                                   "bitfield")
+    if direct_u16 and spec.bits is not None:
+        bits = [(bit, b.name) for bit, b in spec.bits.items()]
+
+        def bitfield(regs: Sequence[int], out: dict[str, Value]) -> None:
+            word = regs[at]
+            for bit, bit_name in bits:
+                out[bit_name] = bool(word >> bit & 1)
+
+        return bitfield
+    if direct_u16 and labels is not None:
+        lookup = labels.get
+
+        def label(regs: Sequence[int], out: dict[str, Value]) -> None:
+            raw = regs[at]
+            out[name] = lookup(raw) or f"unknown_{raw}"
+
+        return label
+    if direct_u16 and scaled:
+
+        def scaled_u16(regs: Sequence[int], out: dict[str, Value]) -> None:
+            out[name] = round(regs[at] * scale + offset, decimals)
+
+        return scaled_u16
+    if direct_u16:
+
+        def plain_u16(regs: Sequence[int], out: dict[str, Value]) -> None:
+            out[name] = regs[at]
+
+        return plain_u16
+
+    decode = make_decoder(spec.type, spec.register_count, byte_order,
+                          spec.word_order or profile.word_order)
+    bit_names = [(bit, b.name) for bit, b in spec.bits.items()] if spec.bits else None
+    is_f32 = spec.type == "f32"
+
+    def general(regs: Sequence[int], out: dict[str, Value]) -> None:
+        raw = decode(regs, at)
+        if bit_names is not None:
             word = int(raw)
-            for bit, name in self._bits:
-                out[name] = bool(word >> bit & 1)
-        elif self.labels is not None:
-            out[self._name] = self.labels.get(int(raw), f"unknown_{raw}")
+            for bit, bit_name in bit_names:
+                out[bit_name] = bool(word >> bit & 1)
+        elif labels is not None:
+            out[name] = labels.get(int(raw), f"unknown_{raw}")
         elif isinstance(raw, str):
-            out[self._name] = raw
+            out[name] = raw
         else:
-            if self._f32:
+            if is_f32:
                 raw = float(f"{raw:.7g}")  # float32 carries ~7 significant digits; the rest is noise
-            if self._scaled:
-                out[self._name] = round(raw * self._scale + self._offset_value, self._decimals)
-            else:
-                out[self._name] = raw
+            out[name] = round(raw * scale + offset, decimals) if scaled else raw
+
+    return general
 
 
 class FaultRule:

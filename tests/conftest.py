@@ -6,14 +6,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
 
 from simulators.launcher import FleetProcess, start_fleet
 from simulators.sitegen import assign_free_ports, write_site
-from siren_gateway.config import Site, load_site
+from siren_gateway.config import DEFAULT_PROFILES_DIR, Site, load_site
 from siren_gateway.gateway import Gateway
 
 
@@ -62,7 +62,8 @@ class SimulatedDistrict:
         return load_site(self.site_file)
 
 
-StartDistrict = Callable[[dict[str, Any]], SimulatedDistrict]
+class StartDistrict(Protocol):
+    def __call__(self, site: dict[str, Any], profiles_dir: Path = ...) -> SimulatedDistrict: ...
 
 
 @pytest.fixture
@@ -70,10 +71,10 @@ def start_district(tmp_path: Path) -> Iterator[StartDistrict]:
     """Start a simulator process for a site dict (ports are moved to free ones)."""
     fleets: list[FleetProcess] = []
 
-    def start(site: dict[str, Any]) -> SimulatedDistrict:
+    def start(site: dict[str, Any], profiles_dir: Path = DEFAULT_PROFILES_DIR) -> SimulatedDistrict:
         assign_free_ports(site)
         path = write_site(site, tmp_path / f"site-{len(fleets)}.yaml",
-                          database=tmp_path / f"gateway-{len(fleets)}.db")
+                          database=tmp_path / f"gateway-{len(fleets)}.db", profiles_dir=profiles_dir)
         fleet = start_fleet(path, control_port=0)
         fleets.append(fleet)
         return SimulatedDistrict(path, fleet)

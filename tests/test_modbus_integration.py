@@ -10,6 +10,7 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,3 +277,77 @@ async def test_exception_and_garbage_never_crash_the_gateway(
         await district.control.inject(siren_id, fault, active=False)
     await wait_until(lambda: gateway.fleet.counts()["online"] == 6, 20, "all recover")
     assert math.isfinite(gateway.health()["uptime_s"])
+
+
+ALTERNATIVE_PROFILE = """
+model: acme_ls200
+vendor: A made-up vendor with a different register map
+protocol: modbus
+word_order: little
+max_registers_per_read: 16
+signal_codes: {preliminary: 11, air_raid: 12, all_clear: 13, growl_test: 19}
+points:
+  - {name: state, table: holding, address: 1000, type: u16,
+     enum: {0: idle, 5: sounding, 6: silent_test, 7: start_pending}}
+  - {name: current_signal, table: holding, address: 1001, type: u16, enum: signal_codes}
+  - {name: battery_voltage, table: holding, address: 1002, type: u32, scale: 0.001, unit: V}
+  - {name: cabinet_temperature, table: holding, address: 1004, type: f32, unit: °C}
+  - {name: sounding_current, table: holding, address: 1006, type: i16, scale: 0.1,
+     byte_order: little}
+  - name: flags
+    table: holding
+    address: 1007
+    type: bitfield
+    bits:
+      3: {name: mains_present, fault: mains_lost, fault_when: false}
+      9: {name: cabinet_door_open, fault: door_open}
+  - {name: device_clock, table: holding, address: 1300, type: u32}
+  - {name: firmware, table: holding, address: 1302, type: string, length: 4, byte_order: little}
+commands:
+  address: 2000
+  length: 6
+  fields:
+    code: {offset: 5, type: u16}
+    signal: {offset: 0, type: u16}
+    sequence: {offset: 1, type: u16}
+    start_time: {offset: 2, type: u32}
+  encodings:
+    sound: {code: 40, params: [signal, start_time]}
+    stop: {code: 41}
+    reset_faults: {code: 42}
+"""
+
+
+async def test_a_new_controller_model_needs_only_a_profile_file(
+        start_district: StartDistrict, gateways: StartGateway, tmp_path: Path) -> None:
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    (devices / "acme-ls200.yaml").write_text(ALTERNATIVE_PROFILE, encoding="utf-8")
+    site_dict = generate_site(2, poll_interval_s=0.2)
+    for siren in site_dict["sirens"]:
+        siren["profile"] = "acme_ls200"
+    district = start_district(site_dict, profiles_dir=devices)
+    control = district.control
+    site = district.site()
+    profile = site.profiles["acme_ls200"]
+    assert [(b.table, b.address, b.count) for b in profile.blocks] == [
+        ("holding", 1000, 8), ("holding", 1300, 6)]
+    gateway = await gateways(site)
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 2, 10, "online")
+    await control.set_battery("s00001", 24.123)
+    await control.inject("s00001", "mains_loss")
+    await control.inject("s00001", "door_open")
+    await gateway.links["s00001"].send(Command(CommandKind.SOUND, signal="all_clear"))
+    state = gateway.fleet.states["s00001"]
+    await wait_until(lambda: state.state == "sounding" and state.faults == {
+        "mains_lost", "door_open"}, 3, "new model's status decoded")
+    truth = (await control.truth("s00001"))["values"]
+    assert state.sample is not None
+    values = state.sample.values
+    assert values["battery_voltage"] == pytest.approx(truth["battery_voltage"], abs=0.002)
+    assert values["current_signal"] == "all_clear"
+    assert values["sounding_current"] == truth["sounding_current"] == 14.0
+    assert values["cabinet_temperature"] == pytest.approx(truth["cabinet_temperature"])
+    assert values["firmware"] == truth["firmware"]
+    await gateway.links["s00001"].send(Command(CommandKind.STOP))
+    await wait_until(lambda: state.state == "idle", 3, "stopped")

@@ -143,23 +143,42 @@ class ModbusEndpoint:
                 self._busy = False
 
     async def _run_job(self, run: Callable[[ModbusClient], Awaitable[Any]]) -> Any:
+        """Execute one request on the connection; every failure becomes a counted LinkError."""
+        self.stats.requests += 1
         try:
-            return await self._execute(run)
+            if not self._client.connected:
+                await self._connect()
+            # pymodbus enforces the timeout itself; ours is the backstop for a wedged transport.
+            async with asyncio.timeout(self.timeout_s * 2 + 0.5):
+                return await run(self._client)
         except LinkError as exc:
-            self._count_failure(exc.reason)
-            raise
+            raise self._failed(exc) from None
+        except TimeoutError:
+            self._after_timeout()
+            raise self._failed(LinkError("timeout", self.key)) from None
+        except ModbusIOException as exc:
+            if not self._client.connected:
+                raise self._failed(LinkError("disconnected", "the device closed the connection")
+                                   ) from None
+            self._after_timeout()
+            reason = "timeout" if "No response" in str(exc) else "protocol"
+            raise self._failed(LinkError(reason, str(exc))) from None
+        except (ConnectionException, OSError) as exc:
+            self._client.close()
+            raise self._failed(LinkError("disconnected", str(exc))) from None
+        except ModbusException as exc:
+            raise self._failed(LinkError("protocol", str(exc))) from None
         except Exception as exc:  # a bug or a library surprise must not kill the endpoint
             log.exception("unexpected error on %s", self.key)
-            self._count_failure("internal")
-            raise LinkError("internal", repr(exc)) from exc
+            raise self._failed(LinkError("internal", repr(exc))) from exc
 
-    def _count_failure(self, reason: str) -> None:
+    def _failed(self, error: LinkError) -> LinkError:
         self.stats.failures += 1
-        self.stats.failures_by_reason[reason] = self.stats.failures_by_reason.get(reason, 0) + 1
+        reasons = self.stats.failures_by_reason
+        reasons[error.reason] = reasons.get(error.reason, 0) + 1
+        return error
 
-    async def _ensure_connected(self) -> None:
-        if self._client.connected:
-            return
+    async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
         if loop.time() < self._next_connect_at:
             raise LinkError("unreachable", f"{self.key}: waiting before reconnecting")
@@ -178,28 +197,6 @@ class ModbusEndpoint:
         self._next_connect_at = loop.time() + self._connect_backoff_s
         self._client.close()
         raise LinkError("connect_failed", self.key)
-
-    async def _execute(self, run: Callable[[ModbusClient], Awaitable[Any]]) -> Any:
-        self.stats.requests += 1
-        await self._ensure_connected()
-        try:
-            # pymodbus enforces the timeout itself; ours is the backstop for a wedged transport.
-            async with asyncio.timeout(self.timeout_s * 2 + 0.5):
-                return await run(self._client)
-        except TimeoutError:
-            self._after_timeout()
-            raise LinkError("timeout", self.key) from None
-        except ModbusIOException as exc:
-            if not self._client.connected:
-                raise LinkError("disconnected", "the device closed the connection") from None
-            self._after_timeout()
-            reason = "timeout" if "No response" in str(exc) else "protocol"
-            raise LinkError(reason, str(exc)) from None
-        except (ConnectionException, OSError) as exc:
-            self._client.close()
-            raise LinkError("disconnected", str(exc)) from None
-        except ModbusException as exc:
-            raise LinkError("protocol", str(exc)) from None
 
     def _after_timeout(self) -> None:
         # A controller with its own connection that stops answering is usually wedged; a fresh
