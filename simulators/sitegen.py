@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import socket
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,15 +16,34 @@ from siren_gateway.config import DEFAULT_PROFILES_DIR
 PROFILE = "generic_siren_controller"
 
 
+def _ephemeral_low(default: int = 32768) -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="ascii")
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports free right now on `host` (all held open together, so they are distinct)."""
+    """Ports free right now on `host`, all distinct.
+
+    They are taken from below the kernel's ephemeral range: ports the kernel hands to outgoing
+    connections (thousands of them, with a large simulated fleet) can never collide with them.
+    """
+    low, high = 10000, _ephemeral_low() - 1
+    candidates = random.sample(range(low, high), k=min(high - low, count * 4 + 64))
+    ports: list[int] = []
     with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        for port in candidates:
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(sock.getsockname()[1])
-        return ports
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            ports.append(port)
+            if len(ports) == count:
+                return ports
+    raise RuntimeError(f"could not find {count} free ports on {host} between {low} and {high}")
 
 
 def generate_site(
