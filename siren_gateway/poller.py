@@ -35,30 +35,39 @@ class Poller:
         self.links = links
         self._rng = random.Random(seed)
         self._tasks: list[asyncio.Task[None]] = []
-        self._sweeper: asyncio.Task[None] | None = None
+        self._running = False
 
     def start(self) -> None:
+        self._running = True
         for siren_id, link in self.links.items():
             interval = self.fleet.states[siren_id].config.poll_interval_s
             self._tasks.append(asyncio.create_task(self._run(link, interval),
                                                    name=f"poll {siren_id}"))
-        self._sweeper = asyncio.create_task(self._sweep(), name="staleness sweep")
+        self._tasks.append(asyncio.create_task(self._sweep(), name="staleness sweep"))
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._sweeper] if self._sweeper else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop every task, even one whose cancellation was swallowed.
+
+        On Python 3.11, asyncio.wait_for (inside pymodbus) can return a reply that arrived in the
+        same loop iteration as the cancel and drop the CancelledError; such a task would poll on
+        forever. The running flag ends its loop, and cancelling again covers the rest.
+        """
+        self._running = False
+        pending = {task for task in self._tasks if not task.done()}
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
-        self._sweeper = None
 
     async def _run(self, link: SirenLink, interval_s: float) -> None:
         loop = asyncio.get_running_loop()
         polling = self.fleet.polling
-        # Spread the first polls over one interval so a large fleet does not start in lockstep.
+        # First answers come quickly (within 5 s of start) ...
         await asyncio.sleep(self._rng.uniform(0, min(interval_s, 5.0)))
+        first = True
         due = loop.time()
-        while True:
+        while self._running:
             try:
                 sample = await link.poll()
             except LinkError as exc:
@@ -69,12 +78,17 @@ class Poller:
             else:
                 self.fleet.record_sample(sample)
             failures = self.fleet.states[link.siren_id].consecutive_failures
+            if first:
+                # ... then each siren settles on its own phase of the whole interval, so a large
+                # fleet is polled evenly instead of in bursts.
+                due += self._rng.uniform(0, interval_s)
+                first = False
             due += next_delay(interval_s, failures, polling, self._rng)
             now = loop.time()
-            due = max(due, now)  # fell behind (slow device): poll again now, don't burst to catch up
+            due = max(due, now)  # fell behind (slow device): poll now, don't burst to catch up
             await asyncio.sleep(due - now)
 
     async def _sweep(self) -> None:
-        while True:
+        while self._running:
             await asyncio.sleep(1.0)
             self.fleet.sweep()

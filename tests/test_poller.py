@@ -1,0 +1,59 @@
+"""Poll scheduling and shutdown, with links that misbehave in ways real libraries do."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+from simulators.sitegen import generate_site, write_site
+from siren_gateway.bus import Bus
+from siren_gateway.config import PollingConfig, load_site
+from siren_gateway.fleet import Fleet
+from siren_gateway.links.base import SirenLink
+from siren_gateway.model import Command, Sample, utc_now
+from siren_gateway.poller import Poller, next_delay
+
+
+class CancelSwallowingLink:
+    """Answers polls, but once drops a cancellation the way Python 3.11's wait_for can."""
+
+    def __init__(self, siren_id: str) -> None:
+        self.siren_id = siren_id
+        self.swallowed = 0
+        self.polls = 0
+
+    async def poll(self) -> Sample:
+        self.polls += 1
+        try:
+            await asyncio.sleep(0.5)  # longer than the interval: a cancel lands in here
+        except asyncio.CancelledError:
+            if self.swallowed == 0:
+                self.swallowed += 1  # the reply "arrived" with the cancel: return it instead
+            else:
+                raise
+        return Sample(self.siren_id, utc_now(), {"state": "idle"})
+
+    async def send(self, command: Command) -> None:
+        raise NotImplementedError
+
+
+async def test_stop_finishes_even_when_a_cancellation_is_swallowed(tmp_path: Path) -> None:
+    site = load_site(write_site(generate_site(3, poll_interval_s=0.05), tmp_path / "s.yaml"))
+    fleet = Fleet(site, Bus())
+    links: dict[str, SirenLink] = {s.id: CancelSwallowingLink(s.id) for s in site.config.sirens}
+    poller = Poller(fleet, links, seed=1)
+    poller.start()
+    await asyncio.sleep(0.3)
+    await asyncio.wait_for(poller.stop(), timeout=5)
+    assert sum(link.swallowed for link in links.values()) >= 1  # type: ignore[attr-defined]
+    counts = [link.polls for link in links.values()]  # type: ignore[attr-defined]
+    await asyncio.sleep(0.2)
+    assert [link.polls for link in links.values()] == counts  # type: ignore[attr-defined]
+
+
+def test_back_off_starts_after_the_offline_threshold_and_is_capped() -> None:
+    polling = PollingConfig(offline_after_failures=3, backoff_max_s=30, jitter_fraction=0)
+    rng = random.Random(0)
+    delays = [next_delay(2.0, failures, polling, rng) for failures in range(8)]
+    assert delays == [2.0, 2.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
