@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0, help="poll interval, seconds")
     parser.add_argument("--duration", type=float, default=30.0, help="measured window, seconds")
     parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds before measuring (default: interval + 5)")
+                        help="seconds before measuring (default: 2 intervals + 5)")
     parser.add_argument("--units-per-line", type=int, default=1,
                         help="sirens per endpoint (>1: RS-485 lines, RTU over TCP)")
     parser.add_argument("--sim-processes", type=int, default=2)
@@ -154,7 +154,8 @@ def main() -> None:
     parser.add_argument("--role", choices=["gateway", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    warmup = args.warmup if args.warmup is not None else min(args.interval, 5.0) + 5.0
+    # Two intervals: the first polls come within 5 s, then each siren settles on its own phase.
+    warmup = args.warmup if args.warmup is not None else 2 * args.interval + 5.0
 
     if args.role:
         runner = run_gateway if args.role == "gateway" else run_bare

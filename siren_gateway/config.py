@@ -145,6 +145,33 @@ class StorageConfig(_Strict):
 class ApiConfig(_Strict):
     host: str = "127.0.0.1"
     port: Port = 8080
+    token_ttl_s: float = Field(default=8 * 3600, ge=60, le=7 * 86400)
+
+
+class UserConfig(_Strict):
+    username: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    role: Literal["viewer", "operator", "admin"]
+    # scrypt hash from `siren-gateway hash-password`; never a plain password
+    password_hash: Annotated[str, Field(pattern=r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$")]
+
+
+class ActivationConfig(_Strict):
+    # Commands carry a start time this far ahead so every siren starts together.
+    sync_lead_s: float = Field(default=2.0, ge=0.5, le=60)
+    # A siren whose clock is off by more than this is started by the gateway at the moment
+    # instead of by its own clock.
+    clock_tolerance_s: float = Field(default=1.5, ge=0.1, le=600)
+    # After the start time, how long to wait for a siren's own confirmation.
+    confirm_timeout_s: float = Field(default=15.0, ge=1, le=600)
+    confirm_poll_interval_s: float = Field(default=0.5, ge=0.05, le=10)
+    # Deliveries are retried until this long after the start time, then reported.
+    delivery_grace_s: float = Field(default=3.0, ge=0, le=120)
+    # The same request again within this window is not sent twice.
+    duplicate_window_s: float = Field(default=120.0, ge=0, le=3600)
+    # Lifetime of an emergency confirmation token from the preview.
+    confirmation_ttl_s: float = Field(default=60.0, ge=5, le=600)
+    # Faults that mean a siren did not really sound, if reported while it sounds.
+    failing_faults: list[str] = ["amplifier_fault", "driver_fault"]
 
 
 class SiteConfig(_Strict):
@@ -156,6 +183,8 @@ class SiteConfig(_Strict):
     polling: PollingConfig = PollingConfig()
     storage: StorageConfig = StorageConfig()
     api: ApiConfig = ApiConfig()
+    users: list[UserConfig] = []
+    activation: ActivationConfig = ActivationConfig()
 
     @model_validator(mode="after")
     def _check_signal_ids(self) -> SiteConfig:
@@ -313,6 +342,12 @@ def _check_references(
                 f"same endpoint and unit id as siren {units[unit]!r}: two sirens cannot share a "
                 "Modbus address"))
         units[unit] = siren.id
+    usernames: set[str] = set()
+    for i, user in enumerate(config.users):
+        if user.username in usernames:
+            problems.append(ConfigProblem(f"users[{i}].username",
+                                          f"duplicate user {user.username!r}"))
+        usernames.add(user.username)
     for profile in profiles.values():
         for signal_id in profile.spec.signal_codes:
             if signal_id not in signals:

@@ -7,8 +7,9 @@ reachability or of the fault set is published once on the bus, at the moment it 
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from siren_gateway.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
@@ -36,6 +37,10 @@ class SirenState:
     last_error: str | None = None
     polls_ok: int = 0
     polls_failed: int = 0
+    # Monotonic time of the last answer and the age that makes it stale: the sweep runs over the
+    # whole fleet every second, so it compares floats rather than datetimes.
+    last_seen_mono: float = 0.0
+    stale_after_s: float = 0.0
 
     @property
     def faults(self) -> frozenset[str]:
@@ -97,7 +102,8 @@ class Fleet:
         self.bus = bus
         self.polling: PollingConfig = site.config.polling
         self.states: dict[str, SirenState] = {
-            s.id: SirenState(s, site.profiles[s.profile].spec.sounding_current_threshold)
+            s.id: SirenState(s, site.profiles[s.profile].spec.sounding_current_threshold,
+                             stale_after_s=s.poll_interval_s * self.polling.stale_after_intervals)
             for s in site.config.sirens
         }
 
@@ -116,6 +122,7 @@ class Fleet:
         before = state.faults
         state.sample = sample
         state.last_seen = state.last_attempt = sample.received_at
+        state.last_seen_mono = time.monotonic()
         state.consecutive_failures = 0
         state.last_error = None
         state.polls_ok += 1
@@ -136,21 +143,17 @@ class Fleet:
         if state.consecutive_failures >= self.polling.offline_after_failures:
             self._set_reachability(state, Reachability.OFFLINE, now,
                                    f"{state.consecutive_failures} polls failed: {error.reason}")
-        else:
-            self.check_stale(state, now)
-
-    def check_stale(self, state: SirenState, now: datetime) -> None:
-        if state.reachability is not Reachability.ONLINE or state.last_seen is None:
-            return
-        limit = timedelta(seconds=state.config.poll_interval_s * self.polling.stale_after_intervals)
-        if now - state.last_seen > limit:
+        elif (state.reachability is Reachability.ONLINE
+              and time.monotonic() - state.last_seen_mono > state.stale_after_s):
             self._set_reachability(state, Reachability.STALE, now, "no fresh status")
 
     def sweep(self) -> None:
-        """Catch sirens whose polls hang rather than fail (called periodically)."""
-        now = utc_now()
+        """Catch sirens whose polls hang rather than fail (called every second)."""
+        now = time.monotonic()
+        online = Reachability.ONLINE
         for state in self.states.values():
-            self.check_stale(state, now)
+            if state.reachability is online and now - state.last_seen_mono > state.stale_after_s:
+                self._set_reachability(state, Reachability.STALE, utc_now(), "no fresh status")
 
     def counts(self) -> dict[str, int]:
         out = {r.value: 0 for r in Reachability}

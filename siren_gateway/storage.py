@@ -36,6 +36,34 @@ CREATE TABLE IF NOT EXISTS telemetry (
 );
 CREATE INDEX IF NOT EXISTS telemetry_by_siren ON telemetry (siren_id, ts);
 CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry (ts);
+
+CREATE TABLE IF NOT EXISTS audit (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       REAL NOT NULL,
+    username TEXT NOT NULL,
+    role     TEXT,
+    action   TEXT NOT NULL,
+    target   TEXT,
+    details  TEXT NOT NULL,     -- JSON
+    outcome  TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+
+CREATE TABLE IF NOT EXISTS activations (
+    id         INTEGER PRIMARY KEY,
+    data       TEXT NOT NULL,   -- JSON: request, class, signal, times, state
+    state      TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS activation_results (
+    activation_id INTEGER NOT NULL,
+    siren_id      TEXT NOT NULL,
+    data          TEXT NOT NULL, -- JSON: status, reason, timings
+    PRIMARY KEY (activation_id, siren_id)
+);
 """
 
 

@@ -148,9 +148,9 @@ class ModbusEndpoint:
         try:
             if not self._client.connected:
                 await self._connect()
-            # pymodbus enforces the timeout itself; ours is the backstop for a wedged transport.
-            async with asyncio.timeout(self.timeout_s * 2 + 0.5):
-                return await run(self._client)
+            # pymodbus bounds every request by the client's timeout (no second timer here: it
+            # would cost a heap entry per poll); a request that hangs anyway shows as stale.
+            return await run(self._client)
         except LinkError as exc:
             raise self._failed(exc) from None
         except TimeoutError:
