@@ -81,13 +81,15 @@ async def run_bare(config: Path, warmup_s: float, duration_s: float) -> dict[str
     locks: dict[str, asyncio.Lock] = {}
     counts = [0, 0]
     rng = random.Random(1)
+    running = [True]
 
     async def poll_forever(siren_id: str, key: str, unit: int, interval: float) -> None:
         client, lock = clients[key], locks[key]
         await asyncio.sleep(rng.uniform(0, min(interval, 5.0)))
         loop = asyncio.get_running_loop()
         due = loop.time()
-        while True:
+        first = True
+        while running[0]:
             try:
                 async with lock:
                     if not client.connected:
@@ -97,6 +99,9 @@ async def run_bare(config: Path, warmup_s: float, duration_s: float) -> dict[str
                 counts[0 if not response.isError() else 1] += 1
             except Exception:
                 counts[1] += 1
+            if first:  # the same phase spreading as the gateway's poller
+                due += rng.uniform(0, interval)
+                first = False
             due = max(due + interval, loop.time())
             await asyncio.sleep(due - loop.time())
 
@@ -115,9 +120,13 @@ async def run_bare(config: Path, warmup_s: float, duration_s: float) -> dict[str
     try:
         return await measure(lambda: (counts[0], counts[1]), warmup_s, duration_s)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Python 3.11's wait_for inside pymodbus can swallow a cancel: flag, then cancel again.
+        running[0] = False
+        pending = set(tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         for client in clients.values():
             client.close()
 

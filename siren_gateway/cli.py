@@ -52,6 +52,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from siren_gateway.auth import hash_password
+
+    password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass("Password: ")
+    if len(password) < 8:
+        print("use at least 8 characters", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="siren-gateway",
                                      description="Monitor and control outdoor warning sirens.")
@@ -77,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--data-dir", type=Path, default=None,
                       help="where the demo writes its site file and database (default: a temp dir)")
     demo.set_defaults(handler=_demo)
+
+    hasher = sub.add_parser("hash-password", help="print the scrypt hash of a password for users:")
+    hasher.add_argument("--stdin", action="store_true", help="read the password from stdin")
+    hasher.set_defaults(handler=_hash_password)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),

@@ -32,7 +32,9 @@ def demo_site(sirens: int | None, base: Path) -> dict[str, object]:
                               zones=data["zones"], name=data["site"]["name"])
     generated["site"] = data["site"]
     generated["polling"] = data.get("polling", {})
-    generated["storage"] = data.get("storage", {})
+    for section in ("storage", "users", "activation"):
+        if section in data:
+            generated[section] = data[section]
     return generated
 
 

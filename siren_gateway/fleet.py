@@ -93,6 +93,9 @@ class SirenState:
             "telemetry": dict(sample.values) if sample else None,
             "device_time": sample.device_time.isoformat() if sample and sample.device_time
             else None,
+            # Controller clock minus gateway clock at the last answer (1 s resolution + latency).
+            "clock_skew_s": round(sample.device_time.timestamp() - sample.received_at.timestamp(),
+                                  1) if sample and sample.device_time else None,
             "polls": {"ok": self.polls_ok, "failed": self.polls_failed},
         }
 

@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from siren_gateway.activation import ActivationEngine
+from siren_gateway.audit import AuditLog
+from siren_gateway.auth import TokenStore
 from siren_gateway.bus import Bus
 from siren_gateway.config import Site
 from siren_gateway.fleet import Fleet
@@ -32,6 +35,10 @@ class Gateway:
         self.endpoints: list[ModbusEndpoint] = []
         self.links: dict[str, SirenLink] = {}
         self.poller = Poller(self.fleet, self.links)
+        self.audit = AuditLog(self.db)
+        self.activations = ActivationEngine(site, self.fleet, self.links, self.db, self.audit)
+        self.users = {u.username: u for u in site.config.users}
+        self.tokens = TokenStore(site.config.api.token_ttl_s)
         self.started_at: float | None = None
 
     async def start(self) -> None:
@@ -41,12 +48,14 @@ class Gateway:
             [(s.id, s.link, self.site.profiles[s.profile]) for s in self.site.config.sirens])
         self.links.update(links)
         self.telemetry.start()
+        await self.activations.start()
         self.poller.start()
         self.started_at = time.time()
         log.info("gateway started: %d sirens on %d endpoints",
                  len(self.fleet.states), len(self.endpoints))
 
     async def stop(self) -> None:
+        await self.activations.stop()
         await self.poller.stop()
         for endpoint in self.endpoints:
             await endpoint.close()

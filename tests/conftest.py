@@ -13,8 +13,21 @@ import pytest
 
 from simulators.launcher import FleetProcess, start_fleet
 from simulators.sitegen import assign_free_ports, write_site
+from siren_gateway.auth import hash_password
 from siren_gateway.config import DEFAULT_PROFILES_DIR, Site, load_site
 from siren_gateway.gateway import Gateway
+
+PASSWORDS = {"viewer": "viewer-pass", "operator": "operator-pass", "admin": "admin-pass"}
+USERS = [{"username": name, "role": name, "password_hash": hash_password(password)}
+         for name, password in PASSWORDS.items()]
+
+
+def with_users(site: dict[str, Any], **activation: Any) -> dict[str, Any]:
+    """A site dict with the test users and (optionally) activation settings."""
+    site["users"] = USERS
+    if activation:
+        site["activation"] = activation
+    return site
 
 
 class SimControl:

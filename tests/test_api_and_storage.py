@@ -24,7 +24,7 @@ from siren_gateway.config import Site, StorageConfig
 from siren_gateway.gateway import Gateway
 from siren_gateway.model import Sample
 from siren_gateway.storage import Database, TelemetryStore
-from tests.conftest import StartDistrict, wait_until
+from tests.conftest import PASSWORDS, StartDistrict, wait_until, with_users
 
 REPO = Path(__file__).resolve().parent.parent
 StartGateway = Callable[[Site], Awaitable[Gateway]]
@@ -36,7 +36,7 @@ def api_client(app: FastAPI) -> httpx.AsyncClient:
 
 async def test_read_api_lists_sirens_with_state_and_history(
         start_district: StartDistrict, gateways: StartGateway) -> None:
-    site_dict = generate_site(3, poll_interval_s=0.2)
+    site_dict = with_users(generate_site(3, poll_interval_s=0.2))
     site_dict["storage"] = {"telemetry_min_interval_s": 0}
     district = start_district(site_dict)
     gateway = await gateways(district.site())
@@ -45,6 +45,10 @@ async def test_read_api_lists_sirens_with_state_and_history(
     await wait_until(lambda: "mains_lost" in gateway.fleet.states["s00002"].faults, 3, "fault")
     await wait_until(lambda: gateway.telemetry.written >= 6, 5, "telemetry stored")
     async with api_client(create_app(gateway, manage_lifecycle=False)) as client:
+        assert (await client.get("/api/sirens")).status_code == 401  # reads need a login too
+        login = await client.post("/api/auth/token",
+                                  data={"username": "viewer", "password": PASSWORDS["viewer"]})
+        client.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
         health = (await client.get("/api/health")).json()
         assert health["status"] == "ok"
         assert health["sirens"]["online"] == 3 and health["sirens"]["with_faults"] == 1
@@ -131,9 +135,15 @@ def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + 60
         sirens: list[dict[str, object]] = []
+        headers: dict[str, str] = {}
         while time.monotonic() < deadline:
             try:
-                sirens = httpx.get(f"http://127.0.0.1:{port}/api/sirens", timeout=2).json()
+                if not headers:  # the demo's viewer account, as documented in the README
+                    token = httpx.post(f"http://127.0.0.1:{port}/api/auth/token", timeout=5,
+                                       data={"username": "viewer", "password": "viewer-demo"})
+                    headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+                sirens = httpx.get(f"http://127.0.0.1:{port}/api/sirens", timeout=2,
+                                   headers=headers).json()
                 if len(sirens) == 20 and all(s["online"] for s in sirens):
                     break
             except httpx.HTTPError:

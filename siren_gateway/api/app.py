@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from siren_gateway.api.routes import health, sirens
+from siren_gateway.api.routes import activations, audit, auth, health, signals, sirens
 from siren_gateway.gateway import Gateway
 
 
@@ -26,6 +26,6 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
 
     app = FastAPI(title="Siren Gateway", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway
-    app.include_router(health.router, prefix="/api")
-    app.include_router(sirens.router, prefix="/api")
+    for module in (health, auth, sirens, signals, activations, audit):
+        app.include_router(module.router, prefix="/api")
     return app

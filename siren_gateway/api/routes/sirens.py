@@ -5,14 +5,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
-from siren_gateway.api.deps import GatewayDep
+from siren_gateway.api.deps import GatewayDep, Viewer
 from siren_gateway.model import utc_now
 
 router = APIRouter(tags=["sirens"])
 
 
 @router.get("/sirens")
-def list_sirens(gateway: GatewayDep) -> list[dict[str, Any]]:
+def list_sirens(gateway: GatewayDep, _: Viewer) -> list[dict[str, Any]]:
     return [state.as_dict() for state in gateway.fleet.states.values()]
 
 
@@ -20,6 +20,7 @@ def list_sirens(gateway: GatewayDep) -> list[dict[str, Any]]:
 async def get_siren(
     siren_id: str,
     gateway: GatewayDep,
+    _: Viewer,
     history_minutes: Annotated[float, Query(gt=0, le=60 * 24 * 366)] = 60,
     history_limit: Annotated[int, Query(ge=0, le=10_000)] = 500,
 ) -> dict[str, Any]:

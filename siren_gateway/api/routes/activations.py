@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from siren_gateway.activation import ActivationError, ActivationRequest, Targets
+from siren_gateway.api.deps import GatewayDep, Operator, Viewer
+
+router = APIRouter(tags=["activations"])
+
+
+class TargetsBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sirens: list[str] = []
+    zones: list[str] = []
+    all: bool = False
+
+
+class ActivationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    targets: TargetsBody
+    klass: Literal["emergency", "exercise", "test"] = Field(alias="class")
+    action: Literal["sound", "silent_test"] = "sound"
+    signal: str | None = None
+    start_at: datetime | None = Field(default=None, description="timezone-aware; default: now "
+                                      "plus the synchronisation lead")
+    confirmation_token: str | None = None
+
+    def to_request(self) -> ActivationRequest:
+        if self.start_at is not None and self.start_at.tzinfo is None:
+            raise HTTPException(422, "start_at needs a time zone (e.g. 2026-09-18T10:00:00+08:00)")
+        return ActivationRequest(
+            Targets(tuple(self.targets.sirens), tuple(self.targets.zones), self.targets.all),
+            self.klass, self.action, self.signal, self.start_at, self.confirmation_token)
+
+
+def _refused(exc: ActivationError) -> HTTPException:
+    return HTTPException(exc.status_code, {"message": exc.message, **exc.extra})
+
+
+@router.post("/activations/preview")
+async def preview(body: ActivationBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
+    try:
+        return await gateway.activations.preview(who, body.to_request())
+    except ActivationError as exc:
+        raise _refused(exc) from None
+
+
+@router.post("/activations", status_code=201)
+async def create(body: ActivationBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
+    try:
+        activation = await gateway.activations.activate(who, body.to_request())
+    except ActivationError as exc:
+        raise _refused(exc) from None
+    return activation.report()
+
+
+@router.get("/activations")
+def list_activations(gateway: GatewayDep, _: Viewer,
+                     limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
+    return gateway.activations.list(limit)
+
+
+@router.get("/activations/{activation_id}")
+def get_activation(activation_id: int, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
+    activation = gateway.activations.activations.get(activation_id)
+    if activation is None:
+        raise HTTPException(404, f"no activation {activation_id}")
+    return activation.report()
+
+
+@router.post("/activations/{activation_id}/cancel")
+async def cancel(activation_id: int, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
+    try:
+        activation = await gateway.activations.cancel(who, activation_id)
+    except ActivationError as exc:
+        raise _refused(exc) from None
+    return activation.report()
