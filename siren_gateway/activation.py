@@ -260,17 +260,16 @@ class ActivationEngine:
                 if result.status in FINAL:
                     continue
                 link = self.links.get(siren_id)
-                if result.status is Status.ACCEPTED and now < deadline and link is not None:
-                    # Delivered before the restart: watch for its feedback, never send again.
+                if now < deadline and link is not None:
+                    # Never send again. Watch instead: a siren recorded as pending may have
+                    # taken the command in the last moments before the restart; only one that
+                    # reports this activation's sequence number can be confirmed.
                     activation.tasks[siren_id] = asyncio.create_task(
                         self._confirm_only(activation, result, link))
                     self._occupy(activation, siren_id)
-                elif result.status is Status.ACCEPTED:
-                    self._finish(result, Status.NO_FEEDBACK,
-                                 "gateway restarted before the siren confirmed")
                 else:
-                    self._finish(result, Status.NO_FEEDBACK, "gateway restarted while the "
-                                 "command was being delivered; not re-sent")
+                    self._finish(result, Status.NO_FEEDBACK, "gateway restarted before the "
+                                 "siren confirmed; the command is never re-sent")
             if not activation.tasks:
                 activation.state, activation.ended_at = "interrupted", now
             else:
@@ -494,6 +493,33 @@ class ActivationEngine:
                                 target=f"activation {activation_id}", stop_failed=failed)
         return activation
 
+    async def set_clocks(self, who: Principal, targets: Targets) -> dict[str, Any]:
+        """Set the targeted controllers' clocks to the gateway's (UTC).
+
+        Controllers count whole seconds, so the command is sent just as a second begins and
+        carries that second: what remains is the link latency.
+        """
+        active, inhibited = self.resolve(targets)
+        sirens = active + inhibited  # setting a clock makes no sound: maintenance sirens too
+        moment = math.floor(time.time()) + 1
+        await _sleep_until(moment)
+        command = Command(CommandKind.SET_CLOCK, clock=datetime.fromtimestamp(moment, UTC))
+
+        async def one(siren_id: str) -> tuple[str, str | None]:
+            try:
+                await self.links[siren_id].send(command)
+            except LinkError as exc:
+                return siren_id, str(exc)
+            return siren_id, None
+
+        outcomes = await asyncio.gather(*(one(s) for s in sirens))
+        failed = {siren: error for siren, error in outcomes if error}
+        result = {"set": [s for s, error in outcomes if not error], "failed": failed,
+                  "clock": datetime.fromtimestamp(moment, UTC).isoformat()}
+        await self.audit.record(who, "sirens.set_clock", "failed for some" if failed else "ok",
+                                targets=asdict(targets), set=len(result["set"]), failed=failed)
+        return result
+
     async def _stop_siren(self, siren_id: str) -> tuple[str, str | None]:
         try:
             await self.links[siren_id].send(Command(CommandKind.STOP))
@@ -519,7 +545,8 @@ class ActivationEngine:
     async def _confirm_only(self, activation: Activation, result: SirenResult,
                             link: SirenLink) -> None:
         try:
-            await self._confirm(activation, result, link)
+            await self._confirm(activation, result, link,
+                                note="; the gateway restarted during the activation")
         finally:
             self._dirty.add(activation.id)
 
@@ -569,7 +596,8 @@ class ActivationEngine:
                 r.status is not Status.PENDING for r in activation.results.values()):
             activation.all_accepted_at = time.time()
 
-    async def _confirm(self, activation: Activation, result: SirenResult, link: SirenLink) -> None:
+    async def _confirm(self, activation: Activation, result: SirenResult, link: SirenLink,
+                       note: str = "") -> None:
         """Poll the siren from its start moment until its own feedback decides the result."""
         state = self.fleet.states[result.siren_id]
         threshold = state.sounding_current_threshold
@@ -596,7 +624,7 @@ class ActivationEngine:
                 last_note = f"controller state {sample.values.get('state')!r}"
             if time.time() >= deadline:
                 self._finish(result, Status.NO_FEEDBACK, f"no confirmation within "
-                             f"{self.config.confirm_timeout_s:g} s ({last_note})")
+                             f"{self.config.confirm_timeout_s:g} s ({last_note}){note}")
                 return
             await asyncio.sleep(self.config.confirm_poll_interval_s)
 

@@ -5,7 +5,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 
-from siren_gateway.api.deps import GatewayDep, Viewer
+from siren_gateway.activation import ActivationError, Targets
+from siren_gateway.api.deps import GatewayDep, Operator, Viewer
+from siren_gateway.api.routes.activations import TargetsBody
 from siren_gateway.model import utc_now
 
 router = APIRouter(tags=["sirens"])
@@ -30,3 +32,13 @@ async def get_siren(
     since = utc_now() - timedelta(minutes=history_minutes)
     history = await gateway.telemetry.history(siren_id, since, history_limit) if history_limit else []
     return state.as_dict() | {"history": history}
+
+
+@router.post("/sirens/set-clock")
+async def set_clocks(body: TargetsBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
+    """Set the controllers' clocks to the gateway's (inhibited sirens too: it makes no sound)."""
+    targets = Targets(tuple(body.sirens), tuple(body.zones), body.all)
+    try:
+        return await gateway.activations.set_clocks(who, targets)
+    except ActivationError as exc:
+        raise HTTPException(exc.status_code, exc.message) from None
