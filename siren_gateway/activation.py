@@ -24,6 +24,7 @@ import enum
 import json
 import logging
 import math
+import random
 import secrets
 import sqlite3
 import time
@@ -604,7 +605,11 @@ class ActivationEngine:
         signal = self.site.signals.get(activation.signal or "")
         first_on_s = signal.steps[0].on_s if signal else 0.0
         sequence = activation.id & 0xFFFF or 1
-        await _sleep_until(activation.start_at)
+        # Nothing can be confirmed at the very instant of the start, and that instant belongs
+        # to the "start now" commands of sirens with bad clocks: begin polling a moment later,
+        # spread over one poll interval so a thousand sirens are not polled at once.
+        await _sleep_until(activation.start_at + 0.2
+                           + random.uniform(0, self.config.confirm_poll_interval_s))
         deadline = activation.start_at + self.config.confirm_timeout_s
         failing = set(self.config.failing_faults)
         last_note = "no answer since the start"
