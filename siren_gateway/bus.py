@@ -36,7 +36,17 @@ class FaultsChanged:
     at: datetime
 
 
-Event = SampleReceived | StatusChanged | FaultsChanged
+@dataclass(frozen=True, slots=True)
+class SpoolOverflow:
+    """A telemetry sink had to throw data away: alert-worthy."""
+
+    sink: str
+    dropped_now: int
+    dropped_total: int
+    at: datetime
+
+
+Event = SampleReceived | StatusChanged | FaultsChanged | SpoolOverflow
 
 
 class Subscription:

@@ -142,6 +142,26 @@ class StorageConfig(_Strict):
     telemetry_min_interval_s: float = Field(default=60.0, ge=0)
 
 
+class InfluxConfig(_Strict):
+    """A time-series server with the InfluxDB v2 write API (InfluxDB 2.x/3.x/1.8+, VictoriaMetrics)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    token: str = ""
+    org: str = "siren-gateway"
+    bucket: str = "sirens"
+    measurement: str = "siren_status"
+    # VictoriaMetrics stores a string field as a series of zeros: turn strings off for it.
+    string_fields: bool = True
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(default=1.0, gt=0, le=60)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    retry_initial_s: float = Field(default=0.5, gt=0, le=60)
+    retry_max_s: float = Field(default=30.0, gt=0, le=3600)
+    queue_size: int = Field(default=200_000, ge=1000)
+    spool_dir: str = "telemetry-spool"  # relative to the database file's folder
+    spool_max_mb: float = Field(default=512, gt=0)
+
+
 class ApiConfig(_Strict):
     host: str = "127.0.0.1"
     port: Port = 8080
@@ -182,6 +202,7 @@ class SiteConfig(_Strict):
     signals: list[SignalConfig] | None = None  # None: the shipped defaults
     polling: PollingConfig = PollingConfig()
     storage: StorageConfig = StorageConfig()
+    influx: InfluxConfig | None = None
     api: ApiConfig = ApiConfig()
     users: list[UserConfig] = []
     activation: ActivationConfig = ActivationConfig()

@@ -17,6 +17,7 @@ from siren_gateway.links.base import SirenLink
 from siren_gateway.links.modbus import ModbusEndpoint, build_modbus_links
 from siren_gateway.poller import Poller
 from siren_gateway.storage import Database, TelemetryStore
+from siren_gateway.telemetry_sink import InfluxSink
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,10 @@ class Gateway:
             path = site.source.parent / path
         self.db = Database(path)
         self.telemetry = TelemetryStore(self.db, self.bus, storage)
+        self.influx: InfluxSink | None = None
+        if site.config.influx is not None:
+            spool = path.parent / site.config.influx.spool_dir
+            self.influx = InfluxSink(site, self.bus, site.config.influx, spool)
         self.endpoints: list[ModbusEndpoint] = []
         self.links: dict[str, SirenLink] = {}
         self.poller = Poller(self.fleet, self.links)
@@ -43,11 +48,15 @@ class Gateway:
 
     async def start(self) -> None:
         await self.db.open()
+        if self.influx is not None:
+            await self.influx.open()
         # Clients are made here, inside the running loop (pymodbus binds them to it).
         links, self.endpoints = build_modbus_links(
             [(s.id, s.link, self.site.profiles[s.profile]) for s in self.site.config.sirens])
         self.links.update(links)
         self.telemetry.start()
+        if self.influx is not None:
+            self.influx.start()
         await self.activations.start()
         self.poller.start()
         self.started_at = time.time()
@@ -60,6 +69,8 @@ class Gateway:
         for endpoint in self.endpoints:
             await endpoint.close()
         await self.telemetry.stop()
+        if self.influx is not None:
+            await self.influx.stop()
         await self.db.close()
         log.info("gateway stopped")
 
@@ -80,4 +91,5 @@ class Gateway:
             "endpoints": len(endpoints),
             "bus": self.bus.stats(),
             "telemetry_store": self.telemetry.stats(),
+            "influx_sink": self.influx.stats() if self.influx is not None else None,
         }

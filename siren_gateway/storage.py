@@ -145,6 +145,7 @@ class TelemetryStore:
         self._last_stored: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._signature = _DiscreteSignature()
         self._task: asyncio.Task[None] | None = None
+        self._held: list[Sample] = []  # taken off the queue, not yet written
         self.written = 0
         self.thinned = 0
         self.write_errors = 0
@@ -157,7 +158,9 @@ class TelemetryStore:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        await self._flush(self._drain())  # what was queued at shutdown still reaches disk
+        # What was held by the cancelled batch or still queued at shutdown reaches disk too.
+        held, self._held = self._held, []
+        await self._flush(held + self._drain())
         self._subscription.close()
 
     def _keep(self, sample: Sample) -> bool:
@@ -184,10 +187,11 @@ class TelemetryStore:
         next_retention = 0.0
         while True:
             event = await self._subscription.get()
-            batch = [event.sample] if (isinstance(event, SampleReceived)
-                                       and self._keep(event.sample)) else []
+            self._held = [event.sample] if (isinstance(event, SampleReceived)
+                                            and self._keep(event.sample)) else []
             await asyncio.sleep(self.flush_interval_s)  # let a batch gather
-            batch += self._drain()
+            self._held += self._drain()
+            batch, self._held = self._held, []
             await self._flush(batch)
             if loop.time() >= next_retention:
                 await self.apply_retention()
