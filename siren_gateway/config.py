@@ -155,6 +155,8 @@ class InfluxConfig(_Strict):
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     flush_interval_s: float = Field(default=1.0, gt=0, le=60)
     timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # Writes in flight at once: the next batch is encoded while the server digests one.
+    max_in_flight: int = Field(default=2, ge=1, le=16)
     retry_initial_s: float = Field(default=0.5, gt=0, le=60)
     retry_max_s: float = Field(default=30.0, gt=0, le=3600)
     queue_size: int = Field(default=200_000, ge=1000)

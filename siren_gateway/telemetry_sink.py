@@ -83,6 +83,8 @@ class InfluxSink:
         self._running = False
         self._idle: set[str] = set()  # names of tasks that hold no data right now
         self._held: list[str] = []  # lines taken off the queue and not yet written or spooled
+        self._slots = asyncio.Semaphore(config.max_in_flight)
+        self._in_flight: dict[asyncio.Task[None], list[str]] = {}
         self.written_lines = 0
         self.written_batches = 0
         self.rejected_lines = 0
@@ -117,11 +119,21 @@ class InfluxSink:
                 if task.get_name() in self._idle or time.monotonic() > deadline:
                     task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.1)
+        writes = set(self._in_flight)
+        if writes:  # let started writes finish (or spool themselves) within the grace
+            _, late = await asyncio.wait(writes, timeout=max(0.0, deadline - time.monotonic()))
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+        unsent = [line for lines in self._in_flight.values() for line in lines]
+        self._in_flight.clear()
         held, self._held = self._held, []
-        lines = held + self._drain(10**9)
+        lines = unsent + held + self._drain(10**9)
         for start in range(0, len(lines), self.config.batch_size):
+            chunk = lines[start:start + self.config.batch_size]
             # one last try at the server; what it cannot take is spooled for the next start
-            await self._deliver(lines[start:start + self.config.batch_size])
+            await (self._spool(chunk) if not self.spool.empty else self._write(chunk))
         self._subscription.close()
         await self.writer.close()
 
@@ -155,11 +167,24 @@ class InfluxSink:
             self._held = []
 
     async def _deliver(self, lines: list[str]) -> None:
+        """Start writing a batch and return; at most max_in_flight writes run at once, so the
+        next batch is encoded while the server digests this one."""
         if not lines:
             return
         if not self.spool.empty:  # the server is (or was just) away: keep the order
             await self._spool(lines)
             return
+        await self._slots.acquire()
+        task = asyncio.create_task(self._write(lines), name="influx write")
+        self._in_flight[task] = lines
+        task.add_done_callback(self._write_done)
+
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled():
+            self._in_flight.pop(task, None)  # a cancelled write keeps its lines for stop()
+        self._slots.release()
+
+    async def _write(self, lines: list[str]) -> None:
         text = "\n".join(lines)
         try:
             await self.writer.write(text)
