@@ -48,7 +48,11 @@ def _demo(args: argparse.Namespace) -> int:
         print("--sirens must be between 1 and 20000", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        run_demo(args.port, args.sim_port, args.sirens, args.data_dir)
+        influx = None
+        if args.influx_url:
+            influx = {"url": args.influx_url, "token": args.influx_token, "org": args.influx_org,
+                      "bucket": args.influx_bucket, "string_fields": not args.influx_no_strings}
+        run_demo(args.port, args.sim_port, args.sirens, args.data_dir, influx)
     return 0
 
 
@@ -89,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="simulate N sirens instead of the 20 of config/demo.yaml")
     demo.add_argument("--data-dir", type=Path, default=None,
                       help="where the demo writes its site file and database (default: a temp dir)")
+    demo.add_argument("--influx-url", default=None,
+                      help="also write telemetry to this InfluxDB v2 write API (or VictoriaMetrics)")
+    demo.add_argument("--influx-token", default="")
+    demo.add_argument("--influx-org", default="siren-gateway")
+    demo.add_argument("--influx-bucket", default="sirens")
+    demo.add_argument("--influx-no-strings", action="store_true",
+                      help="send numbers and flags only (VictoriaMetrics stores strings as 0)")
     demo.set_defaults(handler=_demo)
 
     hasher = sub.add_parser("hash-password", help="print the scrypt hash of a password for users:")

@@ -39,12 +39,14 @@ def demo_site(sirens: int | None, base: Path) -> dict[str, object]:
 
 
 def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None,
-             base: Path = DEMO_CONFIG) -> None:
+             influx: dict[str, object] | None = None, base: Path = DEMO_CONFIG) -> None:
     """Run until interrupted. The simulator processes are started and stopped outside the event
     loop, so an interrupt at any moment still ends them."""
     work = data_dir or Path(tempfile.mkdtemp(prefix="siren-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     site_dict = assign_free_ports(demo_site(sirens, base))
+    if influx:
+        site_dict["influx"] = influx
     config = write_site(site_dict, work / "demo-site.yaml", database=work / "demo.db")
     site = load_site(config)
     count = len(site.config.sirens)
@@ -60,6 +62,8 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
         print(f"  simulator control:  {fleets[0].control_url}/sirens"
               + (f" (+{processes - 1} more processes)" if processes > 1 else ""))
         print(f"  data and config:    {work}")
+        if influx:
+            print(f"  telemetry also to:  {influx['url']} (bucket {influx['bucket']})")
         print("Press Ctrl-C to stop.", flush=True)
         app = create_app(Gateway(site))
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,

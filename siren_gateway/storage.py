@@ -131,6 +131,34 @@ class _DiscreteSignature:
         return (getter(values), sample.faults)
 
 
+def _row(ts: float, device_ts: float | None, faults: str, data: str) -> dict[str, Any]:
+    return {"time": datetime.fromtimestamp(ts, UTC).isoformat(),
+            "device_time": datetime.fromtimestamp(device_ts, UTC).isoformat()
+            if device_ts is not None else None,
+            "faults": json.loads(faults), "values": json.loads(data)}
+
+
+def _aggregate(bucket_start: float, width: float, members: list[tuple[float, str, str]]
+               ) -> dict[str, Any]:
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    last: dict[str, Value] = {}
+    faults: set[str] = set()
+    for _, fault_text, data in members:
+        faults.update(json.loads(fault_text))
+        for name, value in json.loads(data).items():
+            if isinstance(value, bool | str):
+                last[name] = value
+            else:
+                sums[name] = sums.get(name, 0.0) + value
+                counts[name] = counts.get(name, 0) + 1
+    values: dict[str, Value] = {n: round(sums[n] / counts[n], 4) for n in sums}
+    values.update(last)
+    return {"time": datetime.fromtimestamp(bucket_start, UTC).isoformat(), "device_time": None,
+            "bucket_s": round(width, 3), "samples": len(members), "faults": sorted(faults),
+            "values": values}
+
+
 class TelemetryStore:
     """Writes samples from the bus into SQLite in batches; answers history queries."""
 
@@ -227,26 +255,36 @@ class TelemetryStore:
 
         return await self.db.run(delete)
 
-    async def history(self, siren_id: str, since: datetime, limit: int) -> list[dict[str, Any]]:
-        """Stored samples of one siren since a moment, oldest first (at most `limit`, newest)."""
+    async def history(self, siren_id: str, since: datetime, limit: int,
+                      resolution_s: float | None = None) -> list[dict[str, Any]]:
+        """Stored samples of one siren since a moment, oldest first.
 
-        def query(conn: sqlite3.Connection) -> list[tuple[float, float | None, str, str]]:
-            return conn.execute(
-                "SELECT ts, device_ts, faults, data FROM telemetry WHERE siren_id = ? AND ts >= ?"
-                " ORDER BY ts DESC LIMIT ?", (siren_id, since.timestamp(), limit)).fetchall()
+        A long range is downsampled rather than cut: when more than `limit` samples fall in it
+        (or a `resolution_s` is asked for), samples are grouped into equal time buckets with
+        numbers averaged, labels and flags taken from the bucket's last sample and faults
+        united, so a month of battery voltage still shows its trend in `limit` points.
+        """
+        start = since.timestamp()
 
-        rows = await self.db.run(query)
-        out = []
-        for ts, device_ts, faults, data in reversed(rows):
-            values: dict[str, Value] = json.loads(data)
-            out.append({
-                "time": datetime.fromtimestamp(ts, UTC).isoformat(),
-                "device_time": datetime.fromtimestamp(device_ts, UTC).isoformat()
-                if device_ts is not None else None,
-                "faults": json.loads(faults),
-                "values": values,
-            })
-        return out
+        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            count = conn.execute("SELECT count(*) FROM telemetry WHERE siren_id = ? AND ts >= ?",
+                                 (siren_id, start)).fetchone()[0]
+            if resolution_s is None and count <= limit:
+                rows = conn.execute(
+                    "SELECT ts, device_ts, faults, data FROM telemetry WHERE siren_id = ? AND "
+                    "ts >= ? ORDER BY ts", (siren_id, start)).fetchall()
+                return [_row(ts, device_ts, faults, data) for ts, device_ts, faults, data in rows]
+            span = max(1.0, time.time() - start)
+            bucket = resolution_s or span / max(1, limit)
+            buckets: dict[int, list[tuple[float, str, str]]] = {}
+            for ts, faults, data in conn.execute(
+                    "SELECT ts, faults, data FROM telemetry WHERE siren_id = ? AND ts >= ? "
+                    "ORDER BY ts", (siren_id, start)):
+                buckets.setdefault(int((ts - start) // bucket), []).append((ts, faults, data))
+            return [_aggregate(start + index * bucket, bucket, members)
+                    for index, members in sorted(buckets.items())][-limit:]
+
+        return await self.db.run(query)
 
     def stats(self) -> dict[str, int]:
         return {"written": self.written, "thinned": self.thinned, "write_errors": self.write_errors,

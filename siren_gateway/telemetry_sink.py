@@ -73,8 +73,7 @@ class InfluxSink:
         self.config = config
         self.bus = bus
         self.encoder = LineEncoder(site, config.measurement, config.string_fields)
-        self.writer: Writer = writer or InfluxWriter(config.url, config.token, config.org,
-                                                     config.bucket, config.timeout_s)
+        self._writer = writer  # made in open(): influxdb-client binds to the running loop
         self.spool = DiskSpool(spool_dir, int(config.spool_max_mb * 1024 * 1024))
         self._subscription: Subscription = bus.subscribe(
             "influx-sink", maxsize=config.queue_size, kinds=(SampleReceived,))
@@ -92,7 +91,17 @@ class InfluxSink:
         self.last_error: str | None = None
         self.last_write_at: float | None = None
 
+    @property
+    def writer(self) -> Writer:
+        if self._writer is None:
+            raise RuntimeError("InfluxSink.open() has not run")
+        return self._writer
+
     async def open(self) -> None:
+        if self._writer is None:
+            config = self.config
+            self._writer = InfluxWriter(config.url, config.token, config.org, config.bucket,
+                                        config.timeout_s)
         await self.spool.open()
         if not self.spool.empty:
             log.info("telemetry spool holds %d lines from before the restart", self.spool.lines)

@@ -169,3 +169,30 @@ def test_demo_rejects_a_bad_size(args: list[str]) -> None:
     from siren_gateway.cli import main
 
     assert main(args) == 2
+
+
+async def test_long_ranges_are_downsampled_not_cut(tmp_path: Path) -> None:
+    bus, db = Bus(), Database(tmp_path / "t.db")
+    await db.open()
+    store = TelemetryStore(db, bus, StorageConfig(telemetry_min_interval_s=0), flush_interval_s=0)
+    store.start()
+    now = datetime.now(UTC)
+    start = now - timedelta(hours=10)
+    for minute in range(600):  # ten hours, one sample a minute, battery falling steadily
+        state = "sounding" if minute == 450 else "idle"
+        bus.publish(SampleReceived(sample("a", start + timedelta(minutes=minute),
+                                          27.0 - minute / 100, state)))
+    await wait_until(lambda: store.written == 600, 5, "written")
+    full = await store.history("a", start - timedelta(seconds=1), 1000)
+    assert len(full) == 600 and "bucket_s" not in full[0]
+    coarse = await store.history("a", start - timedelta(seconds=1), 60)
+    assert 55 <= len(coarse) <= 60  # the whole range, in about `limit` buckets
+    assert all(b["samples"] >= 9 for b in coarse[:-1])
+    batteries = [b["values"]["battery_voltage"] for b in coarse]
+    assert batteries == sorted(batteries, reverse=True)  # the trend survives
+    assert batteries[0] == pytest.approx(27.0 - 4.5 / 100, abs=0.02)  # mean of the first bucket
+    hourly = await store.history("a", start - timedelta(seconds=1), 100, resolution_s=3600)
+    assert len(hourly) in (10, 11) and hourly[0]["bucket_s"] == 3600
+    assert any(b["values"]["state"] == "idle" for b in hourly)
+    await store.stop()
+    await db.close()

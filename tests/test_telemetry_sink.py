@@ -340,3 +340,39 @@ async def test_a_restart_replays_the_spool_it_left(scripted: ScriptedServer, sit
     counters = [int(line.split("activation_counter=")[1].split("i")[0])
                 for line in scripted.written()]
     assert counters == list(range(8))
+
+
+def test_a_gateway_with_every_option_is_built_outside_an_event_loop(tmp_path: Path) -> None:
+    """`siren-gateway run` and the demo build the gateway before the loop runs; clients bound
+    to a loop (pymodbus, influxdb-client) must only be made in start()."""
+    site_dict = generate_site(3)
+    site_dict["influx"] = {"url": "http://127.0.0.1:9"}
+    gateway = Gateway(load_site(write_site(site_dict, tmp_path / "s.yaml",
+                                           database=tmp_path / "g.db")))
+    assert gateway.influx is not None and not gateway.links
+
+
+@needs_victoria
+def test_the_demo_writes_to_a_time_series_server(victoria: Victoria, tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    port, sim_port = free_ports(2)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "siren_gateway", "demo", "--port", str(port), "--sim-port",
+         str(sim_port), "--data-dir", str(tmp_path), "--influx-url", victoria.url,
+         "--influx-no-strings"],
+        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        sirens: set[str] = set()
+        while time.monotonic() < deadline and len(sirens) < 20:
+            time.sleep(1)
+            sirens = {s["metric"]["siren_id"] for s in victoria.export()
+                      if s["metric"]["__name__"] == "siren_status_battery_voltage"}
+        assert len(sirens) == 20, sirens
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output

@@ -25,12 +25,14 @@ async def get_siren(
     _: Viewer,
     history_minutes: Annotated[float, Query(gt=0, le=60 * 24 * 366)] = 60,
     history_limit: Annotated[int, Query(ge=0, le=10_000)] = 500,
+    history_resolution_s: Annotated[float | None, Query(gt=0, le=86400 * 31)] = None,
 ) -> dict[str, Any]:
     state = gateway.fleet.get(siren_id)
     if state is None:
         raise HTTPException(404, f"no siren with id {siren_id!r}")
     since = utc_now() - timedelta(minutes=history_minutes)
-    history = await gateway.telemetry.history(siren_id, since, history_limit) if history_limit else []
+    history = (await gateway.telemetry.history(siren_id, since, history_limit,
+                                               history_resolution_s) if history_limit else [])
     return state.as_dict() | {"history": history}
 
 
