@@ -39,6 +39,7 @@ from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
 from siren_gateway.model import Command, CommandKind, LinkError, Sample
 from siren_gateway.storage import Database
+from siren_gateway.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -219,11 +220,7 @@ class ActivationEngine:
         tasks += self._closers
         if self._flusher is not None:
             tasks.append(self._flusher)
-        pending = set(tasks)
-        while pending:  # cancel again if a cancellation was swallowed (see Poller.stop)
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
+        await cancel_and_wait(tasks)
         self._flusher = None
         await self._flush()  # whatever is running stays "running" on disk: recovery decides
 

@@ -15,6 +15,7 @@ from siren_gateway.config import PollingConfig
 from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
 from siren_gateway.model import LinkError
+from siren_gateway.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,10 @@ class Poller:
         self._tasks.append(asyncio.create_task(self._sweep(), name="staleness sweep"))
 
     async def stop(self) -> None:
-        """Stop every task, even one whose cancellation was swallowed.
-
-        On Python 3.11, asyncio.wait_for (inside pymodbus) can return a reply that arrived in the
-        same loop iteration as the cancel and drop the CancelledError; such a task would poll on
-        forever. The running flag ends its loop, and cancelling again covers the rest.
-        """
+        """Stop every task, even one whose cancellation was swallowed (see cancel_and_wait):
+        the running flag ends its loop at the next turn."""
         self._running = False
-        pending = {task for task in self._tasks if not task.done()}
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=1.0)
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
 
     async def _run(self, link: SirenLink, interval_s: float) -> None:
