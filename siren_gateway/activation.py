@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from siren_gateway.audit import AuditLog
 from siren_gateway.auth import Principal
+from siren_gateway.bus import Bus, SirenResultFinal
 from siren_gateway.config import ActivationConfig, Site
 from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
@@ -103,6 +104,8 @@ class SirenResult:
     confirmed_at: float | None = None
     clock_skew_s: float | None = None
     started_by_gateway: bool = False  # clock out of tolerance: commanded at the moment
+    activation_id: int = 0
+    klass: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -190,8 +193,9 @@ def _clock_skew(sample: Sample | None) -> float | None:
 
 class ActivationEngine:
     def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], db: Database,
-                 audit: AuditLog) -> None:
+                 audit: AuditLog, bus: Bus | None = None) -> None:
         self.site = site
+        self.bus = bus
         self.fleet = fleet
         self.links = links
         self.db = db
@@ -254,7 +258,9 @@ class ActivationEngine:
             activation.interrupted_at = now
             deadline = activation.start_at + self.config.confirm_timeout_s
             for siren_id in activation.sirens:
-                result = activation.results.setdefault(siren_id, SirenResult(siren_id))
+                result = activation.results.setdefault(
+                    siren_id, SirenResult(siren_id, activation_id=activation.id,
+                                          klass=activation.klass))
                 if result.status in FINAL:
                     continue
                 link = self.links.get(siren_id)
@@ -425,10 +431,14 @@ class ActivationEngine:
             sirens=[*sirens, *excluded], results={})
         self._next_id += 1
         for siren_id in sirens:
-            activation.results[siren_id] = SirenResult(siren_id, planned_start=start_at)
+            activation.results[siren_id] = SirenResult(siren_id, planned_start=start_at,
+                                                       activation_id=activation.id,
+                                                       klass=request.klass)
         for siren_id in excluded:
             activation.results[siren_id] = SirenResult(siren_id, Status.EXCLUDED,
-                                                       "inhibited (maintenance)")
+                                                       "inhibited (maintenance)",
+                                                       activation_id=activation.id,
+                                                       klass=request.klass)
         for other_id in preempt:
             self._preempt(self.activations[other_id], set(sirens), activation.id)
         self.activations[activation.id] = activation
@@ -671,6 +681,10 @@ class ActivationEngine:
         result.status, result.reason = status, reason
         if status in (Status.SOUNDED, Status.PASSED):
             result.confirmed_at = time.time()
+        if self.bus is not None:
+            self.bus.publish(SirenResultFinal(result.activation_id, result.klass,
+                                              result.siren_id, status.value, reason,
+                                              datetime.now(UTC)))
 
     def _watch(self, activation: Activation, final_state: str) -> None:
         task = asyncio.create_task(self._close_when_done(activation, final_state),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from siren_gateway.model import Sample
 
@@ -46,7 +47,28 @@ class SpoolOverflow:
     at: datetime
 
 
-Event = SampleReceived | StatusChanged | FaultsChanged | SpoolOverflow
+@dataclass(frozen=True, slots=True)
+class SirenResultFinal:
+    """One siren's result in an activation is decided."""
+
+    activation_id: int
+    klass: str
+    siren_id: str
+    status: str
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChanged:
+    """An alert was raised, acknowledged or cleared; `alert` is its full public form."""
+
+    change: str
+    alert: dict[str, Any]
+
+
+Event = (SampleReceived | StatusChanged | FaultsChanged | SpoolOverflow | SirenResultFinal
+         | AlertChanged)
 
 
 class Subscription:

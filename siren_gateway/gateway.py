@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from siren_gateway.activation import ActivationEngine
+from siren_gateway.alerts import AlertEngine
 from siren_gateway.audit import AuditLog
 from siren_gateway.auth import TokenStore
 from siren_gateway.bus import Bus
@@ -15,6 +16,7 @@ from siren_gateway.config import Site
 from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
 from siren_gateway.links.modbus import ModbusEndpoint, build_modbus_links
+from siren_gateway.notify import MqttAlertNotifier, WebhookNotifier
 from siren_gateway.poller import Poller
 from siren_gateway.storage import Database, TelemetryStore
 from siren_gateway.telemetry_sink import InfluxSink
@@ -41,7 +43,13 @@ class Gateway:
         self.links: dict[str, SirenLink] = {}
         self.poller = Poller(self.fleet, self.links)
         self.audit = AuditLog(self.db)
-        self.activations = ActivationEngine(site, self.fleet, self.links, self.db, self.audit)
+        self.activations = ActivationEngine(site, self.fleet, self.links, self.db, self.audit,
+                                            self.bus)
+        self.alerts = AlertEngine(site, self.fleet, self.bus, self.db, self.audit)
+        alert_config = site.config.alerts
+        self.webhooks = [WebhookNotifier(self.bus, hook) for hook in alert_config.webhooks]
+        self.mqtt_alerts = (MqttAlertNotifier(self.bus, alert_config.mqtt)
+                            if alert_config.mqtt else None)
         self.users = {u.username: u for u in site.config.users}
         self.tokens = TokenStore(site.config.api.token_ttl_s)
         self.started_at: float | None = None
@@ -58,6 +66,12 @@ class Gateway:
         if self.influx is not None:
             self.influx.start()
         await self.activations.start()
+        await self.alerts.start()
+        for webhook in self.webhooks:
+            webhook.start()
+        if self.mqtt_alerts is not None:
+            self.mqtt_alerts.seed(self.alerts.query())
+            self.mqtt_alerts.start()
         self.poller.start()
         self.started_at = time.time()
         log.info("gateway started: %d sirens on %d endpoints",
@@ -66,6 +80,11 @@ class Gateway:
     async def stop(self) -> None:
         await self.activations.stop()
         await self.poller.stop()
+        await self.alerts.stop()
+        for webhook in self.webhooks:
+            await webhook.stop()
+        if self.mqtt_alerts is not None:
+            await self.mqtt_alerts.stop()
         for endpoint in self.endpoints:
             await endpoint.close()
         await self.telemetry.stop()
@@ -92,4 +111,8 @@ class Gateway:
             "bus": self.bus.stats(),
             "telemetry_store": self.telemetry.stats(),
             "influx_sink": self.influx.stats() if self.influx is not None else None,
+            "alerts": {"active": sum(a.state != "cleared" for a in self.alerts.alerts.values()),
+                       "evaluations": self.alerts.evaluations,
+                       "webhooks": [w.stats() for w in self.webhooks],
+                       "mqtt": self.mqtt_alerts.stats() if self.mqtt_alerts else None},
         }

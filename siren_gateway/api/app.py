@@ -7,7 +7,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from siren_gateway.api.routes import activations, audit, auth, health, signals, sirens
+from siren_gateway.api.routes import (
+    activations,
+    alerts,
+    audit,
+    auth,
+    health,
+    signals,
+    sirens,
+    stream,
+)
 from siren_gateway.gateway import Gateway
 
 
@@ -26,6 +35,6 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
 
     app = FastAPI(title="Siren Gateway", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway
-    for module in (health, auth, sirens, signals, activations, audit):
+    for module in (health, auth, sirens, signals, activations, alerts, audit, stream):
         app.include_router(module.router, prefix="/api")
     return app

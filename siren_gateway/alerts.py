@@ -1,0 +1,386 @@
+"""Maintenance alerts: rules evaluated on bus events, one alert per condition and siren.
+
+Lifecycle: a condition must hold for its rule's `for_s` before the alert is raised (once); it
+stays active (or acknowledged, by an operator with a comment) until the condition has been gone
+for `clear_after_s`, then it is cleared. Thresholds clear only past their hysteresis bound. A
+condition that comes back before the alert cleared does not raise a new one: flapping makes no
+storm. Inhibited sirens raise nothing. Alerts are persisted and reloaded as they were, so a
+restart never raises them again as new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from siren_gateway.audit import AuditLog
+from siren_gateway.auth import Principal
+from siren_gateway.bus import (
+    AlertChanged,
+    Bus,
+    SampleReceived,
+    SirenResultFinal,
+    SpoolOverflow,
+    Subscription,
+)
+from siren_gateway.config import SEVERITY_RANK, AlertsConfig, Site, ThresholdRule
+from siren_gateway.fleet import Fleet
+from siren_gateway.model import Sample
+from siren_gateway.storage import Database
+from siren_gateway.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS alerts (
+    id       INTEGER PRIMARY KEY,
+    state    TEXT NOT NULL,
+    data     TEXT NOT NULL
+);
+"""
+SPOOL_QUIET_S = 600.0  # a spool overflow alert clears after this long without another
+
+
+def _iso(moment: float | None) -> str | None:
+    return datetime.fromtimestamp(moment, UTC).isoformat() if moment else None
+
+
+@dataclass
+class Alert:
+    id: int
+    rule: str
+    siren_id: str | None
+    zones: list[str]
+    severity: str
+    message: str
+    state: str = "active"  # active, acknowledged, cleared
+    raised_at: float = 0.0
+    acknowledged_at: float | None = None
+    acknowledged_by: str | None = None
+    comment: str | None = None
+    cleared_at: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.id, "rule": self.rule, "siren_id": self.siren_id, "zones": self.zones,
+                "severity": self.severity, "message": self.message, "state": self.state,
+                "raised_at": _iso(self.raised_at), "acknowledged_at": _iso(self.acknowledged_at),
+                "acknowledged_by": self.acknowledged_by, "comment": self.comment,
+                "cleared_at": _iso(self.cleared_at), "history": list(self.history)}
+
+
+@dataclass
+class _Tracker:
+    true_since: float | None = None
+    false_since: float | None = None
+    alert: Alert | None = None
+
+
+class AlertError(Exception):
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+class AlertEngine:
+    def __init__(self, site: Site, fleet: Fleet, bus: Bus, db: Database, audit: AuditLog) -> None:
+        self.site = site
+        self.fleet = fleet
+        self.bus = bus
+        self.db = db
+        self.audit = audit
+        self.config: AlertsConfig = site.config.alerts
+        self.alerts: dict[int, Alert] = {}
+        self._trackers: dict[tuple[str, str | None], _Tracker] = {}
+        self._next_id = 1
+        self._subscription: Subscription = bus.subscribe(
+            "alerts", maxsize=100_000, kinds=(SampleReceived, SpoolOverflow, SirenResultFinal))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self._started_at = time.time()
+        self._last_overflow = 0.0
+        self._dirty: set[int] = set()
+        self.evaluations = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        def load(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            conn.executescript(SCHEMA)
+            rows = conn.execute("SELECT data FROM alerts WHERE state != 'cleared'").fetchall()
+            top = conn.execute("SELECT max(id) FROM alerts").fetchone()[0] or 0
+            return [r[0] for r in rows], int(top)
+
+        rows, top = await self.db.run(load)
+        self._next_id = top + 1
+        for data in rows:
+            alert = Alert(**json.loads(data))
+            self.alerts[alert.id] = alert
+            # Reloaded as raised: a condition that still holds keeps this alert, never a new one.
+            self._trackers[(alert.rule, alert.siren_id)] = _Tracker(
+                true_since=alert.raised_at, alert=alert)
+        self._started_at = time.time()
+        self._running = True
+        self._tasks = [asyncio.create_task(self._consume(), name="alert rules"),
+                       asyncio.create_task(self._tick(), name="alert clock")]
+
+    async def stop(self) -> None:
+        self._running = False
+        await cancel_and_wait(self._tasks)
+        await self._flush()
+        self._subscription.close()
+
+    # -- rules -----------------------------------------------------------------------------
+
+    def _rule_for(self, name: str, rule: ThresholdRule, siren_id: str, zones: list[str]
+                  ) -> ThresholdRule | None:
+        merged = rule.model_dump()
+        chosen = [o for o in self.config.overrides if o.rule == name and o.zone in zones]
+        chosen += [o for o in self.config.overrides if o.rule == name and o.siren == siren_id]
+        for override in chosen:  # zone overrides first, then the siren's own
+            merged |= override.model_dump(exclude_none=True, exclude={"rule", "siren", "zone"})
+        if not merged["enabled"]:
+            return None
+        return ThresholdRule(**merged)
+
+    def _enabled(self, name: str, siren_id: str, zones: list[str]) -> tuple[bool, str | None]:
+        """For non-threshold rules: (enabled, severity override)."""
+        enabled, severity = True, None
+        for override in [o for o in self.config.overrides if o.rule == name and o.zone in zones] + [
+                o for o in self.config.overrides if o.rule == name and o.siren == siren_id]:
+            enabled = override.enabled if override.enabled is not None else enabled
+            severity = override.severity or severity
+        return enabled, severity
+
+    def _siren_zones(self, siren_id: str) -> list[str] | None:
+        """The siren's zones, or None when it must raise nothing (unknown or inhibited)."""
+        state = self.fleet.states.get(siren_id)
+        if state is None or state.config.inhibited:
+            return None
+        return list(state.config.zones)
+
+    def _evaluate_sample(self, sample: Sample, now: float) -> None:
+        zones = self._siren_zones(sample.siren_id)
+        if zones is None:
+            return
+        siren_id = sample.siren_id
+        for name, base in self.config.thresholds.items():
+            rule = self._rule_for(name, base, siren_id, zones)
+            value = sample.values.get(rule.point) if rule else None
+            if rule is None or not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            tracker = self._trackers.get((name, siren_id))
+            raised = tracker is not None and tracker.alert is not None
+            if rule.below is not None:
+                condition = value < (rule.clear_at if raised else rule.below)
+                text = f"{rule.point} {value} below {rule.below}"
+            else:
+                condition = value > (rule.clear_at if raised else rule.above or 0.0)
+                text = f"{rule.point} {value} above {rule.above}"
+            self._observe(name, siren_id, zones, condition, now, rule.severity, text, rule.for_s)
+        for fault, severity in self.config.faults.items():
+            enabled, override = self._enabled(fault, siren_id, zones)
+            if enabled:
+                self._observe(fault, siren_id, zones, fault in sample.faults, now,
+                              override or severity, f"controller reports {fault}")
+        if sample.device_time is not None:
+            enabled, override = self._enabled("clock_skew", siren_id, zones)
+            skew = sample.device_time.timestamp() - sample.received_at.timestamp()
+            if enabled:
+                self._observe("clock_skew", siren_id, zones, abs(skew) > self.config.clock_skew_s,
+                              now, override or self.config.clock_skew_severity,
+                              f"controller clock {skew:+.0f} s from the gateway's")
+
+    def _evaluate_offline(self, now: float) -> None:
+        for siren_id, state in self.fleet.states.items():
+            zones = self._siren_zones(siren_id)
+            if zones is None:
+                continue
+            enabled, override = self._enabled("offline", siren_id, zones)
+            if not enabled:
+                continue
+            last = state.last_seen.timestamp() if state.last_seen else self._started_at
+            silent = now - last
+            condition = silent > self.config.offline_after_s
+            self._observe("offline", siren_id, zones, condition, now,
+                          override or self.config.offline_severity,
+                          f"no answer for {silent:.0f} s ({state.last_error or 'never answered'})")
+
+    def _evaluate_result(self, event: SirenResultFinal, now: float) -> None:
+        zones = self._siren_zones(event.siren_id)
+        if zones is None or event.klass not in ("test", "emergency"):
+            return
+        enabled, override = self._enabled("activation_failed", event.siren_id, zones)
+        if not enabled:
+            return
+        if event.status in ("failed", "no_feedback"):
+            text = (f"{event.klass} activation {event.activation_id}: {event.status} "
+                    f"({event.reason})")
+            self._observe("activation_failed", event.siren_id, zones, True, now,
+                          override or self.config.activation_failure_severity, text, clear_now=True)
+        elif event.status in ("sounded", "passed"):
+            # proof that the siren works again ends an earlier failure alert
+            self._observe("activation_failed", event.siren_id, zones, False, now, "info", "",
+                          clear_now=True)
+
+    # -- the state machine ------------------------------------------------------------------
+
+    def _observe(self, rule: str, siren_id: str | None, zones: list[str], condition: bool,
+                 now: float, severity: str, message: str, for_s: float = 0.0,
+                 clear_now: bool = False) -> None:
+        self.evaluations += 1
+        key = (rule, siren_id)
+        tracker = self._trackers.get(key)
+        if tracker is None:
+            if not condition:
+                return
+            tracker = self._trackers[key] = _Tracker()
+        if condition:
+            tracker.false_since = None
+            tracker.true_since = tracker.true_since or now
+            if tracker.alert is None and now - tracker.true_since >= for_s:
+                self._raise(tracker, rule, siren_id, zones, severity, message, now)
+            return
+        tracker.true_since = None
+        if tracker.alert is None:
+            del self._trackers[key]
+            return
+        tracker.false_since = tracker.false_since or now
+        if clear_now or now - tracker.false_since >= self.config.clear_after_s:
+            self._clear(tracker.alert, now)
+            del self._trackers[key]
+
+    def _raise(self, tracker: _Tracker, rule: str, siren_id: str | None, zones: list[str],
+               severity: str, message: str, now: float) -> None:
+        alert = Alert(self._next_id, rule, siren_id, zones, severity, message, raised_at=now,
+                      history=[{"event": "raised", "at": _iso(now), "message": message}])
+        self._next_id += 1
+        tracker.alert = alert
+        self.alerts[alert.id] = alert
+        self._changed(alert, "raised")
+        log.warning("alert %d raised: %s %s: %s", alert.id, rule, siren_id or "", message)
+
+    def _clear(self, alert: Alert, now: float) -> None:
+        alert.state, alert.cleared_at = "cleared", now
+        alert.history.append({"event": "cleared", "at": _iso(now)})
+        self._changed(alert, "cleared")
+
+    def _changed(self, alert: Alert, change: str) -> None:
+        self._dirty.add(alert.id)
+        self.bus.publish(AlertChanged(change, alert.public()))
+
+    async def acknowledge(self, who: Principal, alert_id: int, comment: str) -> Alert:
+        alert = self.alerts.get(alert_id)
+        if alert is None:
+            await self.audit.record(who, "alert.ack", "refused: not found",
+                                    target=f"alert {alert_id}")
+            raise AlertError(404, f"no alert {alert_id}")
+        if alert.state != "active":
+            await self.audit.record(who, "alert.ack", f"refused: {alert.state}",
+                                    target=f"alert {alert_id}", comment=comment)
+            raise AlertError(409, f"alert {alert_id} is already {alert.state}")
+        now = time.time()
+        alert.state, alert.acknowledged_at = "acknowledged", now
+        alert.acknowledged_by, alert.comment = who.username, comment
+        alert.history.append({"event": "acknowledged", "at": _iso(now), "by": who.username,
+                              "comment": comment})
+        self._changed(alert, "acknowledged")
+        await self._flush()
+        await self.audit.record(who, "alert.ack", "ok", target=f"alert {alert_id}",
+                                comment=comment, rule=alert.rule, siren=alert.siren_id)
+        return alert
+
+    # -- loops -----------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while self._running:
+            event = await self._subscription.get()
+            now = time.time()
+            try:
+                if isinstance(event, SampleReceived):
+                    self._evaluate_sample(event.sample, now)
+                elif isinstance(event, SirenResultFinal):
+                    self._evaluate_result(event, now)
+                elif isinstance(event, SpoolOverflow):
+                    self._last_overflow = now
+                    self._observe("telemetry_spool_overflow", None, [], True, now,
+                                  self.config.spool_overflow_severity,
+                                  f"{event.sink} sink dropped {event.dropped_total} lines")
+            except Exception:  # one bad rule must not stop the others
+                log.exception("alert evaluation failed for %r", event)
+
+    async def _tick(self) -> None:
+        """Time-driven transitions: silence, and conditions whose duration has now passed."""
+        while self._running:
+            await asyncio.sleep(0.5)
+            now = time.time()
+            try:
+                self._evaluate_offline(now)
+                if self._last_overflow and now - self._last_overflow > SPOOL_QUIET_S:
+                    self._observe("telemetry_spool_overflow", None, [], False, now, "info", "")
+                for (rule, siren_id), tracker in list(self._trackers.items()):
+                    if rule in ("offline", "activation_failed", "telemetry_spool_overflow"):
+                        continue
+                    if tracker.alert is None and tracker.true_since is not None:
+                        self._recheck_duration(rule, siren_id, tracker, now)
+                    elif tracker.alert is not None and tracker.false_since is not None and (
+                            now - tracker.false_since >= self.config.clear_after_s):
+                        self._clear(tracker.alert, now)
+                        del self._trackers[(rule, siren_id)]
+                await self._flush()
+            except Exception:
+                log.exception("alert clock failed")
+
+    def _recheck_duration(self, rule: str, siren_id: str | None, tracker: _Tracker,
+                          now: float) -> None:
+        """A condition still holding (no newer sample said otherwise) may now be due."""
+        if siren_id is None or tracker.true_since is None:
+            return
+        zones = self._siren_zones(siren_id) or []
+        base = self.config.thresholds.get(rule)
+        threshold = self._rule_for(rule, base, siren_id, zones) if base else None
+        for_s = threshold.for_s if threshold else 0.0
+        if now - tracker.true_since >= for_s:
+            state = self.fleet.states.get(siren_id)
+            if state is not None and state.sample is not None:
+                self._evaluate_sample(state.sample, now)
+
+    async def _flush(self) -> None:
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        rows = []
+        for alert_id in dirty:
+            alert = self.alerts[alert_id]
+            rows.append((alert.id, alert.state, json.dumps(asdict(alert), ensure_ascii=False)))
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.executemany("INSERT OR REPLACE INTO alerts VALUES (?, ?, ?)", rows)
+
+        try:
+            await self.db.run(write)
+        except sqlite3.Error:
+            log.exception("could not store alerts")
+            self._dirty |= dirty
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def query(self, state: str | None = None, severity: str | None = None,
+              siren: str | None = None, zone: str | None = None) -> list[dict[str, Any]]:
+        """Active first, then acknowledged, then cleared; newest first within each."""
+        order = {"active": 0, "acknowledged": 1, "cleared": 2}
+        chosen = [a for a in self.alerts.values()
+                  if (state is None or a.state == state)
+                  and (severity is None or SEVERITY_RANK[a.severity] >= SEVERITY_RANK[severity])
+                  and (siren is None or a.siren_id == siren)
+                  and (zone is None or zone in a.zones)]
+        chosen.sort(key=lambda a: (order[a.state], -SEVERITY_RANK[a.severity], -a.raised_at))
+        return [a.public() for a in chosen]

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from siren_gateway.alerts import AlertError
+from siren_gateway.api.deps import GatewayDep, Operator, Viewer
+
+router = APIRouter(tags=["alerts"])
+
+
+class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comment: str = Field(min_length=1, max_length=2000)
+
+
+@router.get("/alerts")
+def list_alerts(gateway: GatewayDep, _: Viewer,
+                state: Literal["active", "acknowledged", "cleared"] | None = None,
+                severity: Literal["info", "minor", "major", "critical"] | None = None,
+                siren: str | None = None, zone: str | None = None) -> list[dict[str, Any]]:
+    """Alerts, active first; `severity` means that severity or worse."""
+    return gateway.alerts.query(state, severity, siren, zone)
+
+
+@router.get("/alerts/{alert_id}")
+def get_alert(alert_id: int, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
+    alert = gateway.alerts.alerts.get(alert_id)
+    if alert is None:
+        raise HTTPException(404, f"no alert {alert_id}")
+    return alert.public()
+
+
+@router.post("/alerts/{alert_id}/ack")
+async def acknowledge(alert_id: int, body: AckBody, gateway: GatewayDep,
+                      who: Operator) -> dict[str, Any]:
+    try:
+        alert = await gateway.alerts.acknowledge(who, alert_id, body.comment)
+    except AlertError as exc:
+        raise HTTPException(exc.status_code, exc.message) from None
+    return alert.public()
