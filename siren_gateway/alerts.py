@@ -107,6 +107,8 @@ class AlertEngine:
         self._started_at = time.time()
         self._last_overflow = 0.0
         self._dirty: set[int] = set()
+        self._resolved_thresholds: dict[tuple[str, str], ThresholdRule | None] = {}
+        self._resolved_flags: dict[tuple[str, str], tuple[bool, str | None]] = {}
         self.evaluations = 0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -141,6 +143,15 @@ class AlertEngine:
 
     def _rule_for(self, name: str, rule: ThresholdRule, siren_id: str, zones: list[str]
                   ) -> ThresholdRule | None:
+        """The rule with this siren's zone and siren overrides applied (resolved once: the
+        configuration is fixed while running and this is asked for every sample)."""
+        key = (name, siren_id)
+        if key not in self._resolved_thresholds:
+            self._resolved_thresholds[key] = self._resolve_threshold(name, rule, siren_id, zones)
+        return self._resolved_thresholds[key]
+
+    def _resolve_threshold(self, name: str, rule: ThresholdRule, siren_id: str,
+                           zones: list[str]) -> ThresholdRule | None:
         merged = rule.model_dump()
         chosen = [o for o in self.config.overrides if o.rule == name and o.zone in zones]
         chosen += [o for o in self.config.overrides if o.rule == name and o.siren == siren_id]
@@ -151,7 +162,15 @@ class AlertEngine:
         return ThresholdRule(**merged)
 
     def _enabled(self, name: str, siren_id: str, zones: list[str]) -> tuple[bool, str | None]:
-        """For non-threshold rules: (enabled, severity override)."""
+        """For non-threshold rules: (enabled, severity override), resolved once per siren."""
+        key = (name, siren_id)
+        found = self._resolved_flags.get(key)
+        if found is None:
+            found = self._resolved_flags[key] = self._resolve_flag(name, siren_id, zones)
+        return found
+
+    def _resolve_flag(self, name: str, siren_id: str, zones: list[str]
+                      ) -> tuple[bool, str | None]:
         enabled, severity = True, None
         for override in [o for o in self.config.overrides if o.rule == name and o.zone in zones] + [
                 o for o in self.config.overrides if o.rule == name and o.siren == siren_id]:

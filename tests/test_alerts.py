@@ -33,7 +33,11 @@ def alert_site(**alerts: Any) -> dict[str, Any]:
     site["sirens"][3]["inhibited"] = True
     site["alerts"] = {"clear_after_s": 1.0, "offline_after_s": 2.0,
                       "thresholds": {"battery_low": {"point": "battery_voltage", "below": 23.0,
-                                                     "clear_at": 23.6, "for_s": 1.0}}} | alerts
+                                                     "clear_at": 23.6, "for_s": 1.0},
+                                     "cabinet_temperature_high": {
+                                         "point": "cabinet_temperature", "above": 55.0,
+                                         "clear_at": 50.0, "for_s": 0.5, "severity": "minor"}},
+                      } | alerts
     return site
 
 
@@ -55,20 +59,31 @@ async def district(start_district: StartDistrict, gateways: StartGateway
     yield simulated, gateway
 
 
-@pytest.mark.parametrize(("fault", "options", "rule"), [
-    ("mains_loss", {}, "mains_lost"),
-    ("door_open", {}, "door_open"),
-    ("overheat", {}, "overheat"),
+@pytest.mark.parametrize(("fault", "options", "rule", "latched"), [
+    ("mains_loss", {}, "mains_lost", False),
+    ("door_open", {}, "door_open", False),
+    ("battery_box_open", {}, "battery_box_open", False),
+    ("overheat", {}, "overheat", False),
+    ("overheat", {}, "cabinet_temperature_high", False),  # the threshold rule on 75 °C
+    ("driver_fault", {}, "driver_fault", True),
+    ("sabotage", {}, "sabotage", True),
+    ("local_activation", {"signal": "growl_test"}, "local_activation", True),
 ])
 async def test_a_fault_raises_once_and_clears(
         district: tuple[SimulatedDistrict, Gateway], fault: str, options: dict[str, Any],
-        rule: str) -> None:
+        rule: str, latched: bool) -> None:
     simulated, gateway = district
     await simulated.control.inject("s00001", fault, **options)
     await wait_until(lambda: active(gateway, rule, "s00001"), 3, f"{rule} raised")
     await asyncio.sleep(1.0)  # many more polls with the fault: still one alert
     assert len(alerts_of(gateway, rule, "s00001")) == 1
     await simulated.control.inject("s00001", fault, active=False)
+    if latched:  # the controller holds it until told: still active, then reset
+        await asyncio.sleep(1.5)
+        assert active(gateway, rule, "s00001")
+        from siren_gateway.model import Command, CommandKind
+
+        await gateway.links["s00001"].send(Command(CommandKind.RESET_FAULTS))
     await wait_until(lambda: not active(gateway, rule, "s00001"), 4, f"{rule} cleared")
     history = [h["event"] for h in alerts_of(gateway, rule, "s00001")[0]["history"]]
     assert history == ["raised", "cleared"]
@@ -133,6 +148,47 @@ async def test_offline_and_clock_skew_and_the_inhibited_siren(
     assert not [a for a in gateway.alerts.query() if a["siren_id"] == "s00004"]
     await simulated.control.inject("s00003", "no_response", active=False)
     await wait_until(lambda: not active(gateway, "offline", "s00003"), 10, "offline cleared")
+    await simulated.control.set_clock("s00002", offset_s=0)
+    await wait_until(lambda: not active(gateway, "clock_skew", "s00002"), 4, "skew cleared")
+
+
+async def test_zone_and_siren_overrides(start_district: StartDistrict,
+                                        gateways: StartGateway) -> None:
+    site = alert_site(overrides=[
+        {"rule": "battery_low", "zone": "zone-2", "below": 25.0, "clear_at": 25.5,
+         "severity": "critical"},
+        {"rule": "door_open", "siren": "s00001", "enabled": False},
+        {"rule": "door_open", "zone": "zone-3", "severity": "major"}])
+    simulated = start_district(site)
+    gateway = await gateways(simulated.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 4, 10, "online")
+    for siren in ("s00001", "s00002"):  # zone-1 and zone-2
+        await simulated.control.set_battery(siren, 24.5)
+        await simulated.control.inject(siren, "door_open")
+    await simulated.control.inject("s00003", "door_open")  # zone-3
+    await wait_until(lambda: active(gateway, "battery_low", "s00002"), 4, "zone limit applies")
+    await wait_until(lambda: active(gateway, "door_open", "s00003"), 3, "door in zone-3")
+    await asyncio.sleep(1.5)
+    assert alerts_of(gateway, "battery_low", "s00002")[0]["severity"] == "critical"
+    assert not alerts_of(gateway, "battery_low", "s00001")  # 24.5 V is fine elsewhere
+    assert not alerts_of(gateway, "door_open", "s00001")  # disabled for this siren
+    assert alerts_of(gateway, "door_open", "s00003")[0]["severity"] == "major"
+    assert alerts_of(gateway, "door_open", "s00002")[0]["severity"] == "minor"
+
+
+async def test_a_telemetry_spool_overflow_raises_an_alert(start_district: StartDistrict,
+                                                          gateways: StartGateway) -> None:
+    site = alert_site()
+    site["influx"] = {"url": f"http://127.0.0.1:{free_ports(1)[0]}",  # nobody listens
+                      "spool_max_mb": 0.002, "batch_size": 4, "flush_interval_s": 0.1,
+                      "retry_initial_s": 5}
+    simulated = start_district(site)
+    gateway = await gateways(simulated.site())
+    await wait_until(lambda: bool(alerts_of(gateway, "telemetry_spool_overflow")), 20,
+                     "overflow alert")
+    alert = alerts_of(gateway, "telemetry_spool_overflow")[0]
+    assert alert["siren_id"] is None and "dropped" in alert["message"]
+    assert len(alerts_of(gateway, "telemetry_spool_overflow")) == 1
 
 
 async def test_a_failed_test_raises_an_alert_until_the_siren_proves_itself(
