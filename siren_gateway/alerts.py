@@ -107,6 +107,8 @@ class AlertEngine:
         self._started_at = time.time()
         self._last_overflow = 0.0
         self._dirty: set[int] = set()
+        self._fault_rules = frozenset(self.config.faults)
+        self._fault_trackers: dict[str, set[str]] = {}  # siren -> fault rules being tracked
         self._resolved_thresholds: dict[tuple[str, str], ThresholdRule | None] = {}
         self._resolved_flags: dict[tuple[str, str], tuple[bool, str | None]] = {}
         self.evaluations = 0
@@ -128,6 +130,8 @@ class AlertEngine:
             # Reloaded as raised: a condition that still holds keeps this alert, never a new one.
             self._trackers[(alert.rule, alert.siren_id)] = _Tracker(
                 true_since=alert.raised_at, alert=alert)
+            if alert.rule in self._fault_rules and alert.siren_id is not None:
+                self._fault_trackers.setdefault(alert.siren_id, set()).add(alert.rule)
         self._started_at = time.time()
         self._running = True
         self._tasks = [asyncio.create_task(self._consume(), name="alert rules"),
@@ -204,11 +208,16 @@ class AlertEngine:
                 condition = value > (rule.clear_at if raised else rule.above or 0.0)
                 text = f"{rule.point} {value} above {rule.above}"
             self._observe(name, siren_id, zones, condition, now, rule.severity, text, rule.for_s)
-        for fault, severity in self.config.faults.items():
+        # Only faults reported now, and this siren's open fault trackers, need a look: on a
+        # healthy fleet that is nothing, and this runs for every poll.
+        watched = self._fault_trackers.get(siren_id)
+        present = sample.faults & self._fault_rules
+        for fault in present | watched if watched else present:
             enabled, override = self._enabled(fault, siren_id, zones)
             if enabled:
-                self._observe(fault, siren_id, zones, fault in sample.faults, now,
-                              override or severity, f"controller reports {fault}")
+                self._observe(fault, siren_id, zones, fault in present, now,
+                              override or self.config.faults[fault],
+                              f"controller reports {fault}")
         if sample.device_time is not None:
             enabled, override = self._enabled("clock_skew", siren_id, zones)
             skew = sample.device_time.timestamp() - sample.received_at.timestamp()
@@ -261,6 +270,8 @@ class AlertEngine:
             if not condition:
                 return
             tracker = self._trackers[key] = _Tracker()
+            if rule in self._fault_rules and siren_id is not None:
+                self._fault_trackers.setdefault(siren_id, set()).add(rule)
         if condition:
             tracker.false_since = None
             tracker.true_since = tracker.true_since or now
@@ -269,12 +280,20 @@ class AlertEngine:
             return
         tracker.true_since = None
         if tracker.alert is None:
-            del self._trackers[key]
+            self._forget(key)
             return
         tracker.false_since = tracker.false_since or now
         if clear_now or now - tracker.false_since >= self.config.clear_after_s:
             self._clear(tracker.alert, now)
-            del self._trackers[key]
+            self._forget(key)
+
+    def _forget(self, key: tuple[str, str | None]) -> None:
+        del self._trackers[key]
+        rule, siren_id = key
+        if siren_id is not None and rule in self._fault_rules:
+            watched = self._fault_trackers.get(siren_id)
+            if watched is not None:
+                watched.discard(rule)
 
     def _raise(self, tracker: _Tracker, rule: str, siren_id: str | None, zones: list[str],
                severity: str, message: str, now: float) -> None:
@@ -352,7 +371,7 @@ class AlertEngine:
                     elif tracker.alert is not None and tracker.false_since is not None and (
                             now - tracker.false_since >= self.config.clear_after_s):
                         self._clear(tracker.alert, now)
-                        del self._trackers[(rule, siren_id)]
+                        self._forget((rule, siren_id))
                 await self._flush()
             except Exception:
                 log.exception("alert clock failed")
