@@ -463,6 +463,22 @@ def _check_references(
                 f"same endpoint and unit id as siren {units[unit]!r}: two sirens cannot share a "
                 "Modbus address"))
         units[unit] = siren.id
+    alerts = config.alerts
+    rules = {*alerts.thresholds, *alerts.faults, "offline", "clock_skew", "activation_failed"}
+    for i, override in enumerate(alerts.overrides):
+        where = f"alerts.overrides[{i}]"
+        if override.rule not in rules:
+            problems.append(ConfigProblem(f"{where}.rule", f"unknown rule {override.rule!r} "
+                                          f"(known: {', '.join(sorted(rules))})"))
+        if override.zone is not None and override.zone not in zone_ids:
+            problems.append(ConfigProblem(f"{where}.zone", f"unknown zone {override.zone!r}"))
+        if override.siren is not None and override.siren not in siren_ids:
+            problems.append(ConfigProblem(f"{where}.siren", f"unknown siren {override.siren!r}"))
+    for i, hook in enumerate(alerts.webhooks):
+        for j, zone_id in enumerate(hook.zones):
+            if zone_id not in zone_ids:
+                problems.append(ConfigProblem(f"alerts.webhooks[{i}].zones[{j}]",
+                                              f"unknown zone {zone_id!r}"))
     usernames: set[str] = set()
     for i, user in enumerate(config.users):
         if user.username in usernames:

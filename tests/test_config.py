@@ -85,6 +85,14 @@ def _unknown_top_level(d: dict[str, Any]) -> None:
     d["sirenz"] = []
 
 
+def _bad_override(d: dict[str, Any]) -> None:
+    d["alerts"] = {"overrides": [{"rule": "battery_lwo", "zone": "hongshan", "below": 22}]}
+
+
+def _override_unknown_zone(d: dict[str, Any]) -> None:
+    d["alerts"] = {"overrides": [{"rule": "door_open", "zone": "atlantis", "enabled": False}]}
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
@@ -99,6 +107,8 @@ def _unknown_top_level(d: dict[str, Any]) -> None:
         (_missing_key, "sirens[8].location: Field required"),
         (_bad_latitude, "sirens[9].location.lat: Input should be less than or equal to 90"),
         (_unknown_top_level, "sirenz: unknown key"),
+        (_bad_override, "alerts.overrides[0].rule: unknown rule 'battery_lwo'"),
+        (_override_unknown_zone, "alerts.overrides[0].zone: unknown zone 'atlantis'"),
     ],
 )
 def test_each_mistake_is_an_error_with_file_and_path(
