@@ -24,6 +24,7 @@ from siren_gateway.auth import Principal
 from siren_gateway.bus import (
     AlertChanged,
     Bus,
+    Event,
     SampleReceived,
     SirenResultFinal,
     SpoolOverflow,
@@ -45,6 +46,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 """
 SPOOL_QUIET_S = 600.0  # a spool overflow alert clears after this long without another
+BATCH_PAUSE_S = 0.1
 
 
 def _iso(moment: float | None) -> str | None:
@@ -338,21 +340,31 @@ class AlertEngine:
     # -- loops -----------------------------------------------------------------------------
 
     async def _consume(self) -> None:
+        """Evaluate events in batches: waking once per sample (hundreds a second on a large
+        fleet) cost more than the rules themselves; a 0.1 s pause costs at most that latency."""
+        queue = self._subscription.queue
         while self._running:
-            event = await self._subscription.get()
+            events = [await self._subscription.get()]
+            while not queue.empty():
+                events.append(queue.get_nowait())
             now = time.time()
-            try:
-                if isinstance(event, SampleReceived):
-                    self._evaluate_sample(event.sample, now)
-                elif isinstance(event, SirenResultFinal):
-                    self._evaluate_result(event, now)
-                elif isinstance(event, SpoolOverflow):
-                    self._last_overflow = now
-                    self._observe("telemetry_spool_overflow", None, [], True, now,
-                                  self.config.spool_overflow_severity,
-                                  f"{event.sink} sink dropped {event.dropped_total} lines")
-            except Exception:  # one bad rule must not stop the others
-                log.exception("alert evaluation failed for %r", event)
+            for event in events:
+                try:
+                    self._evaluate(event, now)
+                except Exception:  # one bad rule must not stop the others
+                    log.exception("alert evaluation failed for %r", event)
+            await asyncio.sleep(BATCH_PAUSE_S)
+
+    def _evaluate(self, event: Event, now: float) -> None:
+        if isinstance(event, SampleReceived):
+            self._evaluate_sample(event.sample, now)
+        elif isinstance(event, SirenResultFinal):
+            self._evaluate_result(event, now)
+        elif isinstance(event, SpoolOverflow):
+            self._last_overflow = now
+            self._observe("telemetry_spool_overflow", None, [], True, now,
+                          self.config.spool_overflow_severity,
+                          f"{event.sink} sink dropped {event.dropped_total} lines")
 
     async def _tick(self) -> None:
         """Time-driven transitions: silence, and conditions whose duration has now passed."""
