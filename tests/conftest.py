@@ -10,9 +10,10 @@ from typing import Any, Protocol
 
 import httpx
 import pytest
+from aiohttp import web
 
 from simulators.launcher import FleetProcess, start_fleet
-from simulators.sitegen import assign_free_ports, write_site
+from simulators.sitegen import assign_free_ports, free_ports, write_site
 from siren_gateway.auth import hash_password
 from siren_gateway.config import DEFAULT_PROFILES_DIR, Site, load_site
 from siren_gateway.gateway import Gateway
@@ -111,6 +112,28 @@ async def gateways() -> AsyncIterator[Callable[[Site], Awaitable[Gateway]]]:
     yield start
     for gateway in started:
         await gateway.stop()
+
+
+class LocalHttpServer:
+    """An aiohttp server on a free loopback port, answering POSTs to `path` with `handler`."""
+
+    def __init__(self, path: str, handler: Callable[[web.Request], Awaitable[web.Response]]
+                 ) -> None:
+        self.path, self.handler = path, handler
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post(self.path, self.handler)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s: float,

@@ -19,7 +19,13 @@ from aiohttp import web
 from simulators.sitegen import free_ports, generate_site
 from siren_gateway.config import Site
 from siren_gateway.gateway import Gateway
-from tests.conftest import SimulatedDistrict, StartDistrict, wait_until, with_users
+from tests.conftest import (
+    LocalHttpServer,
+    SimulatedDistrict,
+    StartDistrict,
+    wait_until,
+    with_users,
+)
 from tests.test_activation import Api
 
 StartGateway = Callable[[Site], Awaitable[Gateway]]
@@ -240,14 +246,13 @@ async def test_ack_is_audited_and_alerts_survive_a_restart(
     await wait_until(lambda: not active(second, "mains_lost", "s00001"), 4, "cleared")
 
 
-class Receiver:
+class Receiver(LocalHttpServer):
     """A local HTTP endpoint for webhooks that fails the first `failures` posts."""
 
     def __init__(self, failures: int) -> None:
+        super().__init__("/hook", self.handle)
         self.failures = failures
         self.posts: list[tuple[float, int, dict[str, Any]]] = []
-        self.port = free_ports(1)[0]
-        self._runner: web.AppRunner | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -255,17 +260,6 @@ class Receiver:
         self.failures -= 1
         self.posts.append((time.monotonic(), status, body))
         return web.Response(status=status)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 async def test_webhook_posts_with_retries_and_filters(

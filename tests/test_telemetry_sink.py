@@ -25,7 +25,7 @@ from siren_gateway.gateway import Gateway
 from siren_gateway.lineprotocol import LineEncoder, escape_key, field_value
 from siren_gateway.model import Sample
 from siren_gateway.telemetry_sink import InfluxSink
-from tests.conftest import StartDistrict, wait_until
+from tests.conftest import LocalHttpServer, StartDistrict, wait_until
 
 VICTORIA = shutil.which("victoria-metrics")
 # On a developer machine without it these skip; in CI (.ci/run installs it) they must run.
@@ -203,15 +203,13 @@ async def test_an_outage_under_load_loses_nothing_and_duplicates_nothing(
     print(f"{sent} samples, {sink.replayed_lines} of them through the spool")
 
 
-class ScriptedServer:
+class ScriptedServer(LocalHttpServer):
     """An HTTP server answering writes from a script of (status, headers, delay_s)."""
 
     def __init__(self) -> None:
+        super().__init__("/api/v2/write", self._write)
         self.script: list[tuple[int, dict[str, str], float]] = []
         self.received: list[tuple[float, str, int]] = []  # (time, body, status answered)
-        self.port = free_ports(1)[0]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._runner: web.AppRunner | None = None
 
     async def _write(self, request: web.Request) -> web.Response:
         body = await request.text()
@@ -223,17 +221,6 @@ class ScriptedServer:
         text = "" if status == 204 else json.dumps(
             {"code": "invalid", "message": "unable to parse points: line 2: bad field"})
         return web.Response(status=status, headers=headers, text=text)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/api/v2/write", self._write)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
     def written(self) -> list[str]:
         return [line for _, body, status in self.received if status == 204
