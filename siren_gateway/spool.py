@@ -83,9 +83,12 @@ class DiskSpool:
         return self._batches[0] if self._batches else None
 
     async def remove(self, batch: SpooledBatch) -> None:
-        size = await asyncio.to_thread(_unlink, batch.path)
+        """Remove a batch; a no-op for one already dropped (the replayer and an overflow may
+        both reach for the oldest batch)."""
+        if batch not in self._batches:
+            return
         self._batches.remove(batch)
-        self._bytes -= size
+        self._bytes -= await asyncio.to_thread(_unlink, batch.path)
 
 
 def _write_atomically(path: Path, text: str) -> int:

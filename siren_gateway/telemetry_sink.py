@@ -236,7 +236,11 @@ class InfluxSink:
                 await self._spooled.wait()
                 idle.discard(REPLAY_TASK)
                 continue
-            text = await asyncio.to_thread(batch.read)
+            try:
+                text = await asyncio.to_thread(batch.read)
+            except FileNotFoundError:
+                await self.spool.remove(batch)  # dropped as the oldest while we read it
+                continue
             try:
                 await self.writer.write(text)
             except WriteRejected as exc:
@@ -248,6 +252,11 @@ class InfluxSink:
                 backoff = min(self.config.retry_max_s, backoff * 2)
                 idle.add(REPLAY_TASK)  # the batch stays spooled: safe to stop while waiting
                 await asyncio.sleep(wait)
+                idle.discard(REPLAY_TASK)
+            except Exception:  # the replayer must outlive any surprise, or the spool never drains
+                log.exception("telemetry replay failed; retrying")
+                idle.add(REPLAY_TASK)
+                await asyncio.sleep(backoff)
                 idle.discard(REPLAY_TASK)
             else:
                 await self.spool.remove(batch)
