@@ -107,6 +107,7 @@ class AlertEngine:
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._started_at = time.time()
+        self._started_mono = time.monotonic()
         self._last_overflow = 0.0
         self._dirty: set[int] = set()
         self._fault_rules = frozenset(self.config.faults)
@@ -135,6 +136,7 @@ class AlertEngine:
             if alert.rule in self._fault_rules and alert.siren_id is not None:
                 self._fault_trackers.setdefault(alert.siren_id, set()).add(alert.rule)
         self._started_at = time.time()
+        self._started_mono = time.monotonic()
         self._running = True
         self._tasks = [asyncio.create_task(self._consume(), name="alert rules"),
                        asyncio.create_task(self._tick(), name="alert clock")]
@@ -229,16 +231,22 @@ class AlertEngine:
                               f"controller clock {skew:+.0f} s from the gateway's")
 
     def _evaluate_offline(self, now: float) -> None:
+        """Runs over the whole fleet twice a second: answering sirens with no offline alert are
+        skipped with one float comparison (monotonic clock, no datetimes)."""
+        mono = time.monotonic()
+        limit = self.config.offline_after_s
+        trackers = self._trackers
         for siren_id, state in self.fleet.states.items():
+            silent = mono - (state.last_seen_mono or self._started_mono)
+            if silent <= limit and ("offline", siren_id) not in trackers:
+                continue
             zones = self._siren_zones(siren_id)
             if zones is None:
                 continue
             enabled, override = self._enabled("offline", siren_id, zones)
             if not enabled:
                 continue
-            last = state.last_seen.timestamp() if state.last_seen else self._started_at
-            silent = now - last
-            condition = silent > self.config.offline_after_s
+            condition = silent > limit
             self._observe("offline", siren_id, zones, condition, now,
                           override or self.config.offline_severity,
                           f"no answer for {silent:.0f} s ({state.last_error or 'never answered'})")
