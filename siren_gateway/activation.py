@@ -334,7 +334,7 @@ class ActivationEngine:
             "class": request.klass, "action": request.action, "signal": request.signal,
             "sirens": [self._describe_siren(s) for s in sirens],
             "excluded": [{"id": s, "reason": "inhibited"} for s in excluded],
-            "conflicts": self._conflicts(request, sirens),
+            "conflicts": self._conflicts(sirens),
         }
         if request.klass == "emergency":
             token = secrets.token_urlsafe(24)
@@ -352,7 +352,7 @@ class ActivationEngine:
         return {"id": siren_id, "name": state.config.name, "zones": list(state.config.zones),
                 "reachability": state.reachability.value, "faults": sorted(state.faults)}
 
-    def _conflicts(self, request: ActivationRequest, sirens: list[str]) -> list[dict[str, Any]]:
+    def _conflicts(self, sirens: list[str]) -> list[dict[str, Any]]:
         """Sirens still playing another activation's signal (confirmed or not)."""
         now = time.time()
         out = []
@@ -412,7 +412,7 @@ class ActivationEngine:
                                   activation_id=duplicate[0])
         always = request.action == "sound" and request.signal in ALWAYS_ALLOWED_SIGNALS
         preempt: set[int] = set()
-        for conflict in self._conflicts(request, sirens):
+        for conflict in self._conflicts(sirens):
             if request.klass == "emergency" or always:
                 preempt.add(conflict["activation"])
             elif conflict["class"] == "emergency":
