@@ -287,29 +287,58 @@ async def test_webhook_posts_with_retries_and_filters(
         await receiver.stop()
 
 
-@pytest.fixture
-def mosquitto(tmp_path: Path) -> Iterator[int]:
-    port = free_ports(1)[0]
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n",
-                    encoding="utf-8")
-    process = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    import socket
+class Mosquitto:
+    """A mosquitto broker of our own on a free loopback port; it can be stopped and restarted."""
 
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield port
-    process.terminate()
-    process.wait(10)
+    def __init__(self, directory: Path) -> None:
+        self.port = free_ports(1)[0]
+        self.conf = directory / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                             "persistence false\n", encoding="utf-8")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import socket
+
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def retained_alerts(port: int, topic: str) -> list[dict[str, Any]]:
+    async with aiomqtt.Client("127.0.0.1", port=port) as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(5):
+            async for message in client.messages:
+                payload = message.payload
+                assert isinstance(payload, bytes)
+                result: list[dict[str, Any]] = json.loads(payload)
+                return result
+    return []
 
 
 async def test_mqtt_topic_holds_the_active_alerts(
-        mosquitto: int, start_district: StartDistrict, gateways: StartGateway) -> None:
+        broker: Mosquitto, start_district: StartDistrict, gateways: StartGateway) -> None:
+    mosquitto = broker.port
     site = alert_site(mqtt={"host": "127.0.0.1", "port": mosquitto, "topic": "test/alerts"})
     simulated = start_district(site)
     gateway = await gateways(simulated.site())
@@ -318,15 +347,7 @@ async def test_mqtt_topic_holds_the_active_alerts(
     await wait_until(lambda: active(gateway, "mains_lost", "s00001"), 3, "raised")
 
     async def retained() -> list[dict[str, Any]]:
-        async with aiomqtt.Client("127.0.0.1", port=mosquitto) as client:
-            await client.subscribe("test/alerts", qos=1)
-            async with asyncio.timeout(5):
-                async for message in client.messages:
-                    payload = message.payload
-                    assert isinstance(payload, bytes)
-                    result: list[dict[str, Any]] = json.loads(payload)
-                    return result
-        return []
+        return await retained_alerts(mosquitto, "test/alerts")
 
     async def shows_mains() -> bool:
         return [a["rule"] for a in await retained()] == ["mains_lost"]
@@ -339,6 +360,29 @@ async def test_mqtt_topic_holds_the_active_alerts(
         return await retained() == []
 
     await wait_until(empty, 5, "retained message without it", 0.2)
+
+
+async def test_mqtt_notifier_reconnects_after_a_broker_restart(
+        broker: Mosquitto, start_district: StartDistrict, gateways: StartGateway) -> None:
+    site = alert_site(mqtt={"host": "127.0.0.1", "port": broker.port, "topic": "test/alerts"})
+    simulated = start_district(site)
+    gateway = await gateways(simulated.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 4, 10, "online")
+    await asyncio.to_thread(broker.stop)  # the broker goes away (its retained state with it)
+    await simulated.control.inject("s00002", "door_open")
+    await wait_until(lambda: active(gateway, "door_open", "s00002"), 3, "raised meanwhile")
+    await asyncio.sleep(1.0)
+    await asyncio.to_thread(broker.start)
+
+    async def republished() -> bool:
+        try:
+            alerts = await retained_alerts(broker.port, "test/alerts")
+        except (TimeoutError, aiomqtt.MqttError):
+            return False
+        return [a["rule"] for a in alerts] == ["door_open"]
+
+    await wait_until(republished, 20, "the notifier reconnects and republishes", 0.5)
+    assert gateway.mqtt_alerts is not None and gateway.mqtt_alerts.connect_failures >= 1
 
 
 async def test_raise_latency_on_the_websocket(
