@@ -72,11 +72,11 @@ async def run_bare(config: Path, warmup_s: float, duration_s: float) -> dict[str
     from pymodbus.client import AsyncModbusTcpClient
     from pymodbus.framer import FramerType
 
-    from siren_gateway.config import endpoint_key, load_site
+    from siren_gateway.config import ModbusRtuOverTcpLink, ModbusTcpLink, endpoint_key, load_site
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     site = load_site(config)
-    block = next(iter(site.profiles.values())).blocks[0]
+    block = site.modbus_profile(site.config.sirens[0].profile).blocks[0]
     clients: dict[str, AsyncModbusTcpClient] = {}
     locks: dict[str, asyncio.Lock] = {}
     counts = [0, 0]
@@ -108,10 +108,11 @@ async def run_bare(config: Path, warmup_s: float, duration_s: float) -> dict[str
     tasks = []
     for siren in site.config.sirens:
         link = siren.link
+        assert isinstance(link, ModbusTcpLink | ModbusRtuOverTcpLink)
         key = endpoint_key(link)
         if key not in clients:
             framer = FramerType.SOCKET if link.type == "modbus_tcp" else FramerType.RTU
-            clients[key] = AsyncModbusTcpClient(link.host, port=link.port,  # type: ignore[union-attr]
+            clients[key] = AsyncModbusTcpClient(link.host, port=link.port,
                                                 framer=framer, timeout=link.timeout_s, retries=0,
                                                 reconnect_delay=0)
             locks[key] = asyncio.Lock()

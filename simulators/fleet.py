@@ -20,6 +20,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,19 @@ from pydantic import BaseModel, ConfigDict
 from pymodbus.framer import FramerType
 
 from simulators.modbus_sim import SimulatedEndpoint, SimulatedUnit
+from simulators.mqtt_sim import SimulatedMqttSiren
 from simulators.physics import SimulatedSiren
 from siren_gateway.config import (
     ModbusRtuOverTcpLink,
     ModbusTcpLink,
+    MqttLink,
+    SirenConfig,
     Site,
     endpoint_key,
     load_site,
 )
+from siren_gateway.fleet import reporting_interval
+from siren_gateway.mqtt_profile import MqttProfile
 
 log = logging.getLogger("simulators.fleet")
 
@@ -55,11 +61,20 @@ class SimulatorFleet:
         index, count = shard
         by_endpoint: dict[str, list[SimulatedUnit]] = defaultdict(list)
         links: dict[str, ModbusTcpLink | ModbusRtuOverTcpLink] = {}
-        keys = sorted({endpoint_key(s.link) for s in site.config.sirens})
+        self.mqtt: dict[str, SimulatedMqttSiren] = {}
+        keys = sorted({endpoint_key(s.link) for s in site.config.sirens
+                       if not isinstance(s.link, MqttLink)})
         mine = {k for i, k in enumerate(keys) if i % count == index - 1}
         now = clock()
+        mqtt_index = 0
         for siren_cfg in site.config.sirens:
             link = siren_cfg.link
+            if isinstance(link, MqttLink):
+                # MQTT controllers are independent clients: dealt round-robin over the shards.
+                mqtt_index += 1
+                if (mqtt_index - 1) % count == index - 1:
+                    self._add_mqtt(siren_cfg, link, now)
+                continue
             key = endpoint_key(link)
             if key not in mine:
                 continue
@@ -67,7 +82,7 @@ class SimulatorFleet:
                 self.skipped.append(siren_cfg.id)  # a local serial port cannot be simulated here
                 continue
             siren = SimulatedSiren(siren_cfg.id, site.signals, now)
-            unit = SimulatedUnit(siren, site.profiles[siren_cfg.profile], link.unit_id, clock)
+            unit = SimulatedUnit(siren, site.modbus_profile(siren_cfg.profile), link.unit_id, clock)
             self.sirens[siren_cfg.id] = siren
             self.units[siren_cfg.id] = unit
             by_endpoint[key].append(unit)
@@ -77,13 +92,37 @@ class SimulatorFleet:
             framer = FramerType.SOCKET if link.type == "modbus_tcp" else FramerType.RTU
             self.endpoints.append(SimulatedEndpoint(link.host, link.port, framer, units))
 
+    def _add_mqtt(self, siren_cfg: SirenConfig, link: MqttLink, now: float) -> None:
+        broker = self.site.config.mqtt
+        profile = self.site.profiles[siren_cfg.profile]
+        assert broker is not None and isinstance(profile, MqttProfile)  # load_site checked both
+        siren = SimulatedSiren(siren_cfg.id, self.site.signals, now)
+        self.sirens[siren_cfg.id] = siren
+        self.mqtt[siren_cfg.id] = SimulatedMqttSiren(
+            siren, profile, link.device_id or siren_cfg.id, broker,
+            reporting_interval(self.site, siren_cfg), self.clock)
+
     async def start(self) -> None:
         for endpoint in self.endpoints:
             await endpoint.start()
+        for device in self.mqtt.values():
+            device.start()
+
+    async def wait_mqtt_connected(self, within_s: float) -> int:
+        """How many MQTT controllers are connected, once all are or the time is up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while loop.time() < deadline:  # polled once, at start-up
+            if all(d.connected for d in self.mqtt.values()):
+                break
+            await asyncio.sleep(0.05)
+        return sum(d.connected for d in self.mqtt.values())
 
     async def stop(self) -> None:
         for endpoint in self.endpoints:
             await endpoint.stop()
+        for device in self.mqtt.values():
+            await device.stop()
 
     def siren(self, siren_id: str) -> SimulatedSiren:
         try:
@@ -153,6 +192,8 @@ def create_control_app(fleet: SimulatorFleet) -> FastAPI:
             "endpoints": len(fleet.endpoints),
             "requests": {sid: unit.requests for sid, unit in fleet.units.items()},
             "total_requests": sum(unit.requests for unit in fleet.units.values()),
+            "mqtt": {sid: {"connected": d.connected} | asdict(d.stats)
+                     for sid, d in fleet.mqtt.items()},
         }
 
     return app
@@ -170,6 +211,7 @@ async def serve(config: Path, host: str, control_port: int, shard: tuple[int, in
     site = load_site(config)
     fleet = SimulatorFleet(site, shard)
     await fleet.start()
+    mqtt_connected = await fleet.wait_mqtt_connected(30.0) if fleet.mqtt else 0
     server = uvicorn.Server(uvicorn.Config(create_control_app(fleet), host=host,
                                            port=control_port, log_level="warning",
                                            lifespan="off"))
@@ -182,6 +224,7 @@ async def serve(config: Path, host: str, control_port: int, shard: tuple[int, in
     bound = server.servers[0].sockets[0].getsockname()[1] if server.servers else control_port
     print("READY " + json.dumps({"pid": os.getpid(), "control_url": f"http://{host}:{bound}",
                                  "sirens": len(fleet.sirens), "endpoints": len(fleet.endpoints),
+                                 "mqtt": len(fleet.mqtt), "mqtt_connected": mqtt_connected,
                                  "skipped": fleet.skipped}), flush=True)
     try:
         await serving
@@ -208,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # injected faults are expected
+    logging.getLogger("simulators.mqtt_sim").setLevel(logging.CRITICAL)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.config, args.host, args.control_port, args.shard))
 

@@ -43,6 +43,13 @@ class CommsFaults:
     exception_code: int = 0  # a Modbus exception code to answer with, 0 = none
     garbage: bool = False
     drop_connection: bool = False
+    # MQTT controllers
+    silent_disconnect: bool = False  # disconnect cleanly (the broker drops the will), stay away
+    vanish: bool = False  # the link dies abruptly: the broker publishes the last will
+    malformed_json: bool = False  # telemetry goes out as broken JSON
+    duplicate_acks: bool = False
+    late_acks_s: float = 0.0  # every acknowledgement held back this long
+    never_ack: bool = False  # commands are carried out, never acknowledged
 
 
 @dataclass
@@ -273,6 +280,11 @@ class SimulatedSiren:
             self.comms.garbage = active
         elif fault == "drop_connection":
             self.comms.drop_connection = active
+        elif fault in ("silent_disconnect", "vanish", "malformed_json", "duplicate_acks",
+                       "never_ack"):
+            setattr(self.comms, fault, active)
+        elif fault == "late_acks":
+            self.comms.late_acks_s = float(options.get("delay_s", 10.0)) if active else 0.0
         else:
             raise ValueError(f"unknown fault {fault!r}")
 

@@ -14,6 +14,7 @@ import yaml
 from siren_gateway.config import DEFAULT_PROFILES_DIR
 
 PROFILE = "generic_siren_controller"
+MQTT_PROFILE = "generic_mqtt_siren"
 
 
 def _ephemeral_low(default: int = 32768) -> int:
@@ -30,6 +31,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     They are taken from below the kernel's ephemeral range: ports the kernel hands to outgoing
     connections (thousands of them, with a large simulated fleet) can never collide with them.
     """
+    if count == 0:
+        return []
     low, high = 10000, _ephemeral_low() - 1
     candidates = random.sample(range(low, high), k=min(high - low, count * 4 + 64))
     ports: list[int] = []
@@ -54,18 +57,28 @@ def generate_site(
     center: tuple[float, float] = (32.06, 118.82),
     zones: list[dict[str, str]] | None = None,
     name: str = "Simulated district",
+    mqtt_sirens: int = 0,
+    mqtt_broker: dict[str, Any] | None = None,
+    telemetry_interval_s: float | None = None,
 ) -> dict[str, Any]:
     """A site of `sirens` controllers on a spiral around `center`.
 
     With units_per_line > 1, controllers share RS-485 lines behind serial device servers
     (Modbus RTU over TCP), `units_per_line` unit ids per port; otherwise each has its own port.
-    Ports are placeholders: call assign_free_ports before use.
+    The last `mqtt_sirens` of them report over MQTT to `mqtt_broker` (the site's `mqtt` section)
+    every `telemetry_interval_s` instead. Ports are placeholders: call assign_free_ports.
     """
     zones = zones or [{"id": f"zone-{i + 1}", "name": f"Zone {i + 1}"} for i in range(6)]
     entries = []
     for i in range(sirens):
         angle, radius = i * 2.399963, 0.004 * math.sqrt(i + 1)  # golden-angle spiral
-        if units_per_line > 1:
+        profile = PROFILE
+        if i >= sirens - mqtt_sirens:
+            profile = MQTT_PROFILE
+            link: dict[str, Any] = {"type": "mqtt"}
+            if telemetry_interval_s is not None:
+                link["telemetry_interval_s"] = telemetry_interval_s
+        elif units_per_line > 1:
             link = {"type": "modbus_rtu_over_tcp", "host": "127.0.0.1",
                     "port": 1 + i // units_per_line, "unit_id": 1 + i % units_per_line,
                     "timeout_s": timeout_s}
@@ -78,12 +91,15 @@ def generate_site(
             "location": {"lat": round(center[0] + radius * math.sin(angle), 5),
                          "lon": round(center[1] + radius * math.cos(angle), 5)},
             "zones": [zones[i % len(zones)]["id"]],
-            "profile": PROFILE,
+            "profile": profile,
             "link": link,
             "poll_interval_s": poll_interval_s,
         })
-    return {"site": {"name": name, "timezone": "Asia/Shanghai"}, "zones": zones,
-            "sirens": entries}
+    site: dict[str, Any] = {"site": {"name": name, "timezone": "Asia/Shanghai"}, "zones": zones,
+                            "sirens": entries}
+    if mqtt_sirens:
+        site["mqtt"] = dict(mqtt_broker or {"host": "127.0.0.1", "port": 1883})
+    return site
 
 
 def assign_free_ports(site: dict[str, Any], host: str = "127.0.0.1") -> dict[str, Any]:

@@ -38,7 +38,7 @@ from siren_gateway.bus import Bus, SirenResultFinal
 from siren_gateway.config import ActivationConfig, Site
 from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
-from siren_gateway.model import Command, CommandKind, LinkError, Sample
+from siren_gateway.model import CERTAINLY_NOT_DELIVERED, Command, CommandKind, LinkError, Sample
 from siren_gateway.storage import Database
 from siren_gateway.tasks import cancel_and_wait
 
@@ -579,6 +579,7 @@ class ActivationEngine:
             await _sleep_until(start)
         deadline = start + self.config.delivery_grace_s
         last_error = "not attempted"
+        undelivered = False
         while True:
             result.sent_at = result.sent_at or time.time()
             try:
@@ -589,13 +590,18 @@ class ActivationEngine:
                                  f"{exc.detail}")
                     return False
                 last_error = str(exc)
+                undelivered = exc.reason in CERTAINLY_NOT_DELIVERED
             else:
                 result.status, result.accepted_at = Status.ACCEPTED, time.time()
                 self._dirty.add(activation.id)
                 self._note_accepted(activation)
                 return True
             if time.time() >= deadline:
-                self._finish(result, Status.NO_FEEDBACK, f"command not delivered: {last_error}")
+                if undelivered:
+                    # Known, not unknown: the command never left the gateway, so it cannot sound.
+                    self._finish(result, Status.FAILED, f"command never delivered: {last_error}")
+                else:
+                    self._finish(result, Status.NO_FEEDBACK, f"command not delivered: {last_error}")
                 return False
             await asyncio.sleep(0.25)
 
@@ -624,10 +630,12 @@ class ActivationEngine:
             try:
                 sample = await link.poll()
             except LinkError as exc:
-                self.fleet.record_failure(result.siren_id, exc)
+                if link.polled:
+                    self.fleet.record_failure(result.siren_id, exc)
                 last_note = f"siren not answering ({exc.reason})"
             else:
-                self.fleet.record_sample(sample)
+                if link.polled:
+                    self.fleet.record_sample(sample)
                 verdict = self._judge(activation, sample, sequence, threshold, first_on_s,
                                       failing)
                 if verdict is not None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from siren_gateway.profiles import ModbusProfile, parse_profile
+from siren_gateway.profiles import DeviceProfile, ModbusProfile, parse_profile
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -62,13 +62,25 @@ class ModbusRtuSerialLink(_Strict):
     timeout_s: float = Field(default=1.0, gt=0, le=30)
 
 
+class MqttLink(_Strict):
+    """A controller that reports to (and takes commands from) the site's MQTT broker."""
+
+    type: Literal["mqtt"]
+    # The {device} part of its topics; default: the siren id.
+    device_id: Identifier | None = None
+    # Overrides the profile's reporting interval (stale and offline are judged from it).
+    telemetry_interval_s: float | None = Field(default=None, gt=0, le=3600)
+
+
+ModbusLink = ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuSerialLink
 Link = Annotated[
-    ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuSerialLink, Field(discriminator="type")
+    ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuSerialLink | MqttLink,
+    Field(discriminator="type"),
 ]
-LINK_TYPES = frozenset({"modbus_tcp", "modbus_rtu_over_tcp", "modbus_rtu"})
+LINK_TYPES = frozenset({"modbus_tcp", "modbus_rtu_over_tcp", "modbus_rtu", "mqtt"})
 
 
-def endpoint_key(link: ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuSerialLink) -> str:
+def endpoint_key(link: ModbusLink) -> str:
     """Sirens whose links share this key share one connection (and its request queue)."""
     if isinstance(link, ModbusRtuSerialLink):
         return f"serial:{link.device}"
@@ -90,6 +102,41 @@ class SirenConfig(_Strict):
     poll_interval_s: float = Field(default=5.0, ge=0.05, le=3600)
     # In maintenance: never sounded, raises nothing. Still polled so its health stays visible.
     inhibited: bool = False
+
+
+MqttTopicPrefix = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
+
+
+class MqttTlsConfig(_Strict):
+    ca_file: str | None = None  # None: the system's trust store
+    cert_file: str | None = None  # client certificate, for brokers that ask for one
+    key_file: str | None = None
+    # Only for a lab broker with a self-signed certificate: accepts any server.
+    insecure_skip_verify: bool = False
+
+
+class MqttBrokerConfig(_Strict):
+    """The broker the site's MQTT controllers report to (mosquitto, EMQX, ...; MQTT 3.1.1)."""
+
+    host: str
+    port: Port = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: MqttTlsConfig | None = None
+    # Two gateways with one client id would keep disconnecting each other: default is unique.
+    client_id: str | None = Field(default=None, min_length=1, max_length=64)
+    topic_prefix: MqttTopicPrefix = "sirens"
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    reconnect_initial_s: float = Field(default=0.5, gt=0, le=60)
+    reconnect_max_s: float = Field(default=10.0, gt=0, le=600)
+    # A command with no accepted/rejected acknowledgement by then is reported unacknowledged.
+    ack_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    # Silent for this many reporting intervals: offline (stale comes first, as for polling).
+    offline_after_intervals: float = Field(default=4.0, ge=1.5, le=100)
+    # Commands being published at once; aiomqtt stalls with thousands pending.
+    publish_window: int = Field(default=64, ge=1, le=10_000)
+    # Inbound messages waiting to be handled; beyond it the oldest are dropped (counted).
+    max_queued_messages: int = Field(default=50_000, ge=100, le=1_000_000)
 
 
 class ZoneConfig(_Strict):
@@ -302,6 +349,7 @@ class SiteConfig(_Strict):
     polling: PollingConfig = PollingConfig()
     storage: StorageConfig = StorageConfig()
     influx: InfluxConfig | None = None
+    mqtt: MqttBrokerConfig | None = None
     api: ApiConfig = ApiConfig()
     users: list[UserConfig] = []
     activation: ActivationConfig = ActivationConfig()
@@ -337,12 +385,18 @@ class Site:
     """A validated configuration together with what it refers to (profiles, signals)."""
 
     config: SiteConfig
-    profiles: dict[str, ModbusProfile]
+    profiles: dict[str, DeviceProfile]
     signals: dict[str, SignalConfig]
     source: Path | None
 
     def siren(self, siren_id: str) -> SirenConfig | None:
         return next((s for s in self.config.sirens if s.id == siren_id), None)
+
+    def modbus_profile(self, name: str) -> ModbusProfile:
+        profile = self.profiles[name]
+        if not isinstance(profile, ModbusProfile):
+            raise TypeError(f"profile {name!r} is not a Modbus profile")
+        return profile
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -406,7 +460,7 @@ def problems_from_validation(exc: ValidationError) -> list[ConfigProblem]:
     return problems
 
 
-def load_profile_file(file: Path) -> ModbusProfile:
+def load_profile_file(file: Path) -> DeviceProfile:
     data = read_yaml(file)
     try:
         return parse_profile(data, file)
@@ -414,8 +468,8 @@ def load_profile_file(file: Path) -> ModbusProfile:
         raise ConfigError(file, problems_from_validation(exc)) from exc
 
 
-def load_profiles(directory: Path) -> dict[str, ModbusProfile]:
-    profiles: dict[str, ModbusProfile] = {}
+def load_profiles(directory: Path) -> dict[str, DeviceProfile]:
+    profiles: dict[str, DeviceProfile] = {}
     for file in sorted(directory.glob("*.yaml")):
         profile = load_profile_file(file)
         if profile.name in profiles:
@@ -434,7 +488,7 @@ def load_default_signals() -> list[SignalConfig]:
 
 
 def _check_references(
-    config: SiteConfig, profiles: dict[str, ModbusProfile], signals: dict[str, SignalConfig]
+    config: SiteConfig, profiles: dict[str, DeviceProfile], signals: dict[str, SignalConfig]
 ) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     zone_ids: set[str] = set()
@@ -444,6 +498,7 @@ def _check_references(
         zone_ids.add(zone.id)
     siren_ids: set[str] = set()
     units: dict[tuple[str, int], str] = {}
+    devices: dict[str, str] = {}
     for i, siren in enumerate(config.sirens):
         if siren.id in siren_ids:
             problems.append(ConfigProblem(f"sirens[{i}].id", f"duplicate siren id {siren.id!r}"))
@@ -456,7 +511,24 @@ def _check_references(
             known = ", ".join(sorted(profiles)) or "none"
             problems.append(ConfigProblem(f"sirens[{i}].profile",
                                           f"unknown profile {siren.profile!r} (known: {known})"))
-        unit = (endpoint_key(siren.link), siren.link.unit_id)
+        link = siren.link
+        wants = "mqtt" if isinstance(link, MqttLink) else "modbus"
+        if profile is not None and profile.protocol != wants:
+            problems.append(ConfigProblem(
+                f"sirens[{i}].profile", f"profile {siren.profile!r} speaks {profile.protocol}, "
+                f"but the link is {link.type}"))
+        if isinstance(link, MqttLink):
+            device = link.device_id or siren.id
+            if device in devices:
+                problems.append(ConfigProblem(f"sirens[{i}].link.device_id",
+                                              f"MQTT device id {device!r} is also siren "
+                                              f"{devices[device]!r}'s"))
+            devices[device] = siren.id
+            if config.mqtt is None:
+                problems.append(ConfigProblem(f"sirens[{i}].link",
+                                              "an MQTT siren needs the site's 'mqtt' broker section"))
+            continue
+        unit = (endpoint_key(link), link.unit_id)
         if unit in units:
             problems.append(ConfigProblem(
                 f"sirens[{i}].link",
@@ -485,7 +557,10 @@ def _check_references(
             problems.append(ConfigProblem(f"users[{i}].username",
                                           f"duplicate user {user.username!r}"))
         usernames.add(user.username)
+    used_profiles = {s.profile for s in config.sirens}
     for profile in profiles.values():
+        if profile.name not in used_profiles:
+            continue
         for signal_id in profile.spec.signal_codes:
             if signal_id not in signals:
                 problems.append(ConfigProblem(

@@ -1,6 +1,6 @@
 """The live picture of every siren: reachability, latest status, active faults.
 
-Only the poller (and later the MQTT link) writes here; the API reads. Every change of
+Only the links' owners (the poller, the MQTT hub, activations) write here; the API reads. Every change of
 reachability or of the fault set is published once on the bus, at the moment it is observed.
 """
 
@@ -13,8 +13,9 @@ from datetime import datetime
 from typing import Any
 
 from siren_gateway.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
-from siren_gateway.config import PollingConfig, SirenConfig, Site
+from siren_gateway.config import MqttLink, PollingConfig, SirenConfig, Site
 from siren_gateway.model import LinkError, Sample, utc_now
+from siren_gateway.mqtt_profile import MqttProfile
 
 
 class Reachability(enum.StrEnum):
@@ -41,6 +42,9 @@ class SirenState:
     # whole fleet every second, so it compares floats rather than datetimes.
     last_seen_mono: float = 0.0
     stale_after_s: float = 0.0
+    # Reporting (MQTT) sirens are never asked, so silence is the only sign: offline after this
+    # long without a message. 0 for polled sirens, whose failed polls say it.
+    offline_after_s: float = 0.0
 
     @property
     def faults(self) -> frozenset[str]:
@@ -100,15 +104,32 @@ class SirenState:
         }
 
 
+def reporting_interval(site: Site, siren: SirenConfig) -> float:
+    """How often fresh status is expected: the poll interval, or an MQTT device's report period."""
+    link = siren.link
+    if isinstance(link, MqttLink):
+        if link.telemetry_interval_s is not None:
+            return link.telemetry_interval_s
+        profile = site.profiles[siren.profile]
+        if isinstance(profile, MqttProfile):
+            return profile.spec.telemetry_interval_s
+    return siren.poll_interval_s
+
+
 class Fleet:
     def __init__(self, site: Site, bus: Bus) -> None:
         self.bus = bus
         self.polling: PollingConfig = site.config.polling
-        self.states: dict[str, SirenState] = {
-            s.id: SirenState(s, site.profiles[s.profile].spec.sounding_current_threshold,
-                             stale_after_s=s.poll_interval_s * self.polling.stale_after_intervals)
-            for s in site.config.sirens
-        }
+        self.states: dict[str, SirenState] = {}
+        started = time.monotonic()
+        for siren in site.config.sirens:
+            interval = reporting_interval(site, siren)
+            state = SirenState(siren, site.profiles[siren.profile].spec.sounding_current_threshold,
+                               stale_after_s=interval * self.polling.stale_after_intervals)
+            if isinstance(siren.link, MqttLink) and site.config.mqtt is not None:
+                state.offline_after_s = interval * site.config.mqtt.offline_after_intervals
+                state.last_seen_mono = started  # "never reported" counts from our start
+            self.states[siren.id] = state
 
     def get(self, siren_id: str) -> SirenState | None:
         return self.states.get(siren_id)
@@ -150,13 +171,31 @@ class Fleet:
               and time.monotonic() - state.last_seen_mono > state.stale_after_s):
             self._set_reachability(state, Reachability.STALE, now, "no fresh status")
 
+    def mark_offline(self, siren_id: str, reason: str) -> None:
+        """The device said so itself (MQTT state topic or its last will)."""
+        state = self.states[siren_id]
+        self._set_reachability(state, Reachability.OFFLINE, utc_now(), reason)
+
     def sweep(self) -> None:
-        """Catch sirens whose polls hang rather than fail (called every second)."""
+        """Catch sirens whose polls hang rather than fail, and reporting sirens that fell
+        silent (called every second over the whole fleet, so the common case is cheap)."""
         now = time.monotonic()
-        online = Reachability.ONLINE
+        online, stale = Reachability.ONLINE, Reachability.STALE
         for state in self.states.values():
-            if state.reachability is online and now - state.last_seen_mono > state.stale_after_s:
-                self._set_reachability(state, Reachability.STALE, utc_now(), "no fresh status")
+            reachability = state.reachability
+            if reachability is online or reachability is stale:
+                silent = now - state.last_seen_mono
+                if silent <= state.stale_after_s:
+                    continue
+                if state.offline_after_s and silent > state.offline_after_s:
+                    self._set_reachability(state, Reachability.OFFLINE, utc_now(),
+                                           f"silent for {silent:.0f} s")
+                elif reachability is online:
+                    self._set_reachability(state, stale, utc_now(), "no fresh status")
+            elif (reachability is Reachability.UNKNOWN and state.offline_after_s
+                  and now - state.last_seen_mono > state.offline_after_s):
+                self._set_reachability(state, Reachability.OFFLINE, utc_now(),
+                                       "never reported since the gateway started")
 
     def counts(self) -> dict[str, int]:
         out = {r.value: 0 for r in Reachability}

@@ -12,10 +12,12 @@ from siren_gateway.alerts import AlertEngine
 from siren_gateway.audit import AuditLog
 from siren_gateway.auth import TokenStore
 from siren_gateway.bus import Bus
-from siren_gateway.config import Site
+from siren_gateway.config import MqttLink, Site
 from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
 from siren_gateway.links.modbus import ModbusEndpoint, build_modbus_links
+from siren_gateway.links.mqtt import MqttHub
+from siren_gateway.mqtt_profile import MqttProfile
 from siren_gateway.notify import MqttAlertNotifier, WebhookNotifier
 from siren_gateway.poller import Poller
 from siren_gateway.storage import Database, TelemetryStore
@@ -41,6 +43,7 @@ class Gateway:
             self.influx = InfluxSink(site, self.bus, site.config.influx, spool)
         self.endpoints: list[ModbusEndpoint] = []
         self.links: dict[str, SirenLink] = {}
+        self.mqtt: MqttHub | None = None
         self.poller = Poller(self.fleet, self.links)
         self.audit = AuditLog(self.db)
         self.activations = ActivationEngine(site, self.fleet, self.links, self.db, self.audit,
@@ -59,9 +62,21 @@ class Gateway:
         if self.influx is not None:
             await self.influx.open()
         # Clients are made here, inside the running loop (pymodbus binds them to it).
-        links, self.endpoints = build_modbus_links(
-            [(s.id, s.link, self.site.profiles[s.profile]) for s in self.site.config.sirens])
+        modbus, mqtt = [], []
+        for siren in self.site.config.sirens:
+            profile = self.site.profiles[siren.profile]
+            if isinstance(siren.link, MqttLink):
+                assert isinstance(profile, MqttProfile)  # load_site checked the pairing
+                mqtt.append((siren, profile))
+            else:
+                assert not isinstance(profile, MqttProfile)
+                modbus.append((siren.id, siren.link, profile))
+        links, self.endpoints = build_modbus_links(modbus)
         self.links.update(links)
+        if mqtt and self.site.config.mqtt is not None:
+            self.mqtt = MqttHub(self.site.config.mqtt, self.fleet, mqtt)
+            self.links.update(self.mqtt.links)
+            self.mqtt.start()
         self.telemetry.start()
         if self.influx is not None:
             self.influx.start()
@@ -74,12 +89,14 @@ class Gateway:
             self.mqtt_alerts.start()
         self.poller.start()
         self.started_at = time.time()
-        log.info("gateway started: %d sirens on %d endpoints",
-                 len(self.fleet.states), len(self.endpoints))
+        log.info("gateway started: %d sirens, %d Modbus endpoints, %d over MQTT",
+                 len(self.fleet.states), len(self.endpoints), len(mqtt))
 
     async def stop(self) -> None:
         await self.activations.stop()
         await self.poller.stop()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
         await self.alerts.stop()
         for webhook in self.webhooks:
             await webhook.stop()
@@ -108,6 +125,7 @@ class Gateway:
             "sirens": self.fleet.counts() | {"total": len(self.fleet.states)},
             "polls": {"ok": polls_ok, "failed": polls_failed, "failures_by_reason": reasons},
             "endpoints": len(endpoints),
+            "mqtt": self.mqtt.health() if self.mqtt is not None else None,
             "bus": self.bus.stats(),
             "telemetry_store": self.telemetry.stats(),
             "influx_sink": self.influx.stats() if self.influx is not None else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -12,6 +13,10 @@ Value = float | int | bool | str
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def new_command_id() -> str:
+    return secrets.token_hex(8)
 
 
 class CommandKind(enum.StrEnum):
@@ -33,6 +38,9 @@ class Command:
     start_at: datetime | None = None  # device-clock start time for a synchronised SOUND
     clock: datetime | None = None  # the time to set, for SET_CLOCK
     sequence: int = 0  # echoed by the device so a poll can tell which command it last took
+    # Echoed by MQTT acknowledgements; a retry of the same Command object keeps its id, so a
+    # device that already took it acknowledges again instead of acting twice.
+    command_id: str = field(default_factory=new_command_id)
 
     def __post_init__(self) -> None:
         if self.kind is CommandKind.SOUND and not self.signal:
@@ -50,6 +58,11 @@ class Sample:
     values: dict[str, Value]
     faults: frozenset[str] = field(default_factory=frozenset)
     device_time: datetime | None = None  # the controller's own clock, if it reports one
+
+
+# LinkError reasons that prove a command never reached the device (as opposed to "no answer",
+# after which it may have acted).
+CERTAINLY_NOT_DELIVERED = frozenset({"broker_unavailable"})
 
 
 class LinkError(Exception):

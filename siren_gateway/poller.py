@@ -1,4 +1,4 @@
-"""Polls every Modbus siren on its own schedule, with jitter and back-off after failures.
+"""Polls every polled (Modbus) siren on its own schedule, with jitter and back-off after failures.
 
 Each siren has its own task, so a slow or dead device only ever delays itself (on a shared
 RS-485 line it costs its timeout, which the back-off keeps rare). Polls are scheduled on a fixed
@@ -41,6 +41,8 @@ class Poller:
     def start(self) -> None:
         self._running = True
         for siren_id, link in self.links.items():
+            if not link.polled:
+                continue  # it reports by itself (MQTT); the sweep still watches its silence
             interval = self.fleet.states[siren_id].config.poll_interval_s
             self._tasks.append(asyncio.create_task(self._run(link, interval),
                                                    name=f"poll {siren_id}"))

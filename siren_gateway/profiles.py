@@ -25,6 +25,7 @@ from siren_gateway.codec import (
     scale_decimals,
 )
 from siren_gateway.model import Command, CommandKind, Value
+from siren_gateway.mqtt_profile import MqttProfile, parse_mqtt_profile
 
 Table = Literal["input", "holding"]
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
@@ -273,6 +274,8 @@ class FaultRule:
 class ModbusProfile:
     """A compiled profile: read plan, decoders, fault rules and command codec."""
 
+    protocol = "modbus"
+
     def __init__(self, spec: ProfileSpec, source: Path | None = None):
         self.spec = spec
         self.source = source
@@ -443,5 +446,11 @@ def _clamp(data_type: str, value: int) -> int:
     return min(max(value, low), high)
 
 
-def parse_profile(data: Any, source: Path | None = None) -> ModbusProfile:
+def parse_profile(data: Any, source: Path | None = None) -> DeviceProfile:
+    """A compiled profile of the protocol the file names (modbus unless it says mqtt)."""
+    if isinstance(data, dict) and data.get("protocol") == "mqtt":
+        return parse_mqtt_profile(data, source)
     return ModbusProfile(ProfileSpec.model_validate(data), source)
+
+
+DeviceProfile = ModbusProfile | MqttProfile

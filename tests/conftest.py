@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,6 +21,7 @@ from siren_gateway.auth import hash_password
 from siren_gateway.config import DEFAULT_PROFILES_DIR, Site, load_site
 from siren_gateway.gateway import Gateway
 
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PASSWORDS = {"viewer": "viewer-pass", "operator": "operator-pass", "admin": "admin-pass"}
 USERS = [{"username": name, "role": name, "password_hash": hash_password(password)}
          for name, password in PASSWORDS.items()]
@@ -112,6 +116,41 @@ async def gateways() -> AsyncIterator[Callable[[Site], Awaitable[Gateway]]]:
     yield start
     for gateway in started:
         await gateway.stop()
+
+
+class Mosquitto:
+    """A mosquitto broker of our own on a free loopback port; it can be stopped and restarted."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_ports(1)[0]
+        self.conf = directory / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                             "persistence false\n", encoding="utf-8")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path)
+    server.start()
+    yield server
+    server.stop()
 
 
 class LocalHttpServer:

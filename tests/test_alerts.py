@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiomqtt
@@ -21,6 +18,7 @@ from siren_gateway.config import Site
 from siren_gateway.gateway import Gateway
 from tests.conftest import (
     LocalHttpServer,
+    Mosquitto,
     SimulatedDistrict,
     StartDistrict,
     wait_until,
@@ -29,7 +27,6 @@ from tests.conftest import (
 from tests.test_activation import Api
 
 StartGateway = Callable[[Site], Awaitable[Gateway]]
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 def alert_site(**alerts: Any) -> dict[str, Any]:
@@ -285,43 +282,6 @@ async def test_webhook_posts_with_retries_and_filters(
         assert all(p[2]["alert"]["rule"] != "door_open" for p in receiver.posts)
     finally:
         await receiver.stop()
-
-
-class Mosquitto:
-    """A mosquitto broker of our own on a free loopback port; it can be stopped and restarted."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_ports(1)[0]
-        self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                             "persistence false\n", encoding="utf-8")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        import socket
-
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def retained_alerts(port: int, topic: str) -> list[dict[str, Any]]:

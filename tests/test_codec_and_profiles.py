@@ -25,7 +25,9 @@ def generic_data() -> dict[str, Any]:
 
 @pytest.fixture
 def generic() -> ModbusProfile:
-    return load_profiles(DEFAULT_PROFILES_DIR)["generic_siren_controller"]
+    profile = load_profiles(DEFAULT_PROFILES_DIR)["generic_siren_controller"]
+    assert isinstance(profile, ModbusProfile)
+    return profile
 
 
 @pytest.mark.parametrize(
@@ -69,11 +71,13 @@ def test_read_plan_respects_request_size_and_gaps() -> None:
     data = generic_data()
     data["max_registers_per_read"] = 10
     profile = parse_profile(data)
+    assert isinstance(profile, ModbusProfile)
     assert [b.count for b in profile.blocks] == [10, 10, 8]
     assert all(b.count <= 10 for b in profile.blocks)
     data = generic_data()
     data["points"].append({"name": "far_away", "address": 200, "type": "u16"})
     profile = parse_profile(data)
+    assert isinstance(profile, ModbusProfile)
     assert [(b.address, b.count) for b in profile.blocks] == [(0, 28), (200, 1)]
 
 

@@ -185,7 +185,7 @@ async def test_serial_rtu_link_reads_a_line_through_pyserial(
     serial = ModbusRtuSerialLink(type="modbus_rtu", device=f"socket://127.0.0.1:{tcp.port}",
                                  unit_id=2, timeout_s=1.0)
     endpoint = ModbusEndpoint(serial, serial.timeout_s, units=2)
-    link = ModbusSirenLink("s00002", endpoint, 2, site.profiles["generic_siren_controller"])
+    link = ModbusSirenLink("s00002", endpoint, 2, site.modbus_profile("generic_siren_controller"))
     try:
         await district.control.set_battery("s00002", 25.55)
         sample = await link.poll()
@@ -231,10 +231,12 @@ async def test_commands_jump_ahead_of_queued_polls(start_district: StartDistrict
     site = district.site()
     for siren_id in ("s00001", "s00002", "s00003"):
         await district.control.inject(siren_id, "slow", delay_s=0.2)
-    profile = site.profiles["generic_siren_controller"]
+    profile = site.modbus_profile("generic_siren_controller")
     first = site.config.sirens[0].link
+    assert isinstance(first, ModbusRtuOverTcpLink)
     endpoint = ModbusEndpoint(first, 2.0, units=3)
-    links = [ModbusSirenLink(s.id, endpoint, s.link.unit_id, profile) for s in site.config.sirens]
+    links = [ModbusSirenLink(s.id, endpoint, s.link.unit_id, profile) for s in site.config.sirens
+             if isinstance(s.link, ModbusRtuOverTcpLink)]
     finished: list[str] = []
 
     async def poll(link: ModbusSirenLink, tag: str) -> None:
@@ -329,7 +331,7 @@ async def test_a_new_controller_model_needs_only_a_profile_file(
     district = start_district(site_dict, profiles_dir=devices)
     control = district.control
     site = district.site()
-    profile = site.profiles["acme_ls200"]
+    profile = site.modbus_profile("acme_ls200")
     assert [(b.table, b.address, b.count) for b in profile.blocks] == [
         ("holding", 1000, 8), ("holding", 1300, 6)]
     gateway = await gateways(site)

@@ -18,6 +18,8 @@ from siren_gateway.poller import Poller, next_delay
 class CancelSwallowingLink:
     """Answers polls, but once drops a cancellation the way Python 3.11's wait_for can."""
 
+    polled = True
+
     def __init__(self, siren_id: str) -> None:
         self.siren_id = siren_id
         self.swallowed = 0

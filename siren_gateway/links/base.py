@@ -11,6 +11,9 @@ class SirenLink(Protocol):
     """Talks to one siren controller. Raises LinkError when the device gives no usable answer."""
 
     siren_id: str
+    # True when poll() asks the device; False when the device reports by itself and poll()
+    # returns its latest report (which the link's owner already gave the fleet).
+    polled: bool
 
     async def poll(self) -> Sample:
         """Read the controller's current status."""

@@ -228,6 +228,8 @@ def _registers(response: Any, expected: int, what: str) -> list[int]:
 class ModbusSirenLink:
     """One siren controller: a unit id on an endpoint, spoken to through its profile."""
 
+    polled = True
+
     def __init__(self, siren_id: str, endpoint: ModbusEndpoint, unit_id: int,
                  profile: ModbusProfile) -> None:
         self.siren_id = siren_id
