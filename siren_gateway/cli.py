@@ -52,7 +52,8 @@ def _demo(args: argparse.Namespace) -> int:
         if args.influx_url:
             influx = {"url": args.influx_url, "token": args.influx_token, "org": args.influx_org,
                       "bucket": args.influx_bucket, "string_fields": not args.influx_no_strings}
-        run_demo(args.port, args.sim_port, args.sirens, args.data_dir, influx)
+        run_demo(args.port, args.sim_port, args.sirens, args.data_dir, influx,
+                 broker_kind=args.broker)
     return 0
 
 
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="simulated district + gateway + API on 127.0.0.1")
     demo.add_argument("--port", type=int, default=8080, help="gateway API port")
     demo.add_argument("--sim-port", type=int, default=8081, help="simulator control API port")
+    demo.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto",
+                      help="embedded MQTT broker for the MQTT sirens (auto: mosquitto if "
+                      "installed, else amqtt)")
     demo.add_argument("--sirens", type=int, default=None,
                       help="simulate N sirens instead of the 20 of config/demo.yaml")
     demo.add_argument("--data-dir", type=Path, default=None,

@@ -8,10 +8,12 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import yaml
 
+from simulators.broker import BrokerKind, BrokerProcess, start_broker
 from simulators.launcher import FleetProcess, start_fleet
 from simulators.sitegen import assign_free_ports, generate_site, write_site
 from siren_gateway.api.app import create_app
@@ -23,13 +25,16 @@ DEMO_CONFIG = REPO_DIR / "config" / "demo.yaml"
 SIRENS_PER_SIMULATOR_PROCESS = 1000
 
 
-def demo_site(sirens: int | None, base: Path) -> dict[str, object]:
-    """The demo district as a dict, or a generated district of `sirens` around the same centre."""
+def demo_site(sirens: int | None, base: Path) -> dict[str, Any]:
+    """The demo district as a dict, or a generated district of `sirens` around the same centre
+    (a fifth of them reporting over MQTT, like the base district)."""
     data = yaml.safe_load(base.read_text(encoding="utf-8"))
     if sirens is None:
         return dict(data)
     generated = generate_site(sirens, poll_interval_s=5.0 if sirens > 200 else 2.0,
-                              zones=data["zones"], name=data["site"]["name"])
+                              zones=data["zones"], name=data["site"]["name"],
+                              mqtt_sirens=sirens // 5, mqtt_broker=data.get("mqtt"),
+                              telemetry_interval_s=5.0 if sirens > 200 else 2.0)
     generated["site"] = data["site"]
     generated["polling"] = data.get("polling", {})
     for section in ("storage", "users", "activation"):
@@ -39,7 +44,8 @@ def demo_site(sirens: int | None, base: Path) -> dict[str, object]:
 
 
 def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None,
-             influx: dict[str, object] | None = None, base: Path = DEMO_CONFIG) -> None:
+             influx: dict[str, object] | None = None, base: Path = DEMO_CONFIG,
+             broker_kind: BrokerKind = "auto") -> None:
     """Run until interrupted. The simulator processes are started and stopped outside the event
     loop, so an interrupt at any moment still ends them."""
     work = data_dir or Path(tempfile.mkdtemp(prefix="siren-demo-"))
@@ -47,12 +53,18 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
     site_dict = assign_free_ports(demo_site(sirens, base))
     if influx:
         site_dict["influx"] = influx
-    config = write_site(site_dict, work / "demo-site.yaml", database=work / "demo.db")
-    site = load_site(config)
-    count = len(site.config.sirens)
-    processes = max(1, min(os.cpu_count() or 1, -(-count // SIRENS_PER_SIMULATOR_PROCESS)))
+    broker: BrokerProcess | None = None
     fleets: list[FleetProcess] = []
     try:
+        if "mqtt" in site_dict:
+            # The demo brings its own broker on a free port; nothing needs to be installed.
+            broker = start_broker(work, broker_kind)
+            site_dict["mqtt"] = dict(site_dict["mqtt"]) | {"host": "127.0.0.1",
+                                                           "port": broker.port}
+        config = write_site(site_dict, work / "demo-site.yaml", database=work / "demo.db")
+        site = load_site(config)
+        count = len(site.config.sirens)
+        processes = max(1, min(os.cpu_count() or 1, -(-count // SIRENS_PER_SIMULATOR_PROCESS)))
         for index in range(processes):
             fleets.append(start_fleet(config, sim_port if index == 0 else 0,
                                       (index + 1, processes)))
@@ -61,6 +73,8 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
         print(f"  API docs:           http://127.0.0.1:{port}/docs")
         print(f"  simulator control:  {fleets[0].control_url}/sirens"
               + (f" (+{processes - 1} more processes)" if processes > 1 else ""))
+        if broker is not None:
+            print(f"  MQTT broker:        127.0.0.1:{broker.port} ({broker.kind}, embedded)")
         print(f"  data and config:    {work}")
         if influx:
             print(f"  telemetry also to:  {influx['url']} (bucket {influx['bucket']})")
@@ -74,3 +88,5 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
     finally:
         for fleet in fleets:
             fleet.stop()
+        if broker is not None:
+            broker.stop()

@@ -40,7 +40,8 @@ class Command:
     sequence: int = 0  # echoed by the device so a poll can tell which command it last took
     # Echoed by MQTT acknowledgements; a retry of the same Command object keeps its id, so a
     # device that already took it acknowledges again instead of acting twice.
-    command_id: str = field(default_factory=new_command_id)
+    # (Not part of equality: two commands that say the same thing are equal.)
+    command_id: str = field(default_factory=new_command_id, compare=False)
 
     def __post_init__(self) -> None:
         if self.kind is CommandKind.SOUND and not self.signal:

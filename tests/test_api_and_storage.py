@@ -124,12 +124,14 @@ async def test_samples_survive_a_restart_and_retention_drops_only_old_ones(
     await db.close()
 
 
-def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path) -> None:
-    """The README's main command: simulators + gateway + API, then Ctrl-C leaves nothing behind."""
+@pytest.mark.parametrize("broker", ["auto", "amqtt"])
+def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path, broker: str) -> None:
+    """The README's main command: simulators + embedded broker + gateway + API, then Ctrl-C
+    leaves nothing behind. `auto` takes mosquitto when installed; amqtt is the fallback."""
     port, sim_port = free_ports(2)
     process = subprocess.Popen(
         [sys.executable, "-m", "siren_gateway", "demo", "--port", str(port),
-         "--sim-port", str(sim_port), "--data-dir", str(tmp_path)],
+         "--sim-port", str(sim_port), "--data-dir", str(tmp_path), "--broker", broker],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
@@ -152,6 +154,7 @@ def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path) -> None:
         assert len(sirens) == 20 and all(s["online"] for s in sirens), sirens
         truth = httpx.get(f"http://127.0.0.1:{sim_port}/sirens", timeout=5).json()
         assert len(truth) == 20
+        assert sum(s["profile"] == "generic_mqtt_siren" for s in sirens) == 4
         children = psutil.Process(process.pid).children(recursive=True)
         assert children, "the simulator fleet runs in its own process"
     finally:
@@ -159,6 +162,7 @@ def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path) -> None:
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
     assert f"http://127.0.0.1:{port}/api/sirens" in output
+    assert "MQTT broker:" in output and (broker == "auto" or "(amqtt, embedded)" in output)
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     assert (tmp_path / "demo.db").exists()

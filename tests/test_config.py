@@ -36,7 +36,8 @@ def test_demo_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "OK - 20 sirens" in out
     site = load_site(DEMO)
-    assert {s.link.type for s in site.config.sirens} == {"modbus_tcp", "modbus_rtu_over_tcp"}
+    assert {s.link.type for s in site.config.sirens} == {"modbus_tcp", "modbus_rtu_over_tcp",
+                                                        "mqtt"}
     assert any(s.inhibited for s in site.config.sirens)
     assert set(site.signals) >= {"preliminary", "air_raid", "all_clear", "growl_test"}
 
@@ -93,9 +94,36 @@ def _override_unknown_zone(d: dict[str, Any]) -> None:
     d["alerts"] = {"overrides": [{"rule": "door_open", "zone": "atlantis", "enabled": False}]}
 
 
+def _first_mqtt(d: dict[str, Any]) -> int:
+    return next(i for i, s in enumerate(d["sirens"]) if s["link"]["type"] == "mqtt")
+
+
+def _mqtt_link_on_modbus_profile(d: dict[str, Any]) -> None:
+    d["sirens"][0]["link"] = {"type": "mqtt"}
+
+
+def _mqtt_without_broker(d: dict[str, Any]) -> None:
+    del d["mqtt"]
+
+
+def _mqtt_same_device(d: dict[str, Any]) -> None:
+    first = _first_mqtt(d)
+    d["sirens"][first]["link"]["device_id"] = "lte-7"
+    d["sirens"][first + 1]["link"]["device_id"] = "lte-7"
+
+
+def _mqtt_bad_prefix(d: dict[str, Any]) -> None:
+    d["mqtt"]["topic_prefix"] = "sirens/#"
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
+        (_mqtt_link_on_modbus_profile, "sirens[0].profile: profile 'generic_siren_controller' "
+                                       "speaks modbus, but the link is mqtt"),
+        (_mqtt_without_broker, "sirens[11].link: an MQTT siren needs the site's 'mqtt' broker"),
+        (_mqtt_same_device, "sirens[12].link.device_id: MQTT device id 'lte-7' is also siren"),
+        (_mqtt_bad_prefix, "mqtt.topic_prefix: String should match pattern"),
         (_set_port, "sirens[3].link.port: Input should be less than or equal to 65535 (got 70000)"),
         (_unknown_key, "sirens[2].colour: unknown key"),
         (_duplicate_id, "sirens[5].id: duplicate siren id 'xwm-02'"),

@@ -106,6 +106,7 @@ def test_commands_round_trip_through_the_profile() -> None:
     payload = profile.encode_command(command, 1000.0, 1035.0)
     decoded, expires = profile.decode_command(payload)
     assert decoded == command and expires == 1035.0
+    assert decoded.command_id == command.command_id
     with pytest.raises(PayloadError):
         profile.decode_ack(b'{"id": "abc", "status": "maybe"}')
 
