@@ -26,6 +26,7 @@ from siren_gateway.bus import (
     Bus,
     Event,
     SampleReceived,
+    ScheduleEvent,
     SirenResultFinal,
     SpoolOverflow,
     Subscription,
@@ -68,13 +69,15 @@ class Alert:
     comment: str | None = None
     cleared_at: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    subject: str | None = None  # what a siren-less alert is about (schedule:<plan id>)
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "rule": self.rule, "siren_id": self.siren_id, "zones": self.zones,
                 "severity": self.severity, "message": self.message, "state": self.state,
                 "raised_at": _iso(self.raised_at), "acknowledged_at": _iso(self.acknowledged_at),
                 "acknowledged_by": self.acknowledged_by, "comment": self.comment,
-                "cleared_at": _iso(self.cleared_at), "history": list(self.history)}
+                "cleared_at": _iso(self.cleared_at), "history": list(self.history),
+                "subject": self.subject}
 
 
 @dataclass
@@ -103,7 +106,8 @@ class AlertEngine:
         self._trackers: dict[tuple[str, str | None], _Tracker] = {}
         self._next_id = 1
         self._subscription: Subscription = bus.subscribe(
-            "alerts", maxsize=100_000, kinds=(SampleReceived, SpoolOverflow, SirenResultFinal))
+            "alerts", maxsize=100_000,
+            kinds=(SampleReceived, SpoolOverflow, SirenResultFinal, ScheduleEvent))
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._started_at = time.time()
@@ -131,7 +135,8 @@ class AlertEngine:
             alert = Alert(**json.loads(data))
             self.alerts[alert.id] = alert
             # Reloaded as raised: a condition that still holds keeps this alert, never a new one.
-            self._trackers[(alert.rule, alert.siren_id)] = _Tracker(
+            key = alert.siren_id if alert.siren_id is not None else alert.subject
+            self._trackers[(alert.rule, key)] = _Tracker(
                 true_since=alert.raised_at, alert=alert)
             if alert.rule in self._fault_rules and alert.siren_id is not None:
                 self._fault_trackers.setdefault(alert.siren_id, set()).add(alert.rule)
@@ -272,9 +277,10 @@ class AlertEngine:
 
     def _observe(self, rule: str, siren_id: str | None, zones: list[str], condition: bool,
                  now: float, severity: str, message: str, for_s: float = 0.0,
-                 clear_now: bool = False) -> None:
+                 clear_now: bool = False, subject: str | None = None) -> None:
+        """`subject` tells apart alerts of one rule that concern no siren (one per plan)."""
         self.evaluations += 1
-        key = (rule, siren_id)
+        key = (rule, siren_id if siren_id is not None else subject)
         tracker = self._trackers.get(key)
         if tracker is None:
             if not condition:
@@ -286,7 +292,7 @@ class AlertEngine:
             tracker.false_since = None
             tracker.true_since = tracker.true_since or now
             if tracker.alert is None and now - tracker.true_since >= for_s:
-                self._raise(tracker, rule, siren_id, zones, severity, message, now)
+                self._raise(tracker, rule, siren_id, zones, severity, message, now, subject)
             return
         tracker.true_since = None
         if tracker.alert is None:
@@ -306,9 +312,10 @@ class AlertEngine:
                 watched.discard(rule)
 
     def _raise(self, tracker: _Tracker, rule: str, siren_id: str | None, zones: list[str],
-               severity: str, message: str, now: float) -> None:
+               severity: str, message: str, now: float, subject: str | None = None) -> None:
         alert = Alert(self._next_id, rule, siren_id, zones, severity, message, raised_at=now,
-                      history=[{"event": "raised", "at": _iso(now), "message": message}])
+                      history=[{"event": "raised", "at": _iso(now), "message": message}],
+                      subject=subject)
         self._next_id += 1
         tracker.alert = alert
         self.alerts[alert.id] = alert
@@ -368,6 +375,18 @@ class AlertEngine:
             self._evaluate_sample(event.sample, now)
         elif isinstance(event, SirenResultFinal):
             self._evaluate_result(event, now)
+        elif isinstance(event, ScheduleEvent):
+            # A missed scheduled test stays raised until the plan next runs to its end.
+            subject = f"schedule:{event.plan_id}"
+            if event.kind == "missed":
+                local = event.scheduled_at.isoformat()
+                self._observe("scheduled_test_missed", None, list(event.zones), True, now,
+                              self.config.missed_test_severity,
+                              f"{event.plan_name} ({local}) did not sound: {event.message}",
+                              subject=subject)
+            elif event.kind == "done":
+                self._observe("scheduled_test_missed", None, list(event.zones), False, now,
+                              "info", "", clear_now=True, subject=subject)
         elif isinstance(event, SpoolOverflow):
             self._last_overflow = now
             self._observe("telemetry_spool_overflow", None, [], True, now,
@@ -384,7 +403,8 @@ class AlertEngine:
                 if self._last_overflow and now - self._last_overflow > SPOOL_QUIET_S:
                     self._observe("telemetry_spool_overflow", None, [], False, now, "info", "")
                 for (rule, siren_id), tracker in list(self._trackers.items()):
-                    if rule in ("offline", "activation_failed", "telemetry_spool_overflow"):
+                    if rule in ("offline", "activation_failed", "telemetry_spool_overflow",
+                                "scheduled_test_missed"):
                         continue
                     if tracker.alert is None and tracker.true_since is not None:
                         self._recheck_duration(rule, siren_id, tracker, now)

@@ -67,8 +67,23 @@ class AlertChanged:
     alert: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleEvent:
+    """A scheduled occurrence was announced (notice), started, ended, skipped or missed."""
+
+    kind: str  # notice, running, done, missed, skipped, cancelled
+    plan_id: str
+    plan_name: str
+    occurrence_id: int
+    scheduled_at: datetime
+    zones: tuple[str, ...]
+    lead_s: float | None  # for a notice: how long before the start it was meant to go out
+    message: str
+    at: datetime
+
+
 Event = (SampleReceived | StatusChanged | FaultsChanged | SpoolOverflow | SirenResultFinal
-         | AlertChanged)
+         | AlertChanged | ScheduleEvent)
 
 
 class Subscription:

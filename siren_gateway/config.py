@@ -8,13 +8,23 @@ system's configuration must stop it from starting, not be ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from siren_gateway.profiles import DeviceProfile, ModbusProfile, parse_profile
+from siren_gateway.recurrence import (
+    WEEKDAYS,
+    Cron,
+    MonthlyNthWeekday,
+    Rule,
+    Yearly,
+    parse_time_of_day,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
@@ -287,6 +297,9 @@ class MqttNotifierConfig(_Strict):
     host: str
     port: Port = 1883
     topic: str = "siren-gateway/alerts/active"
+    # Schedule notices and occurrence changes, one message each (QoS 1, not retained), so
+    # announcement systems can warn the public before a test.
+    schedule_topic: str = "siren-gateway/schedule/events"
     username: str | None = None
     password: str | None = None
     tls: bool = False
@@ -301,6 +314,7 @@ class AlertsConfig(_Strict):
     clock_skew_severity: Severity = "minor"
     activation_failure_severity: Severity = "major"
     spool_overflow_severity: Severity = "major"
+    missed_test_severity: Severity = "major"  # a scheduled test that did not sound
     # A condition must stay gone this long before its alert clears: no storm from flapping.
     clear_after_s: float = Field(default=10.0, ge=0, le=86400)
     overrides: list[AlertOverride] = []
@@ -340,6 +354,140 @@ class ActivationConfig(_Strict):
     failing_faults: list[str] = ["amplifier_fault", "driver_fault"]
 
 
+class PlanTargets(_Strict):
+    sirens: list[Identifier] = []
+    zones: list[Identifier] = []
+    all: bool = False
+
+    @model_validator(mode="after")
+    def _some(self) -> PlanTargets:
+        if not (self.all or self.sirens or self.zones):
+            raise ValueError("name sirens, zones or all: true")
+        return self
+
+
+class YearlyRule(_Strict):
+    type: Literal["yearly"]
+    month: int = Field(ge=1, le=12)
+    day: int = Field(ge=1, le=31)
+    time: str
+
+    @model_validator(mode="after")
+    def _check(self) -> YearlyRule:
+        date(2024, self.month, self.day)  # a leap year: 29 February is allowed (leap years only)
+        parse_time_of_day(self.time)
+        return self
+
+
+class MonthlyRule(_Strict):
+    type: Literal["monthly"]
+    weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+    nth: Literal[1, 2, 3, 4, 5, -1]  # -1: the last one of the month
+    time: str
+
+    @model_validator(mode="after")
+    def _check(self) -> MonthlyRule:
+        parse_time_of_day(self.time)
+        return self
+
+
+class CronRule(_Strict):
+    type: Literal["cron"]
+    expression: str
+
+    @model_validator(mode="after")
+    def _check(self) -> CronRule:
+        Cron.parse(self.expression)
+        return self
+
+
+RecurrenceConfig = Annotated[YearlyRule | MonthlyRule | CronRule, Field(discriminator="type")]
+
+
+def compile_rule(rule: YearlyRule | MonthlyRule | CronRule) -> Rule:
+    if isinstance(rule, YearlyRule):
+        return Yearly(rule.month, rule.day, parse_time_of_day(rule.time))
+    if isinstance(rule, MonthlyRule):
+        return MonthlyNthWeekday(WEEKDAYS.index(rule.weekday), rule.nth,
+                                 parse_time_of_day(rule.time))
+    return Cron.parse(rule.expression)
+
+
+class PlanStep(_Strict):
+    offset_s: float = Field(ge=0, le=6 * 3600)  # from the occurrence's start
+    action: Literal["sound", "silent_test"] = "sound"
+    signal: Identifier | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> PlanStep:
+        if (self.action == "sound") != (self.signal is not None):
+            raise ValueError("a sound step names a signal; a silent test does not")
+        return self
+
+
+class PlanConfig(_Strict):
+    """A recurring test sounding: when (local time in a named zone), what, on which sirens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    id: Identifier
+    name: str = Field(min_length=1)
+    name_zh: str | None = None
+    timezone: str = "Asia/Shanghai"
+    recurrence: RecurrenceConfig
+    steps: list[PlanStep] = Field(min_length=1, max_length=20)
+    klass: Literal["exercise", "test"] = Field(default="test", alias="class")
+    targets: PlanTargets = PlanTargets(all=True)
+    exclusions: list[date] = []  # local dates on which the plan does not sound (holidays)
+    enabled: bool = True
+    # Announce each occurrence this long before it (e.g. [432000, 600]: 5 days and 10 minutes).
+    notice_lead_s: list[Annotated[float, Field(gt=0, le=60 * 86400)]] = []
+    # Late start policy: within this long after its time an occurrence still fires (late);
+    # after it, it is recorded as missed and raises an alert, never sounded hours late.
+    grace_s: float = Field(default=300.0, ge=0, le=6 * 3600)
+
+    @model_validator(mode="after")
+    def _check(self) -> PlanConfig:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        offsets = [s.offset_s for s in self.steps]
+        if offsets != sorted(set(offsets)) or offsets[0] != 0:
+            raise ValueError("step offsets start at 0 and increase")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def plan_problems(plan: PlanConfig, signals: dict[str, SignalConfig], siren_ids: set[str],
+                  zone_ids: set[str], where: str = "") -> list[ConfigProblem]:
+    """What the plan refers to must exist, and its steps must not overlap."""
+    problems: list[ConfigProblem] = []
+    prefix = f"{where}." if where else ""
+    for i, step in enumerate(plan.steps):
+        if step.signal is not None and step.signal not in signals:
+            problems.append(ConfigProblem(f"{prefix}steps[{i}].signal",
+                                          f"unknown signal {step.signal!r}"))
+    for i, (step, following) in enumerate(zip(plan.steps, plan.steps[1:], strict=False)):
+        busy = signals[step.signal].duration_s if step.signal in signals and step.signal else 30
+        if following.offset_s < step.offset_s + busy + 2:
+            problems.append(ConfigProblem(
+                f"{prefix}steps[{i + 1}].offset_s",
+                f"starts before step {i}'s signal has played out ({busy:g} s + 2 s)"))
+    for i, siren_id in enumerate(plan.targets.sirens):
+        if siren_id not in siren_ids:
+            problems.append(ConfigProblem(f"{prefix}targets.sirens[{i}]",
+                                          f"unknown siren {siren_id!r}"))
+    for i, zone_id in enumerate(plan.targets.zones):
+        if zone_id not in zone_ids:
+            problems.append(ConfigProblem(f"{prefix}targets.zones[{i}]",
+                                          f"unknown zone {zone_id!r}"))
+    return problems
+
+
 class SiteConfig(_Strict):
     site: SiteInfo
     profiles_dir: str | None = None  # relative to the config file; default: the repo's devices/
@@ -354,12 +502,16 @@ class SiteConfig(_Strict):
     users: list[UserConfig] = []
     activation: ActivationConfig = ActivationConfig()
     alerts: AlertsConfig = AlertsConfig()
+    schedules: list[PlanConfig] = []
 
     @model_validator(mode="after")
     def _check_signal_ids(self) -> SiteConfig:
         ids = [s.id for s in self.signals or []]
         if len(ids) != len(set(ids)):
             raise ValueError("signal ids must be unique")
+        plans = [p.id for p in self.schedules]
+        if len(plans) != len(set(plans)):
+            raise ValueError("schedule ids must be unique")
         return self
 
 
@@ -557,6 +709,8 @@ def _check_references(
             problems.append(ConfigProblem(f"users[{i}].username",
                                           f"duplicate user {user.username!r}"))
         usernames.add(user.username)
+    for i, plan in enumerate(config.schedules):
+        problems += plan_problems(plan, signals, siren_ids, zone_ids, f"schedules[{i}]")
     used_profiles = {s.profile for s in config.sirens}
     for profile in profiles.values():
         if profile.name not in used_profiles:

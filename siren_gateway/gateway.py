@@ -10,7 +10,7 @@ from typing import Any
 from siren_gateway.activation import ActivationEngine
 from siren_gateway.alerts import AlertEngine
 from siren_gateway.audit import AuditLog
-from siren_gateway.auth import TokenStore
+from siren_gateway.auth import Principal, Role, TokenStore
 from siren_gateway.bus import Bus
 from siren_gateway.config import MqttLink, Site
 from siren_gateway.fleet import Fleet
@@ -20,6 +20,7 @@ from siren_gateway.links.mqtt import MqttHub
 from siren_gateway.mqtt_profile import MqttProfile
 from siren_gateway.notify import MqttAlertNotifier, WebhookNotifier
 from siren_gateway.poller import Poller
+from siren_gateway.scheduler import ActivationExecutor, Scheduler
 from siren_gateway.storage import Database, TelemetryStore
 from siren_gateway.telemetry_sink import InfluxSink
 
@@ -49,6 +50,10 @@ class Gateway:
         self.activations = ActivationEngine(site, self.fleet, self.links, self.db, self.audit,
                                             self.bus)
         self.alerts = AlertEngine(site, self.fleet, self.bus, self.db, self.audit)
+        self.scheduler = Scheduler(
+            site, self.db, self.bus, self.audit,
+            ActivationExecutor(self.activations, self.db,
+                               lambda tag: Principal(tag, Role.OPERATOR)))
         alert_config = site.config.alerts
         self.webhooks = [WebhookNotifier(self.bus, hook) for hook in alert_config.webhooks]
         self.mqtt_alerts = (MqttAlertNotifier(self.bus, alert_config.mqtt)
@@ -82,6 +87,7 @@ class Gateway:
             self.influx.start()
         await self.activations.start()
         await self.alerts.start()
+        await self.scheduler.start()  # after activations: it resumes steps they recovered
         for webhook in self.webhooks:
             webhook.start()
         if self.mqtt_alerts is not None:
@@ -93,6 +99,7 @@ class Gateway:
                  len(self.fleet.states), len(self.endpoints), len(mqtt))
 
     async def stop(self) -> None:
+        await self.scheduler.stop()
         await self.activations.stop()
         await self.poller.stop()
         if self.mqtt is not None:
@@ -127,6 +134,7 @@ class Gateway:
             "endpoints": len(endpoints),
             "mqtt": self.mqtt.health() if self.mqtt is not None else None,
             "bus": self.bus.stats(),
+            "scheduler": self.scheduler.stats(),
             "telemetry_store": self.telemetry.stats(),
             "influx_sink": self.influx.stats() if self.influx is not None else None,
             "alerts": {"active": sum(a.state != "cleared" for a in self.alerts.alerts.values()),

@@ -7,15 +7,17 @@ dead webhook or broker loses (and counts) its own backlog, never slows the alert
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import ssl
+from collections import deque
 from typing import Any
 
 import aiomqtt
 import httpx
 
-from siren_gateway.bus import AlertChanged, Bus, Subscription
+from siren_gateway.bus import AlertChanged, Bus, ScheduleEvent, Subscription
 from siren_gateway.config import SEVERITY_RANK, MqttNotifierConfig, WebhookConfig
 from siren_gateway.tasks import cancel_and_wait
 
@@ -92,8 +94,12 @@ class MqttAlertNotifier:
     def __init__(self, bus: Bus, config: MqttNotifierConfig) -> None:
         self.config = config
         self._subscription: Subscription = bus.subscribe(
-            "mqtt alerts", maxsize=10_000, kinds=(AlertChanged,))
+            "mqtt alerts", maxsize=10_000, kinds=(AlertChanged, ScheduleEvent))
         self._current: dict[int, dict[str, Any]] = {}
+        # Schedule events waiting to go out, oldest dropped (counted) if the broker is away long.
+        self._schedule_events: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.schedule_events_dropped = 0
+        self.schedule_events_published = 0
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
@@ -115,7 +121,15 @@ class MqttAlertNotifier:
     async def _collect(self) -> None:
         while True:
             event = await self._subscription.get()
-            if isinstance(event, AlertChanged):
+            if isinstance(event, ScheduleEvent):
+                if len(self._schedule_events) == self._schedule_events.maxlen:
+                    self.schedule_events_dropped += 1
+                body = {k: v.isoformat() if hasattr(v, "isoformat") else v
+                        for k, v in dataclasses.asdict(event).items()}
+                body["zones"] = list(event.zones)
+                self._schedule_events.append(body)
+                self._changed.set()
+            elif isinstance(event, AlertChanged):
                 if event.alert["state"] == "cleared":
                     self._current.pop(event.alert["id"], None)
                 else:
@@ -141,6 +155,12 @@ class MqttAlertNotifier:
                         # Retained: a system that subscribes later gets the current alerts.
                         await client.publish(config.topic, payload, qos=1, retain=True)
                         self.published += 1
+                        while self._schedule_events:
+                            body = self._schedule_events[0]
+                            await client.publish(config.schedule_topic,
+                                                 json.dumps(body, ensure_ascii=False), qos=1)
+                            self._schedule_events.popleft()  # only once the broker has it
+                            self.schedule_events_published += 1
             except aiomqtt.MqttError as exc:
                 self.connect_failures += 1
                 self._changed.set()  # publish again once reconnected
@@ -151,4 +171,7 @@ class MqttAlertNotifier:
     def stats(self) -> dict[str, Any]:
         return {"topic": self.config.topic, "published": self.published,
                 "active": len(self._current), "connect_failures": self.connect_failures,
+                "schedule_events": {"published": self.schedule_events_published,
+                                    "dropped": self._subscription.dropped
+                                    + self.schedule_events_dropped},
                 "dropped": self._subscription.dropped}

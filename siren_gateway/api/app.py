@@ -13,6 +13,7 @@ from siren_gateway.api.routes import (
     audit,
     auth,
     health,
+    schedules,
     signals,
     sirens,
     stream,
@@ -35,6 +36,6 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
 
     app = FastAPI(title="Siren Gateway", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway
-    for module in (health, auth, sirens, signals, activations, alerts, audit, stream):
+    for module in (health, auth, sirens, signals, activations, alerts, audit, schedules, stream):
         app.include_router(module.router, prefix="/api")
     return app

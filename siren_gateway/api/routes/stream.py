@@ -12,12 +12,18 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from siren_gateway.auth import Role
-from siren_gateway.bus import AlertChanged, FaultsChanged, SirenResultFinal, StatusChanged
+from siren_gateway.bus import (
+    AlertChanged,
+    FaultsChanged,
+    ScheduleEvent,
+    SirenResultFinal,
+    StatusChanged,
+)
 from siren_gateway.gateway import Gateway
 from siren_gateway.tasks import cancel_and_wait
 
 router = APIRouter(tags=["stream"])
-STREAMED = (AlertChanged, StatusChanged, FaultsChanged, SirenResultFinal)
+STREAMED = (AlertChanged, StatusChanged, FaultsChanged, SirenResultFinal, ScheduleEvent)
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,143 @@
+"""Test plans and their occurrences: CRUD (admin), skip and run-now (operator), reports."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from pydantic import ValidationError
+
+from siren_gateway.api.deps import Admin, GatewayDep, Operator, Viewer
+from siren_gateway.config import PlanConfig, plan_problems
+from siren_gateway.gateway import Gateway
+from siren_gateway.scheduler import ScheduleError, report_csv_rows
+
+router = APIRouter(tags=["schedules"])
+
+
+def _refused(exc: ScheduleError) -> HTTPException:
+    return HTTPException(exc.status_code, exc.message)
+
+
+def _validated(gateway: Gateway, body: dict[str, Any]) -> PlanConfig:
+    """The same checks as the site file: the plan's own shape, then what it refers to."""
+    try:
+        plan = PlanConfig.model_validate(body)
+    except ValidationError as exc:
+        raise HTTPException(422, exc.errors(include_url=False, include_context=False)) from None
+    site = gateway.site
+    problems = plan_problems(plan, site.signals, {s.id for s in site.config.sirens},
+                             {z.id for z in site.config.zones})
+    if problems:
+        raise HTTPException(422, [str(p) for p in problems])
+    return plan
+
+
+def _public(gateway: Gateway, plan: PlanConfig) -> dict[str, Any]:
+    return plan.model_dump(mode="json", by_alias=True) | {
+        "source": gateway.scheduler.sources.get(plan.id, "api")}
+
+
+@router.get("/schedules")
+async def list_plans(gateway: GatewayDep, who: Viewer) -> list[dict[str, Any]]:
+    return [_public(gateway, p) for p in gateway.scheduler.plans.values()]
+
+
+@router.post("/schedules", status_code=201)
+async def create_plan(body: dict[str, Any], gateway: GatewayDep, who: Admin) -> dict[str, Any]:
+    plan = _validated(gateway, body)
+    try:
+        return _public(gateway, await gateway.scheduler.save_plan(who, plan, create=True))
+    except ScheduleError as exc:
+        raise _refused(exc) from None
+
+
+@router.get("/schedules/{plan_id}")
+async def get_plan(plan_id: str, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
+    try:
+        plan = gateway.scheduler.plan(plan_id)
+        occurrences = await gateway.scheduler.occurrences(plan_id, limit=50)
+    except ScheduleError as exc:
+        raise _refused(exc) from None
+    return _public(gateway, plan) | {"occurrences": occurrences}
+
+
+@router.put("/schedules/{plan_id}")
+async def update_plan(plan_id: str, body: dict[str, Any], gateway: GatewayDep,
+                      who: Admin) -> dict[str, Any]:
+    plan = _validated(gateway, body | {"id": plan_id})
+    try:
+        return _public(gateway, await gateway.scheduler.save_plan(who, plan, create=False))
+    except ScheduleError as exc:
+        raise _refused(exc) from None
+
+
+@router.delete("/schedules/{plan_id}", status_code=204)
+async def delete_plan(plan_id: str, gateway: GatewayDep, who: Admin) -> Response:
+    try:
+        await gateway.scheduler.delete_plan(who, plan_id)
+    except ScheduleError as exc:
+        raise _refused(exc) from None
+    return Response(status_code=204)
+
+
+@router.get("/schedules/{plan_id}/next")
+async def next_occurrences(plan_id: str, gateway: GatewayDep, who: Viewer,
+                           count: Annotated[int, Query(ge=1, le=100)] = 5
+                           ) -> list[dict[str, Any]]:
+    try:
+        return gateway.scheduler.preview(plan_id, count)
+    except ScheduleError as exc:
+        raise _refused(exc) from None
+
+
+@router.get("/schedules/{plan_id}/occurrences")
+async def plan_occurrences(plan_id: str, gateway: GatewayDep, who: Viewer,
+                           limit: Annotated[int, Query(ge=1, le=1000)] = 100
+                           ) -> list[dict[str, Any]]:
+    try:
+        gateway.scheduler.plan(plan_id)
+    except ScheduleError as exc:
+        raise _refused(exc) from None
+    return await gateway.scheduler.occurrences(plan_id, limit)
+
+
+@router.post("/schedules/{plan_id}/occurrences/{occurrence}/skip")
+async def skip(plan_id: str, occurrence: str, gateway: GatewayDep,
+               who: Operator) -> dict[str, Any]:
+    """`occurrence`: its id, or its start time (ISO 8601 with offset) for one further ahead."""
+    try:
+        return await gateway.scheduler.skip(who, plan_id, occurrence)
+    except ScheduleError as exc:
+        raise _refused(exc) from None
+
+
+@router.post("/schedules/{plan_id}/run-now", status_code=201)
+async def run_now(plan_id: str, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
+    try:
+        return await gateway.scheduler.run_now(who, plan_id)
+    except ScheduleError as exc:
+        raise _refused(exc) from None
+
+
+@router.get("/reports/{occurrence_id}.csv")
+async def report_csv(occurrence_id: int, gateway: GatewayDep, who: Viewer) -> Response:
+    try:
+        report = await gateway.scheduler.report(occurrence_id)
+    except ScheduleError as exc:
+        raise _refused(exc) from None
+    out = io.StringIO()
+    csv.writer(out).writerows(report_csv_rows(report))
+    # A BOM so that spreadsheet programs read the Chinese names as UTF-8.
+    return Response("\ufeff" + out.getvalue(), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="occurrence-{occurrence_id}.csv"'})
+
+
+@router.get("/reports/{occurrence_id}")
+async def report_json(occurrence_id: int, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
+    try:
+        return await gateway.scheduler.report(occurrence_id)
+    except ScheduleError as exc:
+        raise _refused(exc) from None

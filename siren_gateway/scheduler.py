@@ -1,0 +1,755 @@
+"""Scheduled test soundings: each occurrence of a plan fires exactly once, on time, or is missed.
+
+Every occurrence is a row in SQLite before anything happens to it, and moves through
+
+    scheduled -> notified -> running -> done        (or missed, skipped, cancelled)
+
+Firing is a compare-and-set on that row (scheduled/notified -> running) committed before the
+first activation is created, and each step's activation is tagged with the occurrence and step
+and is itself on disk before its first command. So after a crash or SIGKILL at any moment:
+
+- an occurrence not yet claimed is claimed once: on time, late within its plan's grace period,
+  or, past it, recorded as *missed* (and an alert raised): never sounded hours late;
+- a claimed occurrence resumes: steps whose activation exists are never created again; steps
+  not yet due are fired on time; a step whose moment passed beyond the grace period is recorded
+  as missed, not sounded late.
+
+Time comes from an injectable clock, so tests can run occurrences without waiting for real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, Protocol
+
+from siren_gateway.audit import AuditLog
+from siren_gateway.auth import Principal
+from siren_gateway.bus import Bus, ScheduleEvent
+from siren_gateway.config import PlanConfig, Site, compile_rule
+from siren_gateway.recurrence import occurrences
+from siren_gateway.storage import Database
+from siren_gateway.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS schedules (
+    id         TEXT PRIMARY KEY,
+    source     TEXT NOT NULL,      -- config (the site file) or api
+    data       TEXT NOT NULL,      -- the plan, JSON
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS schedule_occurrences (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    plan_id      TEXT NOT NULL,
+    kind         TEXT NOT NULL,    -- planned, or run_now
+    scheduled_at REAL NOT NULL,    -- UTC epoch seconds of the plan's start
+    local_date   TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    notices      TEXT NOT NULL DEFAULT '[]',
+    fired_at     REAL,
+    base_at      REAL,             -- the start actually used (later than planned if fired late)
+    steps        TEXT NOT NULL DEFAULT '{}',
+    ended_at     REAL,
+    note         TEXT NOT NULL DEFAULT '',
+    UNIQUE (plan_id, kind, scheduled_at)
+);
+"""
+
+PENDING = ("scheduled", "notified")
+FINAL = ("done", "missed", "skipped", "cancelled")
+MAX_CATCH_UP = 20  # past occurrences recorded as missed after a long outage, per plan
+IDLE_WAKE_S = 30.0
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+class StepRefused(Exception):
+    """The activation engine would not start a step (an emergency holds the sirens, ...)."""
+
+
+class StepExecutor(Protocol):
+    """What the scheduler needs from activations; the real one wraps the ActivationEngine."""
+
+    async def start(self, plan: PlanConfig, occurrence_id: int, step: int, start_at: float,
+                    tag: str) -> int: ...
+
+    async def find(self, tag: str) -> int | None: ...
+
+    async def finished(self, activation_ids: list[int]) -> bool: ...
+
+    async def cancel(self, activation_ids: list[int]) -> None: ...
+
+    async def reports(self, activation_ids: list[int]) -> dict[int, dict[str, Any]]: ...
+
+
+@dataclass
+class Occurrence:
+    id: int
+    plan_id: str
+    kind: str
+    scheduled_at: float
+    local_date: str
+    state: str
+    notices: list[float] = field(default_factory=list)
+    fired_at: float | None = None
+    base_at: float | None = None
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ended_at: float | None = None
+    note: str = ""
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Occurrence:
+        (id_, plan_id, kind, scheduled_at, local_date, state, notices, fired_at, base_at, steps,
+         ended_at, note) = row
+        return cls(id_, plan_id, kind, scheduled_at, local_date, state, json.loads(notices),
+                   fired_at, base_at, json.loads(steps), ended_at, note)
+
+    def public(self, plan: PlanConfig | None) -> dict[str, Any]:
+        zone = plan.zone if plan else UTC
+        return {
+            "id": self.id, "plan_id": self.plan_id, "kind": self.kind, "state": self.state,
+            "scheduled_at": _iso(self.scheduled_at),
+            "scheduled_local": datetime.fromtimestamp(self.scheduled_at, zone).isoformat(),
+            "local_date": self.local_date, "notices_sent_s": self.notices,
+            "fired_at": _iso(self.fired_at), "started_at": _iso(self.base_at),
+            "late_s": round(self.base_at - self.scheduled_at, 3) if self.base_at else None,
+            "steps": [self.steps[k] for k in sorted(self.steps, key=int)],
+            "ended_at": _iso(self.ended_at), "note": self.note,
+        }
+
+
+_COLUMNS = ("id, plan_id, kind, scheduled_at, local_date, state, notices, fired_at, base_at, "
+            "steps, ended_at, note")
+
+
+class ScheduleError(Exception):
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def step_tag(occurrence_id: int, step: int) -> str:
+    """Written on the step's activation (as its requester): how a restart finds it again."""
+    return f"schedule:occurrence-{occurrence_id}:step-{step}"
+
+
+class Scheduler:
+    def __init__(self, site: Site, db: Database, bus: Bus, audit: AuditLog,
+                 executor: StepExecutor, clock: Clock | None = None,
+                 prepare_s: float | None = None) -> None:
+        self.site = site
+        self.db = db
+        self.bus = bus
+        self.audit = audit
+        self.executor = executor
+        self.clock: Clock = clock or SystemClock()
+        # Activations are created this long before a step's start, so commands (which carry
+        # the start time) are on the sirens before the second they sound on.
+        self.prepare_s = (prepare_s if prepare_s is not None
+                          else site.config.activation.sync_lead_s + 1.0)
+        self.plans: dict[str, PlanConfig] = {}
+        self.sources: dict[str, str] = {}
+        self.baselines: dict[str, float] = {}  # since when each plan has its present form
+        self._runners: dict[int, asyncio.Task[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._running = False
+        self.fired: list[tuple[int, int, float, float]] = []  # (occ, step, planned, created)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        config_plans = {p.id: p for p in self.site.config.schedules}
+        now = self.clock.now()
+
+        def load(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
+            conn.executescript(SCHEMA)
+            stored = {r[0]: (r[1], r[2]) for r in conn.execute(
+                "SELECT id, data, updated_at FROM schedules WHERE source = 'config'")}
+            with conn:
+                # The site file is the truth for its own plans; API plans live only here. An
+                # unchanged plan keeps its date, so an outage's missed occurrences are found.
+                conn.execute("DELETE FROM schedules WHERE source = 'config'")
+                for plan in config_plans.values():
+                    data = plan.model_dump_json(by_alias=True)
+                    old = stored.get(plan.id)
+                    since = old[1] if old is not None and old[0] == data else now
+                    conn.execute("INSERT OR REPLACE INTO schedules VALUES (?, 'config', ?, ?)",
+                                 (plan.id, data, since))
+            return conn.execute("SELECT id, source, data, updated_at FROM schedules").fetchall()
+
+        for plan_id, source, data, since in await self.db.run(load):
+            try:
+                self.plans[plan_id] = PlanConfig.model_validate_json(data)
+                self.sources[plan_id] = source
+                self.baselines[plan_id] = since
+            except ValueError:
+                log.exception("stored plan %s no longer validates; ignored", plan_id)
+        self._running = True
+        self._task = asyncio.create_task(self._loop(), name="scheduler")
+
+    async def stop(self) -> None:
+        self._running = False
+        tasks = [t for t in [self._task, *self._runners.values()] if t is not None]
+        await cancel_and_wait(tasks)
+        self._runners.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while self._running:
+            self._wake.clear()  # before the pass: a wake() during it starts another at once
+            try:
+                next_due = await self._tick()
+            except Exception:  # a bug in one pass must not end scheduling for good
+                log.exception("scheduler pass failed")
+                next_due = self.clock.now() + 5.0
+            delay = min(IDLE_WAKE_S, max(0.0, next_due - self.clock.now()))
+            sleeper = asyncio.create_task(self.clock.sleep(delay))
+            waker = asyncio.create_task(self._wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    async def _tick(self) -> float:
+        """One pass: materialize, notify, fire, resume. Returns when the next thing is due."""
+        now = self.clock.now()
+        next_due = now + IDLE_WAKE_S
+        for plan in list(self.plans.values()):
+            if plan.enabled:
+                await self._materialize(plan, now)
+        for occ in await self._query("state IN ('scheduled', 'notified', 'running')"):
+            owner = self.plans.get(occ.plan_id)
+            if owner is None:
+                continue
+            if occ.state == "running":
+                if occ.id not in self._runners:
+                    self._run(occ, owner)  # claimed before a restart: resume, never re-fire
+                continue
+            if not owner.enabled and occ.kind == "planned":
+                continue
+            fire_at = occ.scheduled_at - self.prepare_s
+            if now >= fire_at:
+                await self._fire(occ, owner, now)
+                continue
+            next_due = min(next_due, fire_at, await self._notify(occ, owner, now))
+        return next_due
+
+    async def _materialize(self, plan: PlanConfig, now: float) -> None:
+        """Keep the plan's next occurrence on disk (and record what an outage made us miss)."""
+
+        def last(conn: sqlite3.Connection) -> tuple[float | None, int, set[float]]:
+            past = conn.execute("SELECT max(scheduled_at) FROM schedule_occurrences WHERE "
+                                "plan_id = ? AND kind = 'planned' AND scheduled_at <= ?",
+                                (plan.id, now)).fetchone()[0]
+            pending = conn.execute("SELECT count(*) FROM schedule_occurrences WHERE plan_id = ? "
+                                   "AND kind = 'planned' AND state IN ('scheduled', 'notified')",
+                                   (plan.id,)).fetchone()[0]
+            ahead = {r[0] for r in conn.execute(
+                "SELECT scheduled_at FROM schedule_occurrences WHERE plan_id = ? AND kind = "
+                "'planned' AND scheduled_at > ?", (plan.id, now))}
+            return past, int(pending), ahead
+
+        past, pending, ahead = await self.db.run(last)
+        if pending:
+            return
+        # Catch up from the last occurrence we knew of, but never from before the plan took its
+        # present form: an edited plan has no "missed" occurrences under its new rule.
+        since = self.baselines.get(plan.id, now)
+        after = datetime.fromtimestamp(max(past, since) if past is not None else since, UTC)
+        rows: list[tuple[Any, ...]] = []
+        missed = 0
+        exclusions = set(plan.exclusions)
+        for local_date, instant in occurrences(compile_rule(plan.recurrence), plan.zone, after):
+            at = instant.timestamp()
+            if at in ahead:
+                continue  # already decided (skipped ahead of time)
+            if local_date in exclusions:
+                rows.append((plan.id, at, local_date.isoformat(), "skipped", "excluded date"))
+                continue
+            if at + plan.grace_s < now:
+                missed += 1
+                if missed <= MAX_CATCH_UP:
+                    rows.append((plan.id, at, local_date.isoformat(), "missed",
+                                 "the gateway was not running at the time"))
+                continue
+            rows.append((plan.id, at, local_date.isoformat(), "scheduled", ""))
+            break
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO schedule_occurrences (plan_id, kind, scheduled_at, "
+                    "local_date, state, note) VALUES (?, 'planned', ?, ?, ?, ?)", rows)
+
+        if rows:
+            await self.db.run(insert)
+            for plan_id, at, _, state, note in rows:
+                if state == "missed":
+                    occ = (await self._query("plan_id = ? AND kind = 'planned' AND "
+                                             "scheduled_at = ?", (plan_id, at)))[0]
+                    self._publish(occ, "missed", note)
+
+    async def _notify(self, occ: Occurrence, plan: PlanConfig, now: float) -> float:
+        """Send the notices that are due; returns when the next one is."""
+        due = [lead for lead in plan.notice_lead_s
+               if now >= occ.scheduled_at - lead and lead not in occ.notices]
+        next_due = min((occ.scheduled_at - lead for lead in plan.notice_lead_s
+                        if occ.scheduled_at - lead > now and lead not in occ.notices),
+                       default=math.inf)
+        if not due:
+            return next_due
+        # After an outage several may be due at once: announce the nearest only.
+        send = min(due)
+        notices = sorted({*occ.notices, *due}, reverse=True)
+        await self._update(occ.id, "state IN ('scheduled', 'notified')",
+                           state="notified", notices=json.dumps(notices))
+        occ.notices, occ.state = notices, "notified"
+        self._publish(occ, "notice", f"{plan.name} in {_duration(occ.scheduled_at - now)}",
+                      lead_s=send)
+        return next_due
+
+    async def _fire(self, occ: Occurrence, plan: PlanConfig, now: float) -> None:
+        if now > occ.scheduled_at + plan.grace_s:
+            note = f"not started within the grace period ({plan.grace_s:g} s); not sounded late"
+            if await self._update(occ.id, "state IN ('scheduled', 'notified')", state="missed",
+                                  ended_at=now, note=note):
+                occ.state, occ.note = "missed", note
+                self._publish(occ, "missed", occ.note)
+                self.wake()  # put the next one on disk now
+            return
+        # Late (the gateway was down or busy at the time): the whole sequence moves, keeping
+        # its step spacing, to the next whole second the sirens can still be commanded for.
+        base = occ.scheduled_at
+        if now > base - self.prepare_s + 1.0:
+            base = math.ceil(now + self.prepare_s)
+        claimed = await self._update(occ.id, "state IN ('scheduled', 'notified')",
+                                     state="running", fired_at=now, base_at=base)
+        if not claimed:
+            return  # someone (a previous pass) already did: exactly once
+        occ.state, occ.fired_at, occ.base_at = "running", now, base
+        self._publish(occ, "running", "late by %.1f s" % (base - occ.scheduled_at)
+                      if base > occ.scheduled_at else "on time")
+        self._run(occ, plan)
+
+    def _run(self, occ: Occurrence, plan: PlanConfig) -> None:
+        task = asyncio.create_task(self._execute(occ, plan), name=f"occurrence {occ.id}")
+        self._runners[occ.id] = task
+        task.add_done_callback(lambda _: self._runners.pop(occ.id, None))
+
+    async def _execute(self, occ: Occurrence, plan: PlanConfig) -> None:
+        base = occ.base_at if occ.base_at is not None else occ.scheduled_at
+        for index, step in enumerate(plan.steps):
+            key = str(index)
+            if key in occ.steps:
+                continue
+            tag = step_tag(occ.id, index)
+            found = await self.executor.find(tag)
+            if found is not None:  # created just before a crash: never again
+                await self._record_step(occ, index, {"activation_id": found,
+                                                     "start_at": _iso(base + step.offset_s)})
+                continue
+            start_at = base + step.offset_s
+            now = self.clock.now()
+            if now > start_at + plan.grace_s:
+                await self._record_step(occ, index, {"error": "missed: its moment passed while "
+                                                     "the gateway was down; not sounded late"})
+                continue
+            await self.clock.sleep(start_at - self.prepare_s - now)
+            now = self.clock.now()
+            if start_at < now + 1.0:  # resumed late: start as soon as commands can be out
+                start_at = math.ceil(now + 1.0)
+            try:
+                activation_id = await self.executor.start(plan, occ.id, index, start_at, tag)
+            except StepRefused as exc:
+                await self._record_step(occ, index, {"error": f"refused: {exc}"})
+                continue
+            self.fired.append((occ.id, index, base + step.offset_s, time.time()))
+            await self._record_step(occ, index, {"activation_id": activation_id,
+                                                 "start_at": _iso(start_at)})
+        ids = [int(s["activation_id"]) for s in occ.steps.values() if "activation_id" in s]
+        while not await self.executor.finished(ids):
+            await self.clock.sleep(0.5)
+        failed_steps = [s for s in occ.steps.values() if "error" in s]
+        note = f"{len(failed_steps)} step(s) not sounded" if failed_steps else ""
+        if await self._update(occ.id, "state = 'running'", state="done",
+                              ended_at=self.clock.now(), note=note):
+            occ.state = "done"
+            self._publish(occ, "done", note)
+            self.wake()
+
+    async def _record_step(self, occ: Occurrence, index: int, record: dict[str, Any]) -> None:
+        occ.steps[str(index)] = {"step": index} | record
+        await self._update(occ.id, "1", steps=json.dumps(occ.steps))
+
+    # -- storage helpers -------------------------------------------------------------------
+
+    async def _update(self, occurrence_id: int, condition: str, **values: Any) -> bool:
+        """Set columns where the row still satisfies `condition`; True if it did (atomic)."""
+        columns = ", ".join(f"{name} = ?" for name in values)
+        sql = (f"UPDATE schedule_occurrences SET {columns} WHERE id = ? AND ({condition})")
+
+        def write(conn: sqlite3.Connection) -> int:
+            with conn:
+                return conn.execute(sql, (*values.values(), occurrence_id)).rowcount
+
+        return await self.db.run(write) == 1
+
+    async def _query(self, where: str, params: tuple[Any, ...] = (), limit: int = 1000
+                     ) -> list[Occurrence]:
+        sql = (f"SELECT {_COLUMNS} FROM schedule_occurrences WHERE {where} "
+               f"ORDER BY scheduled_at, id LIMIT {int(limit)}")
+
+        def read(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(sql, params).fetchall()
+
+        return [Occurrence.from_row(row) for row in await self.db.run(read)]
+
+    def _publish(self, occ: Occurrence, kind: str, message: str, lead_s: float | None = None
+                 ) -> None:
+        plan = self.plans.get(occ.plan_id)
+        self.bus.publish(ScheduleEvent(
+            kind=kind, plan_id=occ.plan_id, plan_name=plan.name if plan else occ.plan_id,
+            occurrence_id=occ.id, scheduled_at=datetime.fromtimestamp(occ.scheduled_at, UTC),
+            zones=tuple(plan.targets.zones) if plan else (), lead_s=lead_s, message=message,
+            at=datetime.fromtimestamp(self.clock.now(), UTC)))
+
+    # -- queries and control (the API's side) -----------------------------------------------
+
+    def plan(self, plan_id: str) -> PlanConfig:
+        plan = self.plans.get(plan_id)
+        if plan is None:
+            raise ScheduleError(404, f"no schedule {plan_id!r}")
+        return plan
+
+    def preview(self, plan_id: str, count: int) -> list[dict[str, Any]]:
+        plan = self.plan(plan_id)
+        out: list[dict[str, Any]] = []
+        after = datetime.fromtimestamp(self.clock.now(), UTC)
+        exclusions = set(plan.exclusions)
+        for local_date, instant in occurrences(compile_rule(plan.recurrence), plan.zone, after):
+            out.append({"scheduled_at": instant.isoformat(),
+                        "scheduled_local": instant.astimezone(plan.zone).isoformat(),
+                        "local_date": local_date.isoformat(),
+                        "excluded": local_date in exclusions})
+            if len(out) >= count:
+                break
+        return out
+
+    async def occurrences(self, plan_id: str | None = None, limit: int = 100
+                          ) -> list[dict[str, Any]]:
+        where, params = ("plan_id = ?", (plan_id,)) if plan_id else ("1", ())
+        rows = await self._query(where, params, limit=100_000)
+        return [o.public(self.plans.get(o.plan_id)) for o in rows[-limit:]]
+
+    async def occurrence(self, occurrence_id: int) -> Occurrence:
+        rows = await self._query("id = ?", (occurrence_id,))
+        if not rows:
+            raise ScheduleError(404, f"no occurrence {occurrence_id}")
+        return rows[0]
+
+    async def save_plan(self, who: Principal, plan: PlanConfig, create: bool) -> PlanConfig:
+        if create and plan.id in self.plans:
+            raise ScheduleError(409, f"schedule {plan.id!r} exists; PUT to change it")
+        if not create and plan.id not in self.plans:
+            raise ScheduleError(404, f"no schedule {plan.id!r}")
+        if self.sources.get(plan.id) == "config":
+            raise ScheduleError(409, f"schedule {plan.id!r} is defined in the site file; "
+                                "change it there")
+        now = self.clock.now()
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("INSERT OR REPLACE INTO schedules VALUES (?, 'api', ?, ?)",
+                             (plan.id, plan.model_dump_json(by_alias=True), now))
+                # Future occurrences follow the new plan: drop the ones computed from the old.
+                conn.execute("DELETE FROM schedule_occurrences WHERE plan_id = ? AND kind = "
+                             "'planned' AND state IN ('scheduled', 'notified')", (plan.id,))
+
+        await self.db.run(write)
+        self.plans[plan.id], self.sources[plan.id], self.baselines[plan.id] = plan, "api", now
+        await self.audit.record(who, "schedule.create" if create else "schedule.update",
+                                "accepted", target=f"schedule {plan.id}",
+                                plan=json.loads(plan.model_dump_json(by_alias=True)))
+        self.wake()
+        return plan
+
+    async def delete_plan(self, who: Principal, plan_id: str) -> None:
+        self.plan(plan_id)
+        if self.sources.get(plan_id) == "config":
+            raise ScheduleError(409, f"schedule {plan_id!r} is defined in the site file")
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute("DELETE FROM schedules WHERE id = ?", (plan_id,))
+                conn.execute("UPDATE schedule_occurrences SET state = 'cancelled', note = "
+                             "'schedule deleted' WHERE plan_id = ? AND state IN "
+                             "('scheduled', 'notified')", (plan_id,))
+
+        await self.db.run(write)
+        del self.plans[plan_id]
+        self.sources.pop(plan_id, None)
+        await self.audit.record(who, "schedule.delete", "accepted", target=f"schedule {plan_id}")
+
+    async def skip(self, who: Principal, plan_id: str, key: str) -> dict[str, Any]:
+        """Skip a coming occurrence (by id, or by its start time), or cancel a running one."""
+        plan = self.plan(plan_id)
+        occ = await self._find_occurrence(plan, key)
+        now = self.clock.now()
+        if occ.state in PENDING:
+            changed = await self._update(occ.id, "state IN ('scheduled', 'notified')",
+                                         state="skipped", ended_at=now,
+                                         note=f"skipped by {who.username}")
+            new_state = "skipped"
+        elif occ.state == "running":
+            changed = await self._update(occ.id, "state = 'running'", state="cancelled",
+                                         ended_at=now, note=f"cancelled by {who.username}")
+            new_state = "cancelled"
+            runner = self._runners.pop(occ.id, None)
+            if runner is not None:
+                await cancel_and_wait([runner])
+            ids = [int(s["activation_id"]) for s in occ.steps.values() if "activation_id" in s]
+            await self.executor.cancel(ids)
+        else:
+            raise ScheduleError(409, f"occurrence {occ.id} is {occ.state}; nothing to skip")
+        if not changed:
+            raise ScheduleError(409, f"occurrence {occ.id} changed meanwhile; look again")
+        occ.state = new_state
+        await self.audit.record(who, f"schedule.{'skip' if new_state == 'skipped' else 'cancel'}",
+                                "accepted", target=f"occurrence {occ.id}", plan=plan_id,
+                                scheduled_at=_iso(occ.scheduled_at))
+        self._publish(occ, new_state, f"by {who.username}")
+        self.wake()
+        return occ.public(plan)
+
+    async def _find_occurrence(self, plan: PlanConfig, key: str) -> Occurrence:
+        if key.isdigit():
+            occ = await self.occurrence(int(key))
+            if occ.plan_id != plan.id:
+                raise ScheduleError(404, f"occurrence {key} is not one of {plan.id!r}")
+            return occ
+        try:
+            moment = datetime.fromisoformat(key.replace("Z", "+00:00"))
+        except ValueError:
+            raise ScheduleError(422, "give an occurrence id or its ISO start time") from None
+        if moment.tzinfo is None:
+            raise ScheduleError(422, "the start time needs a UTC offset")
+        at = moment.timestamp()
+        rows = await self._query("plan_id = ? AND kind = 'planned' AND scheduled_at = ?",
+                                 (plan.id, at))
+        if rows:
+            return rows[0]
+        # Not on disk yet (further ahead than the next one): it must be a real occurrence.
+        for local_date, instant in occurrences(compile_rule(plan.recurrence), plan.zone,
+                                               datetime.fromtimestamp(at - 1, UTC)):
+            if instant.timestamp() != at:
+                break
+
+            def insert(conn: sqlite3.Connection, day: date = local_date) -> None:
+                with conn:
+                    conn.execute("INSERT OR IGNORE INTO schedule_occurrences (plan_id, kind, "
+                                 "scheduled_at, local_date, state) VALUES (?, 'planned', ?, ?, "
+                                 "'scheduled')", (plan.id, at, day.isoformat()))
+
+            await self.db.run(insert)
+            return (await self._query("plan_id = ? AND kind = 'planned' AND scheduled_at = ?",
+                                      (plan.id, at)))[0]
+        raise ScheduleError(404, f"{key} is not an occurrence of {plan.id!r}")
+
+    async def run_now(self, who: Principal, plan_id: str) -> dict[str, Any]:
+        plan = self.plan(plan_id)
+        now = self.clock.now()
+        at = math.ceil(now + self.prepare_s)
+        local = datetime.fromtimestamp(at, plan.zone).date().isoformat()
+
+        def insert(conn: sqlite3.Connection) -> int:
+            with conn:
+                cursor = conn.execute(
+                    "INSERT INTO schedule_occurrences (plan_id, kind, scheduled_at, local_date, "
+                    "state, note) VALUES (?, 'run_now', ?, ?, 'scheduled', ?)",
+                    (plan.id, at, local, f"run now by {who.username}"))
+                return int(cursor.lastrowid or 0)
+
+        occurrence_id = await self.db.run(insert)
+        await self.audit.record(who, "schedule.run_now", "accepted",
+                                target=f"occurrence {occurrence_id}", plan=plan_id)
+        self.wake()
+        return (await self.occurrence(occurrence_id)).public(plan)
+
+    async def report(self, occurrence_id: int) -> dict[str, Any]:
+        occ = await self.occurrence(occurrence_id)
+        plan = self.plans.get(occ.plan_id)
+        ids = [int(s["activation_id"]) for s in occ.steps.values() if "activation_id" in s]
+        reports = await self.executor.reports(ids)
+        return build_report(occ, plan, reports, self.site)
+
+    def stats(self) -> dict[str, Any]:
+        return {"plans": len(self.plans), "running": len(self._runners)}
+
+
+def build_report(occ: Occurrence, plan: PlanConfig | None, reports: dict[int, dict[str, Any]],
+                 site: Site) -> dict[str, Any]:
+    """Per siren and step the result, and the sounding rate per zone and overall (鸣响率)."""
+    sirens = {s.id: s for s in site.config.sirens}
+    steps_out: list[dict[str, Any]] = []
+    per_siren: dict[str, dict[str, Any]] = {}
+    for key in sorted(occ.steps, key=int):
+        record = occ.steps[key]
+        step_plan = plan.steps[int(key)] if plan and int(key) < len(plan.steps) else None
+        report = reports.get(int(record.get("activation_id", -1)))
+        steps_out.append({"step": int(key), "signal": step_plan.signal if step_plan else None,
+                          "action": step_plan.action if step_plan else None,
+                          "activation_id": record.get("activation_id"),
+                          "error": record.get("error"),
+                          "counts": report["counts"] if report else None,
+                          "sounding_rate": report["sounding_rate"] if report else None})
+        for result in (report or {}).get("sirens", []):
+            entry = per_siren.setdefault(result["siren_id"], {"steps": []})
+            entry["steps"].append({"step": int(key), "status": result["status"],
+                                   "reason": result["reason"]})
+    ok = {"sounded", "passed"}
+    zones: dict[str, dict[str, int]] = {}
+    for siren_id, entry in per_siren.items():
+        statuses = [s["status"] for s in entry["steps"]]
+        if all(s == "excluded" for s in statuses):
+            overall = "excluded"
+        elif all(s in ok for s in statuses):
+            overall = "sounded"
+        else:
+            first_bad = next(s for s in entry["steps"] if s["status"] not in ok)
+            overall = first_bad["status"]
+            entry["reason"] = first_bad["reason"]
+        entry["result"] = overall
+        cfg = sirens.get(siren_id)
+        entry["name"] = cfg.name if cfg else siren_id
+        entry["zones"] = list(cfg.zones) if cfg else []
+        for zone in entry["zones"] or ["(none)"]:
+            counts = zones.setdefault(zone, {"commanded": 0, "sounded": 0})
+            if overall != "excluded":
+                counts["commanded"] += 1
+                counts["sounded"] += overall == "sounded"
+    commanded = sum(1 for e in per_siren.values() if e["result"] != "excluded")
+    sounded = sum(1 for e in per_siren.values() if e["result"] == "sounded")
+    totals = {status: sum(1 for e in per_siren.values() if e["result"] == status)
+              for status in ("sounded", "failed", "no_feedback", "excluded", "preempted",
+                             "cancelled")}
+    return {
+        "occurrence": occ.public(plan),
+        "plan": {"id": occ.plan_id, "name": plan.name if plan else occ.plan_id,
+                 "class": plan.klass if plan else None},
+        "steps": steps_out,
+        "counts": totals,
+        "commanded": commanded,
+        "sounding_rate": round(sounded / commanded, 4) if commanded else None,
+        "zones": {zone: c | {"sounding_rate": round(c["sounded"] / c["commanded"], 4)
+                             if c["commanded"] else None} for zone, c in sorted(zones.items())},
+        "sirens": [{"siren_id": sid} | per_siren[sid] for sid in sorted(per_siren)],
+    }
+
+
+def report_csv_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = [["occurrence", "plan", "scheduled_local", "siren_id", "name", "zones", "result",
+             "step", "step_status", "reason"]]
+    occ = report["occurrence"]
+    for siren in report["sirens"]:
+        for step in siren["steps"]:
+            rows.append([str(occ["id"]), report["plan"]["id"], occ["scheduled_local"],
+                         siren["siren_id"], siren["name"], " ".join(siren["zones"]),
+                         siren["result"], str(step["step"]), step["status"], step["reason"]])
+    return rows
+
+
+def _iso(moment: float | None) -> str | None:
+    return datetime.fromtimestamp(moment, UTC).isoformat() if moment else None
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} hours"
+    return f"{max(0.0, seconds) / 60:.0f} minutes"
+
+
+# The executor the gateway uses: steps are activations.
+class ActivationExecutor:
+    def __init__(self, engine: Any, db: Database,
+                 principal_for: Callable[[str], Principal]) -> None:
+        self.engine = engine
+        self.db = db
+        self.principal_for = principal_for
+
+    async def start(self, plan: PlanConfig, occurrence_id: int, step: int, start_at: float,
+                    tag: str) -> int:
+        from siren_gateway.activation import ActivationError, ActivationRequest, Targets
+
+        spec = plan.steps[step]
+        request = ActivationRequest(
+            Targets(tuple(plan.targets.sirens), tuple(plan.targets.zones), plan.targets.all),
+            plan.klass, action=spec.action, signal=spec.signal,
+            start_at=datetime.fromtimestamp(start_at, UTC))
+        try:
+            activation = await self.engine.activate(self.principal_for(tag), request)
+        except ActivationError as exc:
+            raise StepRefused(exc.message) from None
+        return int(activation.id)
+
+    async def find(self, tag: str) -> int | None:
+        for activation in self.engine.activations.values():
+            if activation.requested_by == tag:
+                return int(activation.id)
+
+        def lookup(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT id FROM activations WHERE json_extract(data, "
+                               "'$.requested_by') = ?", (tag,)).fetchone()
+            return int(row[0]) if row else None
+
+        return await self.db.run(lookup)
+
+    async def finished(self, activation_ids: list[int]) -> bool:
+        for activation_id in activation_ids:
+            activation = self.engine.activations.get(activation_id)
+            if activation is not None and activation.state == "running":
+                return False
+        return True
+
+    async def cancel(self, activation_ids: list[int]) -> None:
+        for activation_id in activation_ids:
+            activation = self.engine.activations.get(activation_id)
+            if activation is not None and activation.state == "running":
+                await self.engine.cancel(self.principal_for("schedule:cancel"), activation_id)
+
+    async def reports(self, activation_ids: list[int]) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for activation_id in activation_ids:
+            activation = self.engine.activations.get(activation_id)
+            if activation is not None:
+                out[activation_id] = activation.report()
+        return out
