@@ -106,7 +106,7 @@ def test_bad_cron_expressions_are_refused(expression: str) -> None:
 
 
 def test_bad_plans_are_refused() -> None:
-    with pytest.raises(ValueError, match="leap years only|day is out of range"):
+    with pytest.raises(ValueError, match=r"day is out of range"):
         YearlyRule(type="yearly", month=2, day=30, time="10:00")
     base: dict[str, Any] = {"id": "p", "name": "p", "recurrence": {
         "type": "yearly", "month": 9, "day": 18, "time": "10:00"},
