@@ -129,6 +129,21 @@ def _finite(value: float) -> bool:
 
 
 PointReader = Callable[[Any], Value]
+_Entry = tuple[str, str, PointReader, bool, Value | None, str | None]
+
+
+def _decode_entries(data: dict[str, Any], entries: list[_Entry], values: dict[str, Value],
+                    faults: set[str]) -> None:
+    get = data.get
+    for key, name, read, required, fault_when, fault in entries:
+        raw = get(key)
+        if raw is None:
+            if required:
+                raise PayloadError("missing_field", name)
+            continue
+        value = values[name] = read(raw)
+        if fault is not None and value == fault_when:
+            faults.add(fault)
 
 
 def _reader(spec: JsonPointSpec) -> PointReader:
@@ -181,10 +196,23 @@ class MqttProfile:
         self.spec = spec
         self.source = source
         self.name = spec.model
-        # Top-level fields are read with one dict lookup; nested ones walk their path.
-        self._points: list[tuple[tuple[str, ...], str, PointReader, bool]] = [
-            (tuple(p.field.split(".")), p.name, _reader(p), p.required) for p in spec.points
-        ]
+        # The decode plan: points grouped by the object they sit in, so a report with nested
+        # sections costs one lookup per section and one per field (this runs per message).
+        # Each entry: (key, point name, reader, required, fault when, fault name).
+        self._top: list[_Entry] = []
+        self._groups: list[tuple[str, list[_Entry]]] = []
+        self._deep: list[tuple[tuple[str, ...], _Entry]] = []
+        groups: dict[str, list[_Entry]] = {}
+        for p in spec.points:
+            path = tuple(p.field.split("."))
+            entry = (path[-1], p.name, _reader(p), p.required, p.fault_when, p.fault)
+            if len(path) == 1:
+                self._top.append(entry)
+            elif len(path) == 2:
+                groups.setdefault(path[0], []).append(entry)
+            else:
+                self._deep.append((path, entry))
+        self._groups = list(groups.items())
         self._ts_path = tuple(spec.timestamp_field.split("."))
         self._fault_rules = [(p.name, p.fault_when, p.fault) for p in spec.points
                              if p.fault is not None]
@@ -205,8 +233,9 @@ class MqttProfile:
             raise PayloadError("not_an_object", type(data).__name__)
         return data
 
-    def decode_telemetry(self, data: dict[str, Any]) -> tuple[dict[str, Value], datetime]:
-        """Typed values and the device's timestamp from one telemetry object."""
+    def decode_telemetry(self, data: dict[str, Any]
+                         ) -> tuple[dict[str, Value], frozenset[str], datetime]:
+        """Typed values, the faults they mean, and the device's timestamp, from one report."""
         ts = _walk(data, self._ts_path)
         if ts is None:
             raise PayloadError("missing_field", self.spec.timestamp_field)
@@ -214,18 +243,24 @@ class MqttProfile:
             raise PayloadError("wrong_type", f"{self.spec.timestamp_field} must be epoch "
                                f"seconds, got {ts!r:.40}")
         values: dict[str, Value] = {}
-        for path, name, read, required in self._points:
-            raw = data.get(path[0]) if len(path) == 1 else _walk(data, path)
-            if raw is None:
-                if required:
-                    raise PayloadError("missing_field", name)
-                continue
-            values[name] = read(raw)
+        faults: set[str] = set()
+        _decode_entries(data, self._top, values, faults)
+        for key, entries in self._groups:
+            section = data.get(key)
+            if section.__class__ is dict:
+                _decode_entries(section, entries, values, faults)
+            elif section is None:
+                _decode_entries({}, entries, values, faults)  # only to insist on required ones
+            else:
+                raise PayloadError("wrong_type", f"{key} must be an object")
+        for path, entry in self._deep:
+            parent = _walk(data, path[:-1])
+            _decode_entries(parent if isinstance(parent, dict) else {}, [entry], values, faults)
         try:
             device_time = datetime.fromtimestamp(ts, UTC)
         except (OverflowError, OSError, ValueError):
             raise PayloadError("wrong_type", f"timestamp {ts!r} out of range") from None
-        return values, device_time
+        return values, frozenset(faults), device_time
 
     def faults(self, values: dict[str, Value]) -> frozenset[str]:
         return frozenset(fault for point, when, fault in self._fault_rules

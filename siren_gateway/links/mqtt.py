@@ -160,7 +160,7 @@ class MqttSirenLink:
 
     def on_telemetry(self, payload: bytes, now: float) -> Sample:
         profile = self.profile
-        values, device_time = profile.decode_telemetry(profile.parse_object(payload))
+        values, faults, device_time = profile.decode_telemetry(profile.parse_object(payload))
         ts = device_time.timestamp()
         max_age = profile.spec.max_message_age_s
         if now - ts > max_age:
@@ -176,7 +176,7 @@ class MqttSirenLink:
                 raise PayloadError("out_of_order", f"{last - ts:.3f} s older than the last")
         self._older_in_a_row = 0
         self.last_device_ts = ts
-        return Sample(self.siren_id, utc_now(), values, profile.faults(values), device_time)
+        return Sample(self.siren_id, utc_now(), values, faults, device_time)
 
     def on_ack(self, ack: Ack) -> str | None:
         """Deliver an ack to its waiting command; a reason string when it fits no command."""
@@ -219,11 +219,17 @@ def _tls_context(config: MqttBrokerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def _drop_oldest_queue(stats: MqttStats) -> type[asyncio.Queue[aiomqtt.Message]]:
+def _drop_oldest_queue(stats: MqttStats, made: list[asyncio.Queue[aiomqtt.Message]]
+                       ) -> type[asyncio.Queue[aiomqtt.Message]]:
     """aiomqtt's inbound queue, bounded: when full the oldest message goes (counted), since
-    the newest report of a siren is worth more than an old one."""
+    the newest report of a siren is worth more than an old one. The instance aiomqtt makes is
+    handed back through `made`, so the hub can drain it in batches."""
 
     class DropOldestQueue(asyncio.Queue[aiomqtt.Message]):
+        def __init__(self, maxsize: int = 0) -> None:
+            super().__init__(maxsize)
+            made.append(self)
+
         def put_nowait(self, item: aiomqtt.Message) -> None:
             if self.full():
                 self.get_nowait()
@@ -289,12 +295,13 @@ class MqttHub:
         config = self.config
         backoff = config.reconnect_initial_s
         while self._running:
+            made: list[asyncio.Queue[aiomqtt.Message]] = []
             try:
                 async with aiomqtt.Client(
                     config.host, config.port, username=config.username, password=config.password,
                     identifier=self.client_id, clean_session=True, keepalive=config.keepalive_s,
                     tls_context=self._tls, timeout=10.0,
-                    queue_type=_drop_oldest_queue(self.stats),
+                    queue_type=_drop_oldest_queue(self.stats, made),
                     max_queued_incoming_messages=config.max_queued_messages,
                     logger=logging.getLogger("siren_gateway.links.mqtt.client"),
                 ) as client:
@@ -306,8 +313,15 @@ class MqttHub:
                     backoff = config.reconnect_initial_s
                     log.info("MQTT connected to %s:%d as %s, %d subscriptions", config.host,
                              config.port, self.client_id, len(self.subscriptions))
+                    queue = made[-1]
+                    handle = self._handle
                     async for message in client.messages:
-                        self._handle(message.topic.value, message.payload)
+                        handle(message.topic.value, message.payload)
+                        # What else has arrived is handled in the same turn: aiomqtt's iterator
+                        # costs a task per message, under load more than the handling itself.
+                        for _ in range(min(queue.qsize(), 1000)):
+                            queued = queue.get_nowait()
+                            handle(queued.topic.value, queued.payload)
             except aiomqtt.MqttError as exc:
                 self.stats.last_error = str(exc)
                 if self.stats.connected:
