@@ -7,6 +7,7 @@ events (counted), so a slow dashboard or database can never stall the pollers.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -86,12 +87,53 @@ Event = (SampleReceived | StatusChanged | FaultsChanged | SpoolOverflow | SirenR
          | AlertChanged | ScheduleEvent)
 
 
+class EventQueue:
+    """A subscriber's FIFO: asyncio.Queue's API as used here, without its task accounting,
+    which cost more than the event itself on the per-sample path. One consumer per queue."""
+
+    __slots__ = ("_items", "_waiter", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.maxsize = maxsize
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def full(self) -> bool:
+        return len(self._items) >= self.maxsize
+
+    def get_nowait(self) -> Event:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    def put_nowait(self, item: Event) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Event:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class Subscription:
     def __init__(self, bus: Bus, name: str, maxsize: int,
                  kinds: tuple[type[Event], ...] | None) -> None:
         self.name = name
         self.kinds = kinds
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=maxsize)
+        self.queue = EventQueue(maxsize)
         self.dropped = 0
         self.delivered = 0
         self._bus = bus
@@ -99,10 +141,11 @@ class Subscription:
     def offer(self, event: Event) -> None:
         if self.kinds is not None and not isinstance(event, self.kinds):
             return
-        if self.queue.full():
-            self.queue.get_nowait()  # the oldest goes: live views care about the newest
+        queue = self.queue
+        if len(queue._items) >= queue.maxsize:
+            queue._items.popleft()  # the oldest goes: live views care about the newest
             self.dropped += 1
-        self.queue.put_nowait(event)
+        queue.put_nowait(event)
         self.delivered += 1
 
     async def get(self) -> Event:

@@ -72,8 +72,11 @@ async def test_injected_faults_reach_the_live_state_within_two_poll_intervals(
     state = gateway.fleet.states["s00002"]
     assert expected not in state.faults
     await district.control.inject("s00002", fault, **options)
-    took = await wait_until(lambda: expected in state.faults, 4 * interval, f"{expected} seen")
-    assert took <= 2 * interval
+    before = state.polls_ok
+    await wait_until(lambda: expected in state.faults, 10 * interval, f"{expected} seen")
+    # Counted in polls, not seconds (a loaded machine stretches seconds): the first poll after
+    # the change sees it, or the second if one was already on its way.
+    assert state.polls_ok - before <= 2
     assert not gateway.fleet.states["s00001"].faults  # the others are untouched
 
 
