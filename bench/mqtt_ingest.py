@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import socket
 import struct
 import subprocess
@@ -32,13 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.poll_throughput import cpu_seconds
+from simulators.fleet import raise_file_limit
+
 REPO = Path(__file__).resolve().parent.parent
 PREFIX = "bench/sirens"
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def measure(counter: Callable[[], int], warmup_s: float, duration_s: float
@@ -160,29 +157,6 @@ def run_publisher(config: Path, port: int, rate: float, index: int, count: int) 
 
 # -- orchestration -----------------------------------------------------------------------------
 
-def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    import shutil
-
-    from simulators.sitegen import free_ports
-
-    port = free_ports(1)[0]
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "set_tcp_nodelay true\nmax_queued_messages 0\nmax_connections -1\n",
-                    encoding="utf-8")
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return process, port
-        time.sleep(0.05)
-    process.kill()
-    raise SystemExit("mosquitto did not start")
-
-
 def child(role: str, config: Path, port: int, warmup_s: float, duration_s: float
           ) -> dict[str, float]:
     command = [sys.executable, "-m", "bench.mqtt_ingest", "--role", role, "--config", str(config),
@@ -203,12 +177,6 @@ def report(name: str, r: dict[str, float], offered: float) -> str:
     return (f"  {name:<8} {rate:9.1f} msg/s ({100 * rate / offered:5.1f} % of offered)  CPU "
             f"{r['cpu_s']:6.2f} s = {100 * r['cpu_s'] / r['wall_s']:5.1f} % of a core  "
             f"{1e6 * per_message(r):6.1f} CPU-us per message")
-
-
-def raise_file_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main() -> None:
@@ -242,15 +210,18 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         return
 
+    from simulators.broker import start_broker
+
     work = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
-    broker, port = start_broker(work)
+    # Unbounded queues and connections: the bench measures the subscribers, not the broker.
+    broker = start_broker(work, "mosquitto", extra_conf="max_queued_messages 0\n"
+                          "max_connections -1\n")
     try:
         modes = ["fleet", "flood"] if args.mode == "both" else [args.mode]
         for mode in modes:
-            run_mode(mode, args, work, port)
+            run_mode(mode, args, work, broker.port)
     finally:
-        broker.terminate()
-        broker.wait(10)
+        broker.stop()
 
 
 def run_mode(mode: str, args: argparse.Namespace, work: Path, port: int) -> None:

@@ -64,7 +64,7 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int, timeout_s: floa
     raise RuntimeError("the MQTT broker did not start listening in time")
 
 
-def start_broker(work: Path, kind: BrokerKind = "auto") -> BrokerProcess:
+def start_broker(work: Path, kind: BrokerKind = "auto", extra_conf: str = "") -> BrokerProcess:
     """Start a broker on a free loopback port, in its own process (ended with ours)."""
     port = free_ports(1)[0]
     binary = mosquitto_binary()
@@ -74,7 +74,7 @@ def start_broker(work: Path, kind: BrokerKind = "auto") -> BrokerProcess:
             raise RuntimeError("mosquitto is not installed")
         conf = work / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                        "set_tcp_nodelay true\n", encoding="utf-8")
+                        "set_tcp_nodelay true\n" + extra_conf, encoding="utf-8")
         process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, preexec_fn=preexec)  # noqa: PLW1509
         used = "mosquitto"
