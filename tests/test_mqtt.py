@@ -282,8 +282,11 @@ async def test_every_class_of_bad_input_is_counted_while_others_flow(
 
 async def test_broker_restart_reconnects_and_commands_are_never_unknown(
         broker: Mosquitto, start_district: StartDistrict, gateways: StartGateway) -> None:
-    simulated, gateway = await started(start_district, gateways,
-                                       mixed_site(broker, modbus=1, mqtt=2, interval_s=0.5))
+    site = mixed_site(broker, modbus=1, mqtt=2, interval_s=0.5, ack_timeout_s=1.0)
+    # Room for the device, too, to reconnect and subscribe again before the delivery deadline:
+    # a command published while it is still away is not queued for it (clean sessions).
+    site["activation"] |= {"delivery_grace_s": 10.0, "confirm_timeout_s": 16.0}
+    simulated, gateway = await started(start_district, gateways, site)
     hub = gateway.mqtt
     assert hub is not None
     broker.stop()
@@ -293,7 +296,7 @@ async def test_broker_restart_reconnects_and_commands_are_never_unknown(
         Targets(sirens=("s00002",)), "test", signal="growl_test"))
     await asyncio.sleep(1.0)
     broker.start()
-    await wait_until(lambda: activation.state != "running", 20, "activation done")
+    await wait_until(lambda: activation.state != "running", 30, "activation done")
     result = activation.results["s00002"]
     assert result.status.value == "sounded", result
     assert [o["signal"] for o in (await simulated.control.truth("s00002"))["onsets"]] == [
@@ -308,7 +311,7 @@ async def test_broker_restart_reconnects_and_commands_are_never_unknown(
     await wait_until(lambda: not hub.stats.connected, 5, "outage again")
     activation = await gateway.activations.activate(OPERATOR, ActivationRequest(
         Targets(sirens=("s00003",)), "test", signal="growl_test"))
-    await wait_until(lambda: activation.state != "running", 20, "second activation done")
+    await wait_until(lambda: activation.state != "running", 30, "second activation done")
     result = activation.results["s00003"]
     assert result.status.value == "failed", result
     assert "never delivered" in result.reason
