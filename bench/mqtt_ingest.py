@@ -31,10 +31,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.poll_throughput import cpu_seconds
+from bench.common import REPO, cpu_seconds, run_child
 from simulators.fleet import raise_file_limit
 
-REPO = Path(__file__).resolve().parent.parent
 PREFIX = "bench/sirens"
 
 
@@ -127,8 +126,8 @@ def run_publisher(config: Path, port: int, rate: float, index: int, count: int) 
     head = b'{"ts":'
     assert body.startswith(head)
     rest = body[body.index(b",") :]  # everything after the timestamp
-    topics = [f"{PREFIX}/{s.link.device_id or s.id if isinstance(s.link, MqttLink) else s.id}"
-              f"/telemetry".encode() for s in sirens]
+    topics = [profile.topics(PREFIX, s.link.device_id or s.id if isinstance(s.link, MqttLink)
+                             else s.id).telemetry.encode() for s in sirens]
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(_connect_packet(f"bench-pub-{index}"))
@@ -159,13 +158,9 @@ def run_publisher(config: Path, port: int, rate: float, index: int, count: int) 
 
 def child(role: str, config: Path, port: int, warmup_s: float, duration_s: float
           ) -> dict[str, float]:
-    command = [sys.executable, "-m", "bench.mqtt_ingest", "--role", role, "--config", str(config),
-               "--port", str(port), "--warmup", str(warmup_s), "--duration", str(duration_s)]
-    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise SystemExit(f"{role} child failed:\n{out.stderr[-3000:]}")
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return run_child("bench.mqtt_ingest", ["--role", role, "--config", str(config), "--port",
+                                           str(port), "--warmup", str(warmup_s), "--duration",
+                                           str(duration_s)])
 
 
 def per_message(r: dict[str, float]) -> float:

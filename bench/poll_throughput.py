@@ -17,20 +17,12 @@ import argparse
 import asyncio
 import json
 import random
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+from bench.common import cpu_seconds, run_child
 
 
 async def measure(counter: Callable[[], tuple[int, int]], warmup_s: float, duration_s: float
@@ -133,11 +125,9 @@ async def run_bare(config: Path, warmup_s: float, duration_s: float) -> dict[str
 
 
 def child(role: str, config: Path, warmup_s: float, duration_s: float) -> dict[str, float]:
-    command = [sys.executable, "-m", "bench.poll_throughput", "--role", role, "--config",
-               str(config), "--warmup", str(warmup_s), "--duration", str(duration_s)]
-    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return run_child("bench.poll_throughput", ["--role", role, "--config", str(config),
+                                               "--warmup", str(warmup_s), "--duration",
+                                               str(duration_s)])
 
 
 def per_poll(result: dict[str, float]) -> float:

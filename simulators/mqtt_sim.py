@@ -54,12 +54,9 @@ class SimulatedMqttSiren:
         self.broker = broker
         self.interval_s = interval_s
         self.clock = clock
-        base = f"{broker.topic_prefix}/{device_id}/"
-        topics = profile.spec.topics
-        self.telemetry_topic = base + topics.telemetry
-        self.state_topic = base + topics.state
-        self.command_topic = base + topics.command
-        self.ack_topic = base + topics.ack
+        topics = profile.topics(broker.topic_prefix, device_id)
+        self.telemetry_topic, self.state_topic = topics.telemetry, topics.state
+        self.command_topic, self.ack_topic = topics.command, topics.ack
         self.stats = MqttSimStats()
         self.connected = False
         self._answered: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (status, reason)

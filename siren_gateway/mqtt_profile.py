@@ -117,6 +117,16 @@ class MqttProfileSpec(_Strict):
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceTopics:
+    """The four topics of one device: `{prefix}/{device}/{suffix}` (docs/mqtt-devices.md)."""
+
+    telemetry: str
+    state: str
+    command: str
+    ack: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ack:
     command_id: str
     status: str  # accepted, rejected, sounding, finished, failed
@@ -219,6 +229,11 @@ class MqttProfile:
         self.latched_faults = frozenset(p.fault for p in spec.points if p.fault and p.latched)
         self.signal_by_code = {code: name for name, code in spec.signal_codes.items()}
         self.commands = frozenset(spec.commands)
+
+    def topics(self, prefix: str, device_id: str) -> DeviceTopics:
+        base, suffixes = f"{prefix}/{device_id}/", self.spec.topics
+        return DeviceTopics(base + suffixes.telemetry, base + suffixes.state,
+                            base + suffixes.command, base + suffixes.ack)
 
     # -- inbound -----------------------------------------------------------------------------
 

@@ -93,12 +93,9 @@ class MqttSirenLink:
         self.siren_id = siren.id
         self.device_id = device_id
         self.profile = profile
-        base = f"{hub.config.topic_prefix}/{device_id}/"
-        topics = profile.spec.topics
-        self.telemetry_topic = base + topics.telemetry
-        self.state_topic = base + topics.state
-        self.command_topic = base + topics.command
-        self.ack_topic = base + topics.ack
+        topics = profile.topics(hub.config.topic_prefix, device_id)
+        self.telemetry_topic, self.state_topic = topics.telemetry, topics.state
+        self.command_topic, self.ack_topic = topics.command, topics.ack
         self.device_state: str | None = None  # what the retained state topic says
         self.last_device_ts: float | None = None
         self._older_in_a_row = 0

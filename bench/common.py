@@ -1,0 +1,27 @@
+"""What every benchmark does the same way: CPU time of this process, and running a child."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_child(module: str, args: list[str]) -> dict[str, float]:
+    """Run `python -m module args` (one side of a comparison, in its own process) and return
+    the JSON object its last line prints."""
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{module} {' '.join(args[:2])} failed:\n{out.stderr[-3000:]}")
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
