@@ -212,10 +212,14 @@ class AlertEngine:
             raised = tracker is not None and tracker.alert is not None
             if rule.below is not None:
                 condition = value < (rule.clear_at if raised else rule.below)
-                text = f"{rule.point} {value} below {rule.below}"
             else:
                 condition = value > (rule.clear_at if raised else rule.above or 0.0)
-                text = f"{rule.point} {value} above {rule.above}"
+            if not condition and tracker is None:
+                continue  # the common case, on every sample: nothing to do
+            # (the message is only needed when raising: not formatted per sample)
+            text = "" if not condition else (
+                f"{rule.point} {value} below {rule.below}" if rule.below is not None
+                else f"{rule.point} {value} above {rule.above}")
             self._observe(name, siren_id, zones, condition, now, rule.severity, text, rule.for_s)
         # Only faults reported now, and this siren's open fault trackers, need a look: on a
         # healthy fleet that is nothing, and this runs for every poll.
@@ -230,10 +234,12 @@ class AlertEngine:
         if sample.device_time is not None:
             enabled, override = self._enabled("clock_skew", siren_id, zones)
             skew = sample.device_time.timestamp() - sample.received_at.timestamp()
-            if enabled:
-                self._observe("clock_skew", siren_id, zones, abs(skew) > self.config.clock_skew_s,
+            skewed = abs(skew) > self.config.clock_skew_s
+            if enabled and (skewed or ("clock_skew", siren_id) in self._trackers):
+                self._observe("clock_skew", siren_id, zones, skewed,
                               now, override or self.config.clock_skew_severity,
-                              f"controller clock {skew:+.0f} s from the gateway's")
+                              f"controller clock {skew:+.0f} s from the gateway's" if skewed
+                              else "")
 
     def _evaluate_offline(self, now: float) -> None:
         """Runs over the whole fleet twice a second: answering sirens with no offline alert are

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from siren_gateway.config import ConfigError, load_site
+from siren_gateway.logs import configure as configure_logging
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -37,7 +38,8 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     api = site.config.api
     app = create_app(Gateway(site, args.database))
-    uvicorn.run(app, host=args.host or api.host, port=args.port or api.port, log_level="info")
+    uvicorn.run(app, host=args.host or api.host, port=args.port or api.port, log_level="info",
+                log_config=None)  # uvicorn logs through ours (text or JSON)
     return 0
 
 
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="siren-gateway",
                                      description="Monitor and control outdoor warning sirens.")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="json: one object per line (time, level, logger, message)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check-config", help="validate a site file; exit 1 if it has problems")
@@ -111,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     hasher.set_defaults(handler=_hash_password)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format == "json")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we count and report link errors
     handler = args.handler
     result: int = handler(args)

@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +33,16 @@ def with_users(site: dict[str, Any], **activation: Any) -> dict[str, Any]:
     if activation:
         site["activation"] = activation
     return site
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the test item, so fixtures can act on a failure
+    (the dashboard tests save a screenshot)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
 
 
 class SimControl:

@@ -1,0 +1,197 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright) against the demo
+district: simulators, an MQTT broker, the gateway and its API served over real sockets.
+
+Each test saves a screenshot to test-artifacts/ when it fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from simulators.sitegen import free_ports
+from siren_gateway.api.app import create_app
+from siren_gateway.demo import DEMO_CONFIG, demo_site
+from siren_gateway.gateway import Gateway
+from tests.conftest import Mosquitto, SimulatedDistrict, StartDistrict, wait_until
+from tests.test_activation import StartGateway
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("SG_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent
+                                / "test-artifacts"))
+DEMO_PASSWORDS = {"viewer": "viewer-demo", "operator": "operator-demo", "admin": "admin-demo"}
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
+                                    reason="chromium not installed (.ci/run installs it)")
+pytestmark = needs_chromium
+
+
+class Served:
+    def __init__(self, district: SimulatedDistrict, gateway: Gateway, url: str,
+                 server: uvicorn.Server) -> None:
+        self.district, self.gateway, self.url, self.server = district, gateway, url, server
+
+
+@pytest.fixture
+async def served(broker: Mosquitto, start_district: StartDistrict, gateways: StartGateway
+                 ) -> AsyncIterator[Served]:
+    site: dict[str, Any] = demo_site(None, DEMO_CONFIG)
+    site["mqtt"] = dict(site["mqtt"]) | {"port": broker.port}
+    site["schedules"] = []  # nothing sounds on its own during a test
+    district = start_district(site)
+    gateway = await gateways(district.site())
+    port = free_ports(1)[0]
+    server = uvicorn.Server(uvicorn.Config(create_app(gateway, manage_lifecycle=False),
+                                           host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="off"))
+    serving = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started, 10, "dashboard server up")
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 20, 20, "all 20 sirens online")
+    yield Served(district, gateway, f"http://127.0.0.1:{port}", server)
+    server.should_exit = True
+    await serving
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM,
+                                                    args=["--no-sandbox"])
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Page]:
+    opened = await browser.new_page(viewport={"width": 1500, "height": 1100})
+    yield opened
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        # (Playwright makes the folder)
+        await opened.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    await opened.close()
+
+
+async def log_in(page: Page, served: Served, user: str) -> None:
+    await page.goto(served.url)
+    await page.fill("input[name=username]", user)
+    await page.fill("input[name=password]", DEMO_PASSWORDS[user])
+    await page.click("#login-form button")
+    await expect(page.locator("#sirens tbody tr")).to_have_count(20)
+    await expect(page.locator("#stream")).to_have_class("stream live")
+
+
+async def test_every_siren_shows_with_its_true_state(page: Page, served: Served) -> None:
+    await log_in(page, served, "viewer")
+    await expect(page.locator("#map circle")).to_have_count(20)
+    truth = {t["siren_id"]: t for t in (await served.district.control.http.get("/sirens")).json()}
+    assert len(truth) == 20
+    inhibited = {s.id for s in served.gateway.site.config.sirens if s.inhibited}
+    for siren_id in truth:
+        expected = "inhibited" if siren_id in inhibited else "healthy"
+        await expect(page.locator(f'#sirens tr[data-id="{siren_id}"]')).to_have_attribute(
+            "data-class", expected)
+        await expect(page.locator(f'#map circle[data-id="{siren_id}"]')).to_have_class(
+            f"c-{expected}")
+    # MQTT and Modbus sirens alike; sorted by id, and a click on the header reverses it.
+    order = "rows => rows.map(r => r.dataset.id)"
+    assert await page.locator("#sirens tbody tr").evaluate_all(order) == sorted(truth)
+    await page.click('th[data-sort="id"]')
+    assert await page.locator("#sirens tbody tr").evaluate_all(order) == sorted(truth,
+                                                                                reverse=True)
+    # The detail view draws its charts from the stored history.
+    await page.click('#sirens a[data-detail="xwm-01"]')
+    await expect(page.locator("#detail-title")).to_contain_text("xwm-01")
+    await expect(page.locator("#detail-body")).to_contain_text("battery_voltage")
+
+
+async def test_an_injected_fault_shows_on_the_map_and_as_an_alert(page: Page,
+                                                                  served: Served) -> None:
+    await log_in(page, served, "viewer")
+    await served.district.control.inject("xwm-01", "amplifier_fault", amplifier=2)
+    await served.district.control.inject("hs-01", "mains_loss")  # an MQTT siren
+    for siren_id, rule in (("xwm-01", "amplifier_fault"), ("hs-01", "mains_lost")):
+        await expect(page.locator(f'#map circle[data-id="{siren_id}"]')).to_have_class(
+            "c-fault", timeout=10_000)
+        await expect(page.locator(f'#alerts li[data-rule="{rule}"][data-siren="{siren_id}"]')
+                     ).to_be_visible(timeout=10_000)
+    # A viewer sees the alert but no acknowledge control.
+    await expect(page.locator("#alerts form.ack")).to_have_count(0)
+
+
+async def test_an_operator_runs_a_test_and_reads_the_report(page: Page, served: Served) -> None:
+    await log_in(page, served, "operator")
+    await page.select_option("#signal", "growl_test")
+    await page.select_option("#klass", "test")
+    await page.click("#preview")
+    await expect(page.locator("#preview-list li[data-preview]")).to_have_count(19)  # 1 inhibited
+    await page.click("#send")
+    await expect(page.locator("#progress-list li")).to_have_count(20)
+    await expect(page.locator("#progress [data-report]")).to_be_visible(timeout=30_000)
+    statuses = await page.locator("#progress-list li").evaluate_all(
+        "items => Object.fromEntries(items.map(i => [i.dataset.result, i.dataset.status]))")
+    truth = {t["siren_id"]: t for t in (await served.district.control.http.get("/sirens")).json()}
+    sounded_truly = {sid for sid, t in truth.items() if t["onsets"]}
+    assert {sid for sid, s in statuses.items() if s == "sounded"} == sounded_truly
+    assert len(sounded_truly) == 19 and list(statuses.values()).count("excluded") == 1
+    await expect(page.locator("#progress [data-report]")).to_contain_text("100.0 %")
+    # And the operator may acknowledge an alert with a comment.
+    await served.district.control.inject("xwm-02", "door_open")
+    form = page.locator('#alerts li[data-rule="door_open"] form.ack')
+    await expect(form).to_be_visible(timeout=10_000)
+    await form.locator("input").fill("技术员已到场")
+    await form.locator("button").click()
+    await expect(page.locator('#alerts li[data-rule="door_open"]')).to_contain_text("技术员已到场")
+
+
+async def test_a_viewer_cannot_activate(page: Page, served: Served) -> None:
+    await log_in(page, served, "viewer")
+    await expect(page.locator("#activation-card")).to_be_hidden()
+    await expect(page.locator("#sirens input[data-select]")).to_have_count(0)
+
+
+async def test_an_emergency_needs_the_confirmation_step(page: Page, served: Served) -> None:
+    await log_in(page, served, "operator")
+    await page.check('input[name=target][value="zones"]')
+    await page.check('input[name=zone][value="xuanwumen"]')
+    await page.select_option("#signal", "air_raid")
+    await page.select_option("#klass", "emergency")
+    await page.click("#preview")
+    await expect(page.locator("#emergency-confirm")).to_be_visible()
+    await expect(page.locator("#send")).to_be_disabled()
+    await page.locator("#send").click(force=True)  # even a forced click sends nothing
+    await asyncio.sleep(1.0)
+    assert not served.gateway.activations.activations
+    await page.check("#emergency-ack")
+    await expect(page.locator("#send")).to_be_enabled()
+    await page.click("#send")
+    await expect(page.locator("#progress-list li")).to_have_count(3)
+    (activation,) = served.gateway.activations.activations.values()
+    assert activation.klass == "emergency" and activation.requested_by == "operator"
+
+
+async def test_the_language_switch_changes_the_labels(page: Page, served: Served) -> None:
+    await log_in(page, served, "viewer")
+    header = page.locator('th[data-sort="id"]')
+    await expect(header).to_have_text("编号")
+    await expect(page.locator("#stream")).to_have_text("实时")
+    await page.click("#lang")
+    await expect(header).to_have_text("id")
+    await expect(page.locator("#stream")).to_have_text("live")
+    await expect(page.locator('#sirens tr[data-id="xwm-01"] .badge')).to_have_text("healthy")
+    await page.click("#lang")
+    await expect(page.locator('#sirens tr[data-id="xwm-01"] .badge')).to_have_text("正常")
+
+
+async def test_the_stream_indicator_shows_a_lost_stream(page: Page, served: Served) -> None:
+    await log_in(page, served, "viewer")
+    served.server.should_exit = True  # the gateway's web server goes away under the page
+    await expect(page.locator("#stream")).to_have_class("stream lost", timeout=15_000)
+    await expect(page.locator("#stream")).to_have_text("实时连接中断")

@@ -1,0 +1,45 @@
+"""Prometheus metrics and structured logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import httpx
+
+from siren_gateway.api.app import create_app
+from siren_gateway.logs import JsonFormatter
+from tests.test_schedule_api import make_gateway
+
+
+async def test_metrics_and_site_description(tmp_path: Path) -> None:
+    gateway = await make_gateway(tmp_path)
+    try:
+        transport = httpx.ASGITransport(app=create_app(gateway, manage_lifecycle=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            response = await http.get("/metrics")
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/plain")
+            text = response.text
+            for family in ("siren_gateway_polls_total", "siren_gateway_sirens",
+                           "siren_gateway_bus_dropped_total", "siren_gateway_activations",
+                           "siren_gateway_alerts_active"):
+                assert f"# TYPE {family} " in text
+            assert 'siren_gateway_sirens{reachability="unknown"} 3' in text
+            # The site description is for logged-in users only.
+            assert (await http.get("/api/site")).status_code == 401
+            page = await http.get("/")
+            assert page.status_code == 200 and "/dashboard/app.js" in page.text
+            assert (await http.get("/dashboard/i18n.js")).status_code == 200
+    finally:
+        await gateway.stop()
+
+
+def test_json_logs_are_one_object_per_line() -> None:
+    record = logging.LogRecord("siren_gateway.links.mqtt", logging.WARNING, __file__, 1,
+                               "MQTT %s: %s", ("wrong_type", "s1 on t: 状态"), None)
+    line = JsonFormatter().format(record)
+    body = json.loads(line)
+    assert body["level"] == "WARNING" and body["logger"] == "siren_gateway.links.mqtt"
+    assert body["message"] == "MQTT wrong_type: s1 on t: 状态" and "time" in body
