@@ -11,7 +11,7 @@ const S = {
   activation: null, refreshTimer: null, pendingRefresh: false, ws: null,
 };
 // What tests and the benchmark read: when the first full render happened, how many since.
-window.__sg = { firstRenderMs: null, renders: 0, streamEvents: 0 };
+window.__sg = { firstRenderMs: null, renders: 0, renderMsTotal: 0, renderMsMax: 0, streamEvents: 0 };
 const ROLE_RANK = { viewer: 1, operator: 2, admin: 3 };
 const canControl = () => (ROLE_RANK[S.role] || 0) >= ROLE_RANK.operator;
 const t = (key) => (TEXT[S.lang] && TEXT[S.lang][key]) || TEXT.en[key] || key;
@@ -152,7 +152,9 @@ function render() {
       <td>${esc(s.faults.map((f) => t("fault_" + f)).join(", "))}</td></tr>`).join("");
   window.__sg.renders += 1;
   if (window.__sg.firstRenderMs === null) window.__sg.firstRenderMs = performance.now();
-  window.__sg.lastRenderCostMs = performance.now() - started;
+  const cost = performance.now() - started;
+  window.__sg.renderMsTotal += cost;
+  window.__sg.renderMsMax = Math.max(window.__sg.renderMsMax, cost);
   if (S.detail) renderDetail();
 }
 
