@@ -367,3 +367,21 @@ async def test_skip_run_now_and_edit(harness: Callable[..., Harness]) -> None:
     pending = [o for o in await scheduler.occurrences("monthly-silent")
                if o["state"] == "scheduled"]
     assert [o["scheduled_local"] for o in pending] == ["2027-10-07T10:00:00+08:00"]
+
+
+async def test_cancelling_a_running_occurrence_stops_its_remaining_steps(
+        harness: Callable[..., Harness]) -> None:
+    h = harness([NINE_EIGHTEEN])
+    scheduler = await h.start()
+    await h.clock.advance(62)
+    await wait_until(lambda: len(h.executor.started) == 1, 2, "first step")
+    running = [o for o in await scheduler.occurrences() if o["state"] == "running"]
+    cancelled = await scheduler.skip(ADMIN, "nine-eighteen", str(running[0]["id"]))
+    assert cancelled["state"] == "cancelled"
+    await h.clock.advance(1000, step=2.0)
+    assert len(h.executor.started) == 1  # the air raid and all-clear steps never came
+    assert [e.kind for e in h.drained() if e.kind == "cancelled"] == ["cancelled"]
+    # A cancelled occurrence cannot be skipped again.
+    from siren_gateway.scheduler import ScheduleError
+    with pytest.raises(ScheduleError):
+        await scheduler.skip(ADMIN, "nine-eighteen", str(running[0]["id"]))
