@@ -78,7 +78,10 @@ class SimulatedUnit:
             self.endpoint.garble_next += 1
         now = self.clock()
         if set_values is not None:
-            return self._write(address, [int(v) for v in set_values], now)
+            outcome = self._write(address, [int(v) for v in set_values], now)
+            if comms.lost_reply:
+                raise NoSuchIdException("write carried out, reply lost")
+            return outcome
         if function_code in (FC_READ_INPUT, FC_READ_HOLDING):
             table: Table = "input" if function_code == FC_READ_INPUT else "holding"
             fresh = self.profile.encode_status(self.siren.status_values(now))[table]

@@ -187,7 +187,7 @@ class SimulatedMqttSiren:
     async def _ack(self, client: aiomqtt.Client, command_id: str, status: str,
                    reason: str) -> None:
         comms = self.siren.comms
-        if comms.never_ack:
+        if comms.never_ack or comms.lost_reply:
             return
         body = json.dumps({"id": command_id, "status": status, "reason": reason,
                            "ts": round(self.siren.device_time(self.clock()), 3)}).encode()

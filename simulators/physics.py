@@ -50,6 +50,9 @@ class CommsFaults:
     duplicate_acks: bool = False
     late_acks_s: float = 0.0  # every acknowledgement held back this long
     never_ack: bool = False  # commands are carried out, never acknowledged
+    # The command is carried out but its reply is lost: a Modbus write gets no response, an
+    # MQTT command no acknowledgement (both protocols' worst case for exactly-once delivery).
+    lost_reply: bool = False
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Onset:
     started_at: float  # wall-clock seconds when the horn first sounded
     device_time: float  # the device's (possibly drifting) clock at that moment
     local: bool = False  # started at the pole, not by a command
+    sequence: int = 0  # the sequence of the command that started it (0: local or none)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class _Activity:
     duration: float
     local: bool = False
     onset_recorded: bool = False
+    sequence: int = 0
 
 
 @dataclass
@@ -166,7 +171,7 @@ class SimulatedSiren:
             act.onset_recorded = True
             if self._working_amplifiers() > 0:
                 self.onsets.append(Onset(act.signal or "", act.start,
-                                         self.device_time(act.start), act.local))
+                                         self.device_time(act.start), act.local, act.sequence))
         p = self.params
         sounding_s = self._horn_on_between(start, now)
         if sounding_s and self._working_amplifiers():
@@ -189,9 +194,10 @@ class SimulatedSiren:
             self.last_result = "completed" if healthy else "failed"
         self._activity = None
 
-    def _start(self, kind: str, signal: str | None, start: float, local: bool = False) -> None:
+    def _start(self, kind: str, signal: str | None, start: float, local: bool = False,
+               sequence: int = 0) -> None:
         duration = self.signals[signal].duration_s if signal else self.params.silent_test_s
-        self._activity = _Activity(kind, signal, start, duration, local)
+        self._activity = _Activity(kind, signal, start, duration, local, sequence=sequence)
         self._latch_broken_parts()
 
     def _latch_broken_parts(self) -> None:
@@ -205,15 +211,15 @@ class SimulatedSiren:
         self.commands_received += 1
         kind = command.kind
         if kind is CommandKind.SOUND:
-            if command.signal not in self.signals:
-                return False
+            if command.signal not in self.signals or not self.armed:
+                return False  # unknown signal, or disarmed for maintenance
             start = now
             if command.start_at is not None:
                 # The start time is on the device's clock: wait until that clock reads it.
                 start = max(now, now + command.start_at.timestamp() - self.device_time(now))
             if self._activity is not None and self._activity.kind == "sound":
                 self.last_result = "stopped"
-            self._start("sound", command.signal, start)
+            self._start("sound", command.signal, start, sequence=command.sequence)
         elif kind is CommandKind.STOP:
             if self._activity is not None:
                 self._activity = None
@@ -226,7 +232,7 @@ class SimulatedSiren:
         elif kind is CommandKind.SILENT_TEST:
             if self._activity is not None:
                 return False
-            self._start("silent_test", None, now)
+            self._start("silent_test", None, now, sequence=command.sequence)
         elif kind is CommandKind.SET_CLOCK and command.clock is not None:
             self.set_clock(command.clock.timestamp(), now)
         elif kind is CommandKind.ARM:
@@ -281,7 +287,7 @@ class SimulatedSiren:
         elif fault == "drop_connection":
             self.comms.drop_connection = active
         elif fault in ("silent_disconnect", "vanish", "malformed_json", "duplicate_acks",
-                       "never_ack"):
+                       "never_ack", "lost_reply"):
             setattr(self.comms, fault, active)
         elif fault == "late_acks":
             self.comms.late_acks_s = float(options.get("delay_s", 10.0)) if active else 0.0

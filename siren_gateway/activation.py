@@ -13,8 +13,15 @@ task that delivers the command and watches the siren's own feedback until it rea
 
 Commands carry a start time a little ahead (sync_lead_s) so that all sirens start together on
 their own clocks; a siren whose clock is off by more than the tolerance is instead commanded
-to start "now" by the gateway at the start moment, and flagged. Nothing is ever re-sent after
-a restart: a siren that may have sounded is never sounded twice by mistake.
+to start "now" by the gateway at the start moment, and flagged.
+
+Exactly once: every command carries the activation's sequence and the device reports the last
+sequence it carried out. After an ambiguous write (timeout, garbled reply, dropped connection)
+the sequence is read back before anything else, and the command is sent again only when the
+device shows it did not get it; a link whose device cannot report it never repeats a sound
+command. MQTT commands keep their id across re-sends and restarts, so a device acts on one once.
+After a restart, a siren of an unfinished activation whose device does not report the command
+is sent it while its start is ahead or within the late-start allowance; one that does is watched.
 """
 
 from __future__ import annotations
@@ -36,9 +43,18 @@ from siren_gateway.audit import AuditLog
 from siren_gateway.auth import Principal
 from siren_gateway.bus import Bus, SirenResultFinal
 from siren_gateway.config import ActivationConfig, Site
-from siren_gateway.fleet import Fleet
+from siren_gateway.failpoints import failpoint
+from siren_gateway.fleet import Fleet, Reachability
 from siren_gateway.links.base import SirenLink
-from siren_gateway.model import CERTAINLY_NOT_DELIVERED, Command, CommandKind, LinkError, Sample
+from siren_gateway.model import (
+    CERTAINLY_NOT_DELIVERED,
+    SEQUENCE_POINT,
+    Command,
+    CommandKind,
+    LinkError,
+    Sample,
+    new_command_id,
+)
 from siren_gateway.storage import Database
 from siren_gateway.tasks import cancel_and_wait
 
@@ -47,6 +63,8 @@ log = logging.getLogger(__name__)
 ActivationClass = Literal["emergency", "exercise", "test"]
 Action = Literal["sound", "silent_test"]
 ALWAYS_ALLOWED_SIGNALS = frozenset({"all_clear"})
+EXCLUSION_REASONS = {"inhibited": "inhibited (maintenance)",
+                     "disarmed": "disarmed by an operator (maintenance)"}
 MAX_START_AHEAD_S = 24 * 3600
 
 
@@ -106,6 +124,9 @@ class SirenResult:
     started_by_gateway: bool = False  # clock out of tolerance: commanded at the moment
     activation_id: int = 0
     klass: str = ""
+    # Kept across re-sends and restarts: an MQTT device acts on one id once.
+    command_id: str = ""
+    sends: int = 0  # how often the command was put on the wire (re-sends after read-back)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -134,6 +155,7 @@ class Activation:
     interrupted_at: float | None = None
     all_accepted_at: float | None = None
     preempted_by: list[int] = field(default_factory=list)
+    repeat_of: int | None = None  # an emergency sent again on purpose while its twin ran
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, repr=False)
 
     def counts(self) -> dict[str, int]:
@@ -160,6 +182,7 @@ class Activation:
             "interrupted_at": iso(self.interrupted_at),
             "all_accepted_at": iso(self.all_accepted_at),
             "preempted_by": list(self.preempted_by),
+            "repeat_of": self.repeat_of,
             "counts": counts,
             "targeted": len(self.results),
             "commanded": commanded,
@@ -191,9 +214,29 @@ def _clock_skew(sample: Sample | None) -> float | None:
     return sample.device_time.timestamp() - sample.received_at.timestamp()
 
 
+class Delivery(enum.Enum):
+    """What a read-back says about a command whose reply was lost."""
+
+    TAKEN = "taken"  # the device reports the command's sequence
+    NOT_TAKEN = "not taken"  # the device answered with another sequence: it never got it
+    UNKNOWN = "unknown"  # no answer: it may or may not have it
+
+
+# Results after which a siren is free again unless the device itself reports it sounding.
+_FREEING = FINAL
+_SOUNDING_STATES = frozenset({"sounding", "start_pending"})
+_RESEND_PAUSE_S = 0.25
+
+
+def sequence_of(activation_id: int) -> int:
+    """The 16-bit sequence an activation's commands carry (never 0, which means none)."""
+    return activation_id & 0xFFFF or 1
+
+
 class ActivationEngine:
     def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], db: Database,
-                 audit: AuditLog, bus: Bus | None = None) -> None:
+                 audit: AuditLog, bus: Bus | None = None,
+                 siren_locks: dict[str, asyncio.Lock] | None = None) -> None:
         self.site = site
         self.bus = bus
         self.fleet = fleet
@@ -206,11 +249,21 @@ class ActivationEngine:
         self._confirmations: dict[str, _PendingConfirmation] = {}
         self._recent: dict[tuple[Any, ...], tuple[int, float]] = {}  # duplicate suppression
         self._occupied: dict[str, _Occupation] = {}
+        # One command exchange (send, and the read-back after a lost reply) per siren at a
+        # time, shared with operator commands: another command's sequence must never land
+        # between our write and its read-back.
+        self.siren_locks = siren_locks if siren_locks is not None else {}
         self._dirty: set[int] = set()
         self._flusher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one request decides at a time: no races between rules
         self._closers: set[asyncio.Task[None]] = set()
         self._stopping = False
+
+    def _siren_lock(self, siren_id: str) -> asyncio.Lock:
+        lock = self.siren_locks.get(siren_id)
+        if lock is None:
+            lock = self.siren_locks[siren_id] = asyncio.Lock()
+        return lock
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -256,55 +309,73 @@ class ActivationEngine:
             if activation.state != "running":
                 continue
             activation.interrupted_at = now
-            deadline = activation.start_at + self.config.confirm_timeout_s
+            confirm_deadline = activation.start_at + self.config.confirm_timeout_s
             for siren_id in activation.sirens:
                 result = activation.results.setdefault(
                     siren_id, SirenResult(siren_id, activation_id=activation.id,
-                                          klass=activation.klass))
+                                          klass=activation.klass,
+                                          planned_start=activation.start_at))
                 if result.status in FINAL:
                     continue
                 link = self.links.get(siren_id)
-                if now < deadline and link is not None:
-                    # Never send again. Watch instead: a siren recorded as pending may have
-                    # taken the command in the last moments before the restart; only one that
-                    # reports this activation's sequence number can be confirmed.
-                    activation.tasks[siren_id] = asyncio.create_task(
-                        self._confirm_only(activation, result, link))
-                    self._occupy(activation, siren_id)
-                else:
-                    self._finish(result, Status.NO_FEEDBACK, "gateway restarted before the "
-                                 "siren confirmed; the command is never re-sent")
+                if link is None or now >= confirm_deadline:
+                    self._finish(result, Status.NO_FEEDBACK, "gateway restarted and the "
+                                 "confirmation window had passed")
+                    continue
+                # Resume from the record: a siren that may have the command is read back and
+                # watched; one that shows it did not is sent it (while its start allows).
+                activation.tasks[siren_id] = asyncio.create_task(
+                    self._drive(activation, result, link, resumed=True),
+                    name=f"act {siren_id}")
+                self._occupy(activation, siren_id)
             if not activation.tasks:
                 activation.state, activation.ended_at = "interrupted", now
             else:
-                self._watch(activation, "interrupted")
+                self._watch(activation, "completed")
             self._dirty.add(activation.id)
         await self._flush()
 
     # -- requests --------------------------------------------------------------------------
 
-    def resolve(self, targets: Targets) -> tuple[list[str], list[str]]:
-        """(sirens that will be commanded, inhibited sirens excluded), in configuration order."""
+    def resolve(self, targets: Targets) -> tuple[list[str], dict[str, str]]:
+        """(sirens that will be commanded, {excluded siren: why}), in configuration order.
+
+        Excluded: inhibited in the site file, or disarmed (maintenance) as its controller
+        reports now. Nobody is sounded next to a technician working at the pole."""
         known = {s.id: s for s in self.site.config.sirens}
         unknown = [s for s in targets.sirens if s not in known]
         if unknown:
-            raise ActivationError(404, f"unknown siren(s): {', '.join(unknown)}")
+            raise ActivationError(404, f"unknown siren(s): {', '.join(unknown[:20])}")
         zones = {z.id for z in self.site.config.zones}
         bad_zones = [z for z in targets.zones if z not in zones]
         if bad_zones:
-            raise ActivationError(404, f"unknown zone(s): {', '.join(bad_zones)}")
+            raise ActivationError(404, f"unknown zone(s): {', '.join(bad_zones[:20])}")
         if not (targets.all or targets.sirens or targets.zones):
             raise ActivationError(422, "no targets: name sirens, zones, or all")
         wanted = set(targets.sirens)
         chosen = [s for s in self.site.config.sirens if targets.all or s.id in wanted
                   or any(z in targets.zones for z in s.zones)]
-        return ([s.id for s in chosen if not s.inhibited], [s.id for s in chosen if s.inhibited])
+        sirens: list[str] = []
+        excluded: dict[str, str] = {}
+        for siren in chosen:
+            if siren.inhibited:
+                excluded[siren.id] = "inhibited"
+            elif self._disarmed(siren.id):
+                excluded[siren.id] = "disarmed"
+            else:
+                sirens.append(siren.id)
+        return sirens, excluded
+
+    def _disarmed(self, siren_id: str) -> bool:
+        state = self.fleet.states.get(siren_id)
+        return (state is not None and state.reachability is Reachability.ONLINE
+                and state.sample is not None and state.sample.values.get("armed") is False)
 
     def _validate(self, request: ActivationRequest) -> None:
         if request.action == "sound":
             if request.signal not in self.site.signals:
-                raise ActivationError(422, f"unknown signal {request.signal!r}; known: "
-                                      f"{', '.join(sorted(self.site.signals))}")
+                raise ActivationError(422, f"unknown signal {str(request.signal)[:40]!r}; "
+                                      f"known: {', '.join(sorted(self.site.signals))}")
         elif request.signal is not None:
             raise ActivationError(422, "a silent test has no signal")
         if request.start_at is not None:
@@ -319,6 +390,18 @@ class ActivationEngine:
         start = request.start_at.timestamp() if request.start_at else None
         return (request.klass, request.action, request.signal, tuple(sirens), start)
 
+    @staticmethod
+    def _critical(request: ActivationRequest) -> bool:
+        """An emergency or an all-clear: goes out whatever else fails (storage included)."""
+        return request.klass == "emergency" or (request.action == "sound"
+                                                and request.signal in ALWAYS_ALLOWED_SIGNALS)
+
+    def _storage_refusal(self) -> ActivationError:
+        health = self.db.health
+        return ActivationError(503, "the state database cannot be written "
+                               f"({health.last_error}); tests and exercises wait until it "
+                               "works again, emergencies and all-clear still go out")
+
     async def preview(self, who: Principal, request: ActivationRequest) -> dict[str, Any]:
         """Exactly which sirens would sound; for an emergency, a short-lived confirmation token."""
         try:
@@ -330,16 +413,18 @@ class ActivationEngine:
             raise
         now = time.time()
         self._confirmations = {k: v for k, v in self._confirmations.items() if v.expires_at > now}
+        key = self._key(request, sirens)
         out: dict[str, Any] = {
             "class": request.klass, "action": request.action, "signal": request.signal,
             "sirens": [self._describe_siren(s) for s in sirens],
-            "excluded": [{"id": s, "reason": "inhibited"} for s in excluded],
+            "excluded": [{"id": s, "reason": why} for s, why in excluded.items()],
             "conflicts": self._conflicts(sirens),
+            "duplicate_of": self._blocking_twin(key, now),
         }
         if request.klass == "emergency":
             token = secrets.token_urlsafe(24)
             self._confirmations[token] = _PendingConfirmation(
-                who.username, self._key(request, sirens), now + self.config.confirmation_ttl_s)
+                who.username, key, now + self.config.confirmation_ttl_s)
             out["confirmation_token"] = token
             out["confirmation_expires_at"] = datetime.fromtimestamp(
                 now + self.config.confirmation_ttl_s, UTC).isoformat()
@@ -352,47 +437,114 @@ class ActivationEngine:
         return {"id": siren_id, "name": state.config.name, "zones": list(state.config.zones),
                 "reachability": state.reachability.value, "faults": sorted(state.faults)}
 
+    def _busy_with(self, siren_id: str, now: float) -> _Occupation | None:
+        """The activation a siren is busy with: its command is in flight, or the device
+        reports it sounding (or about to) for that activation. A refusal, a failure or an
+        idle report frees it at once."""
+        occupation = self._occupied.get(siren_id)
+        if occupation is None:
+            return None
+        activation = self.activations.get(occupation.activation_id)
+        result = activation.results.get(siren_id) if activation else None
+        if occupation.until <= now or result is None:
+            del self._occupied[siren_id]
+            return None
+        if result.status not in FINAL:
+            return occupation  # in flight
+        state = self.fleet.states.get(siren_id)
+        reported = state.last_known_state if state is not None else "unknown"
+        if result.status in (Status.SOUNDED, Status.NO_FEEDBACK) and reported in _SOUNDING_STATES:
+            return occupation
+        del self._occupied[siren_id]
+        return None
+
     def _conflicts(self, sirens: list[str]) -> list[dict[str, Any]]:
-        """Sirens still playing another activation's signal (confirmed or not)."""
+        """Sirens busy with another activation (in flight, or reported sounding)."""
         now = time.time()
         out = []
         for siren_id in sirens:
-            occupation = self._occupied.get(siren_id)
-            if occupation is None or occupation.until <= now:
-                continue
-            out.append({"siren": siren_id, "activation": occupation.activation_id,
-                        "class": occupation.klass})
+            occupation = self._busy_with(siren_id, now)
+            if occupation is not None:
+                out.append({"siren": siren_id, "activation": occupation.activation_id,
+                            "class": occupation.klass})
         return out
 
+    def _blocking_twin(self, key: tuple[Any, ...], now: float) -> dict[str, Any] | None:
+        """An identical earlier request that still runs or has sounded: repeating it would
+        sound sirens twice. One that ended failed, without feedback, cancelled or pre-empted
+        blocks nothing: the alarm it did not give is still needed."""
+        recent = self._recent.get(key)
+        if recent is None or now - recent[1] >= self.config.duplicate_window_s:
+            return None
+        earlier = self.activations.get(recent[0])
+        if earlier is None:
+            return None
+        statuses = {r.status for r in earlier.results.values()}
+        if statuses - FINAL:
+            why = "still running"
+        elif statuses & {Status.SOUNDED, Status.PASSED}:
+            why = "sounded"
+        else:
+            return None
+        return {"activation": earlier.id, "state": earlier.state, "why": why,
+                "age_s": round(now - recent[1], 1)}
+
     async def activate(self, who: Principal, request: ActivationRequest) -> Activation:
+        critical = self._critical(request)
         async with self._lock:
             try:
+                if not critical and self.db.health.failing:
+                    raise self._storage_refusal()
                 activation, preempted = self._admit(who, request)
             except ActivationError as exc:
                 await self.audit.record(who, "activation.create", f"refused: {exc.message}",
                                         request=_describe(request))
                 raise
-            # On disk before a single command leaves: a crash mid-send leaves a record.
+            # On disk before a single command leaves: a crash mid-send leaves a record. If
+            # the disk refuses, an emergency goes out anyway (the record waits in memory and
+            # is written when storage returns); a test or exercise is taken back, leaving
+            # nothing behind.
             self._dirty.add(activation.id)
-            await self._flush()
+            if not await self._flush() and not critical:
+                self._take_back(activation)
+                error = self._storage_refusal()
+                await self.audit.record(who, "activation.create", f"refused: {error.message}",
+                                        request=_describe(request))
+                raise error
+            failpoint("activation.recorded")
             await self.audit.record(who, "activation.create", "accepted",
                                     target=f"activation {activation.id}",
                                     request=_describe(request), sirens=len(activation.sirens),
-                                    preempted=sorted(preempted))
-        for siren_id, result in activation.results.items():
-            if result.status is Status.EXCLUDED:
-                continue
-            activation.tasks[siren_id] = asyncio.create_task(
-                self._drive(activation, result, self.links[siren_id]), name=f"act {siren_id}")
-        self._watch(activation, "completed")
+                                    preempted=sorted(preempted), repeat_of=activation.repeat_of)
+            for siren_id, result in activation.results.items():
+                if result.status is Status.EXCLUDED:
+                    continue
+                activation.tasks[siren_id] = asyncio.create_task(
+                    self._drive(activation, result, self.links[siren_id]),
+                    name=f"act {siren_id}")
+            self._watch(activation, "completed")
+        log.info("activation %d started: %s %s %s on %d sirens at %s by %s%s", activation.id,
+                 activation.klass, activation.action, activation.signal or "",
+                 len(activation.tasks), _iso(activation.start_at), who.username,
+                 f" (repeat of {activation.repeat_of})" if activation.repeat_of else "")
         return activation
+
+    def _take_back(self, activation: Activation) -> None:
+        """Undo `_admit` for a request that could not be recorded (no phantom activation)."""
+        self.activations.pop(activation.id, None)
+        self._dirty.discard(activation.id)
+        self._recent = {k: v for k, v in self._recent.items() if v[0] != activation.id}
+        for siren_id, occupation in list(self._occupied.items()):
+            if occupation.activation_id == activation.id:
+                del self._occupied[siren_id]
 
     def _admit(self, who: Principal, request: ActivationRequest) -> tuple[Activation, set[int]]:
         """Apply every safety rule; on success register the activation (no I/O yet)."""
         self._validate(request)
         sirens, excluded = self.resolve(request.targets)
         if not sirens:
-            raise ActivationError(409, "every targeted siren is inhibited: nothing to sound")
+            raise ActivationError(409, "every targeted siren is inhibited or disarmed: "
+                                  "nothing to sound")
         now = time.time()
         key = self._key(request, sirens)
         if request.klass == "emergency":
@@ -405,11 +557,18 @@ class ActivationEngine:
                 raise ActivationError(403, "the confirmation token was issued for a different "
                                       "request or user; preview this request again")
             del self._confirmations[token or ""]  # single use
-        duplicate = self._recent.get(key)
-        if duplicate and now - duplicate[1] < self.config.duplicate_window_s:
-            raise ActivationError(409, f"duplicate of activation {duplicate[0]} from "
-                                  f"{now - duplicate[1]:.0f} s ago; not sent again",
-                                  activation_id=duplicate[0])
+        twin = self._blocking_twin(key, now)
+        repeat_of = None
+        if twin is not None:
+            if request.klass == "emergency":
+                # A fresh confirmation is the operator's explicit decision: never refused.
+                repeat_of = twin["activation"]
+            else:
+                raise ActivationError(
+                    409, f"duplicate of activation {twin['activation']} from {twin['age_s']:.0f}"
+                    f" s ago, which {'is ' if twin['why'] == 'still running' else 'has '}"
+                    f"{twin['why']} ({twin['state']}); not sent again",
+                    activation_id=twin["activation"], activation_state=twin["state"])
         always = request.action == "sound" and request.signal in ALWAYS_ALLOWED_SIGNALS
         preempt: set[int] = set()
         for conflict in self._conflicts(sirens):
@@ -428,15 +587,15 @@ class ActivationEngine:
         activation = Activation(
             id=self._next_id, created_at=now, requested_by=who.username, klass=request.klass,
             action=request.action, signal=request.signal, start_at=start_at,
-            sirens=[*sirens, *excluded], results={})
+            sirens=[*sirens, *excluded], results={}, repeat_of=repeat_of)
         self._next_id += 1
         for siren_id in sirens:
-            activation.results[siren_id] = SirenResult(siren_id, planned_start=start_at,
-                                                       activation_id=activation.id,
-                                                       klass=request.klass)
-        for siren_id in excluded:
+            activation.results[siren_id] = SirenResult(
+                siren_id, planned_start=start_at, activation_id=activation.id,
+                klass=request.klass, command_id=new_command_id())
+        for siren_id, why in excluded.items():
             activation.results[siren_id] = SirenResult(siren_id, Status.EXCLUDED,
-                                                       "inhibited (maintenance)",
+                                                       EXCLUSION_REASONS[why],
                                                        activation_id=activation.id,
                                                        klass=request.klass)
         for other_id in preempt:
@@ -450,10 +609,12 @@ class ActivationEngine:
         return activation, preempt
 
     def _occupy(self, activation: Activation, siren_id: str) -> None:
-        """The siren belongs to this activation until its signal (or test) has played out."""
+        """The longest the siren can belong to this activation: until its signal (or test)
+        could have played out. `_busy_with` frees it earlier on the device's own word."""
         duration = (self.site.signals[activation.signal].duration_s if activation.signal
                     else 30.0)
-        until = activation.start_at + duration + 1.0
+        until = max(activation.start_at + duration,
+                    activation.start_at + self.config.confirm_timeout_s) + 1.0
         self._occupied[siren_id] = _Occupation(activation.id, activation.klass, until)
 
     def _preempt(self, activation: Activation, sirens: set[str], by: int) -> None:
@@ -499,6 +660,8 @@ class ActivationEngine:
         failed = [siren for siren, error in outcomes if error]
         await self.audit.record(who, "activation.cancel", "accepted",
                                 target=f"activation {activation_id}", stop_failed=failed)
+        log.info("activation %d cancelled by %s (%d stop commands, %d failed)", activation_id,
+                 who.username, len(outcomes), len(failed))
         return activation
 
     async def set_clocks(self, who: Principal, targets: Targets) -> dict[str, Any]:
@@ -507,15 +670,16 @@ class ActivationEngine:
         Controllers count whole seconds, so the command is sent just as a second begins and
         carries that second: what remains is the link latency.
         """
-        active, inhibited = self.resolve(targets)
-        sirens = active + inhibited  # setting a clock makes no sound: maintenance sirens too
+        active, excluded = self.resolve(targets)
+        sirens = active + list(excluded)  # setting a clock makes no sound: maintenance too
         moment = math.floor(time.time()) + 1
         await _sleep_until(moment)
         command = Command(CommandKind.SET_CLOCK, clock=datetime.fromtimestamp(moment, UTC))
 
         async def one(siren_id: str) -> tuple[str, str | None]:
             try:
-                await self.links[siren_id].send(command)
+                async with self._siren_lock(siren_id):
+                    await self.links[siren_id].send(command)
             except LinkError as exc:
                 return siren_id, str(exc)
             return siren_id, None
@@ -529,6 +693,7 @@ class ActivationEngine:
         return result
 
     async def _stop_siren(self, siren_id: str) -> tuple[str, str | None]:
+        # Not behind the siren's lock: a stop must go out at once, and it is safe to repeat.
         try:
             await self.links[siren_id].send(Command(CommandKind.STOP))
         except LinkError as exc:
@@ -537,9 +702,13 @@ class ActivationEngine:
 
     # -- per-siren work --------------------------------------------------------------------
 
-    async def _drive(self, activation: Activation, result: SirenResult, link: SirenLink) -> None:
+    async def _drive(self, activation: Activation, result: SirenResult, link: SirenLink,
+                     resumed: bool = False) -> None:
         try:
-            if await self._deliver(activation, result, link):
+            if resumed and result.status is Status.ACCEPTED:
+                await self._confirm(activation, result, link,
+                                    note="; the gateway restarted during the activation")
+            elif await self._deliver(activation, result, link, resumed):
                 await self._confirm(activation, result, link)
         except asyncio.CancelledError:
             raise
@@ -550,60 +719,144 @@ class ActivationEngine:
         finally:
             self._dirty.add(activation.id)
 
-    async def _confirm_only(self, activation: Activation, result: SirenResult,
-                            link: SirenLink) -> None:
-        try:
-            await self._confirm(activation, result, link,
-                                note="; the gateway restarted during the activation")
-        finally:
-            self._dirty.add(activation.id)
-
-    async def _deliver(self, activation: Activation, result: SirenResult,
-                       link: SirenLink) -> bool:
-        """Get the command accepted; False once the result is final."""
-        sequence = activation.id & 0xFFFF or 1
+    def _command(self, activation: Activation, result: SirenResult) -> Command:
+        sequence = sequence_of(activation.id)
         skew = _clock_skew(self.fleet.states[result.siren_id].sample)
         result.clock_skew_s = round(skew, 3) if skew is not None else None
-        start = activation.start_at
+        command_id = result.command_id or new_command_id()
+        result.command_id = command_id
         if activation.action == "silent_test":
-            command = Command(CommandKind.SILENT_TEST, sequence=sequence)
             result.started_by_gateway = True
-        elif skew is None or abs(skew) > self.config.clock_tolerance_s:
+            return Command(CommandKind.SILENT_TEST, sequence=sequence, command_id=command_id)
+        if skew is None or abs(skew) > self.config.clock_tolerance_s:
             # The siren's clock cannot be trusted to start it: start it ourselves, on time.
-            command = Command(CommandKind.SOUND, signal=activation.signal, sequence=sequence)
             result.started_by_gateway = True
-        else:
-            command = Command(CommandKind.SOUND, signal=activation.signal,
-                              start_at=datetime.fromtimestamp(start, UTC), sequence=sequence)
+            return Command(CommandKind.SOUND, signal=activation.signal, sequence=sequence,
+                           command_id=command_id)
+        result.started_by_gateway = False
+        return Command(CommandKind.SOUND, signal=activation.signal, sequence=sequence,
+                       start_at=datetime.fromtimestamp(activation.start_at, UTC),
+                       command_id=command_id)
+
+    async def _deliver(self, activation: Activation, result: SirenResult, link: SirenLink,
+                       resumed: bool = False) -> bool:
+        """Get the command carried out exactly once; False once the result is final.
+
+        Sent again only when the device shows it did not get it (or, for MQTT, under the
+        same command id, which the device takes once)."""
+        sequence = sequence_of(activation.id)
+        start = activation.start_at
+        deadline = start + self.config.delivery_grace_s  # the late-start allowance
+        siren_id = result.siren_id
+        if resumed and not link.idempotent_resend:
+            # After a restart the command may have gone out just before: ask the device first.
+            async with self._siren_lock(siren_id):
+                seen = await self._read_back(link, sequence, deadline, since=0.0)
+            if seen is Delivery.TAKEN:
+                self._accepted(activation, result)
+                return True
+            if seen is Delivery.UNKNOWN:
+                self._finish(result, Status.NO_FEEDBACK, "the gateway restarted and the siren "
+                             "did not answer a read-back in time; the command is never sent "
+                             "blind")
+                return False
+        elif resumed and time.time() > deadline:
+            self._finish(result, Status.NO_FEEDBACK, "the gateway restarted after the "
+                         "late-start allowance; the command is not sent late")
+            return False
+        command = self._command(activation, result)
         if result.started_by_gateway:
             await _sleep_until(start)
-        deadline = start + self.config.delivery_grace_s
         last_error = "not attempted"
-        undelivered = False
         while True:
-            result.sent_at = result.sent_at or time.time()
-            try:
-                await link.send(command)
-            except LinkError as exc:
-                if exc.reason == "rejected":
-                    self._finish(result, Status.FAILED, f"controller refused the command: "
-                                 f"{exc.detail}")
-                    return False
-                last_error = str(exc)
-                undelivered = exc.reason in CERTAINLY_NOT_DELIVERED
-            else:
-                result.status, result.accepted_at = Status.ACCEPTED, time.time()
-                self._dirty.add(activation.id)
-                self._note_accepted(activation)
+            async with self._siren_lock(siren_id):
+                sent_at = time.time()
+                result.sent_at = result.sent_at or sent_at
+                result.sends += 1
+                try:
+                    await link.send(command)
+                except LinkError as exc:
+                    if exc.reason == "rejected":
+                        self._finish(result, Status.FAILED, "controller refused the command: "
+                                     f"{exc.detail}")
+                        return False
+                    last_error = str(exc)
+                    if exc.reason in CERTAINLY_NOT_DELIVERED:
+                        outcome = Delivery.NOT_TAKEN
+                    elif link.idempotent_resend:
+                        outcome = Delivery.UNKNOWN  # safe to send again under the same id
+                    elif not link.sequence_readback:
+                        # Nothing can tell a lost reply from a lost command: never repeat a
+                        # sound command; the status alone decides (sounding, or no feedback).
+                        result.reason = (f"reply lost ({last_error}); not repeated: this model "
+                                         "cannot report which command it carried out")
+                        return True
+                    else:
+                        if exc.reason == "timeout":
+                            # A slow device may still be carrying the write out.
+                            await asyncio.sleep(min(link.timeout_s,
+                                                    max(0.0, deadline - time.time())))
+                        outcome = await self._read_back(link, sequence, deadline, sent_at)
+                        if outcome is Delivery.UNKNOWN:
+                            self._finish(result, Status.NO_FEEDBACK,
+                                         f"reply lost ({last_error}) and the siren did not "
+                                         "answer a read-back; not repeated")
+                            return False
+                else:
+                    outcome = Delivery.TAKEN
+            if outcome is Delivery.TAKEN:
+                self._accepted(activation, result)
                 return True
             if time.time() >= deadline:
-                if undelivered:
-                    # Known, not unknown: the command never left the gateway, so it cannot sound.
+                if outcome is Delivery.NOT_TAKEN:
+                    # Known, not unknown: the device never got it, so it cannot sound.
                     self._finish(result, Status.FAILED, f"command never delivered: {last_error}")
                 else:
-                    self._finish(result, Status.NO_FEEDBACK, f"command not delivered: {last_error}")
+                    self._finish(result, Status.NO_FEEDBACK, f"command not acknowledged: "
+                                 f"{last_error}")
                 return False
-            await asyncio.sleep(0.25)
+            await self.fleet.wait_for_news(siren_id, _RESEND_PAUSE_S)
+            if link.idempotent_resend and self._reports_sequence(siren_id, sequence, sent_at):
+                self._accepted(activation, result)
+                return True
+
+    def _accepted(self, activation: Activation, result: SirenResult) -> None:
+        result.status, result.accepted_at = Status.ACCEPTED, time.time()
+        self._dirty.add(activation.id)
+        self._note_accepted(activation)
+
+    def _reports_sequence(self, siren_id: str, sequence: int, since: float) -> bool:
+        sample = self.fleet.states[siren_id].sample
+        return (sample is not None and sample.received_at.timestamp() >= since
+                and sample.values.get(SEQUENCE_POINT) == sequence)
+
+    async def _read_back(self, link: SirenLink, sequence: int, deadline: float,
+                         since: float) -> Delivery:
+        """Ask the device which command it carried out last, until `deadline`."""
+        siren_id = link.siren_id
+        while True:
+            sample: Sample | None = None
+            if link.polled:
+                try:
+                    sample = await link.poll()
+                except LinkError as exc:
+                    self.fleet.record_failure(siren_id, exc)
+                else:
+                    self.fleet.record_sample(sample)
+            else:
+                latest = self.fleet.states[siren_id].sample
+                if latest is not None and latest.received_at.timestamp() >= since:
+                    sample = latest
+            if sample is not None:
+                seen = sample.values.get(SEQUENCE_POINT)
+                return Delivery.TAKEN if seen == sequence else Delivery.NOT_TAKEN
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                return Delivery.UNKNOWN
+            if link.polled:
+                await asyncio.sleep(min(_RESEND_PAUSE_S, remaining))
+            else:
+                await self.fleet.wait_for_news(siren_id, remaining)
 
     def _note_accepted(self, activation: Activation) -> None:
         if activation.all_accepted_at is None and all(
@@ -612,54 +865,87 @@ class ActivationEngine:
 
     async def _confirm(self, activation: Activation, result: SirenResult, link: SirenLink,
                        note: str = "") -> None:
-        """Poll the siren from its start moment until its own feedback decides the result."""
-        state = self.fleet.states[result.siren_id]
+        """Watch the siren from its start until its own feedback decides the result.
+
+        Whatever shows the command's sequence with sounding and current first decides: a
+        poll, a telemetry report or a progress acknowledgement; reporting links are not
+        waited on at fixed intervals."""
+        siren_id = result.siren_id
+        state = self.fleet.states[siren_id]
         threshold = state.sounding_current_threshold
         signal = self.site.signals.get(activation.signal or "")
         first_on_s = signal.steps[0].on_s if signal else 0.0
-        sequence = activation.id & 0xFFFF or 1
-        # Nothing can be confirmed at the very instant of the start, and that instant belongs
-        # to the "start now" commands of sirens with bad clocks: begin polling a moment later,
-        # spread over one poll interval so a thousand sirens are not polled at once.
-        await _sleep_until(activation.start_at + 0.2
-                           + random.uniform(0, self.config.confirm_poll_interval_s))
+        sequence = sequence_of(activation.id)
         deadline = activation.start_at + self.config.confirm_timeout_s
         failing = set(self.config.failing_faults)
+        since = result.sent_at or activation.created_at
         last_note = "no answer since the start"
+        if link.polled:
+            # Nothing can be confirmed at the very instant of the start, and that instant
+            # belongs to the "start now" commands of sirens with bad clocks: begin polling a
+            # moment later, spread over one poll interval so a thousand sirens are not polled
+            # at once.
+            await _sleep_until(activation.start_at + 0.2
+                               + random.uniform(0, self.config.confirm_poll_interval_s))
         while True:
-            try:
-                sample = await link.poll()
-            except LinkError as exc:
-                if link.polled:
-                    self.fleet.record_failure(result.siren_id, exc)
-                last_note = f"siren not answering ({exc.reason})"
-            else:
-                if link.polled:
+            verdict: tuple[Status, str] | None = None
+            if link.polled:
+                try:
+                    sample = await link.poll()
+                except LinkError as exc:
+                    self.fleet.record_failure(siren_id, exc)
+                    last_note = f"siren not answering ({exc.reason})"
+                else:
                     self.fleet.record_sample(sample)
-                verdict = self._judge(activation, sample, sequence, threshold, first_on_s,
-                                      failing)
-                if verdict is not None:
-                    self._finish(result, *verdict)
-                    return
-                last_note = f"controller state {sample.values.get('state')!r}"
+                    verdict = self._judge(activation, sample, sequence, threshold, first_on_s,
+                                          failing)
+                    last_note = f"controller state {sample.values.get('state')!r}"
+            else:
+                report = state.sample
+                progress = link.progress(result.command_id)
+                if report is not None and report.received_at.timestamp() >= since:
+                    verdict = self._judge(activation, report, sequence, threshold, first_on_s,
+                                          failing)
+                    last_note = f"controller state {report.values.get('state')!r}"
+                if verdict is None and progress is not None:
+                    verdict = self._judge_progress(activation, progress,
+                                                   set(state.faults & failing))
+            if verdict is not None:
+                self._finish(result, *verdict)
+                return
             if time.time() >= deadline:
                 self._finish(result, Status.NO_FEEDBACK, f"no confirmation within "
                              f"{self.config.confirm_timeout_s:g} s ({last_note}){note}")
                 return
-            await asyncio.sleep(self.config.confirm_poll_interval_s)
+            if link.polled:
+                await asyncio.sleep(self.config.confirm_poll_interval_s)
+            else:
+                await self.fleet.wait_for_news(siren_id, min(1.0, deadline - time.time()))
+
+    @staticmethod
+    def _judge_progress(activation: Activation, progress: str, faults: set[str]
+                        ) -> tuple[Status, str] | None:
+        """An MQTT device's own progress acknowledgement for this command."""
+        if activation.action == "sound" and progress == "sounding":
+            if faults:
+                return Status.FAILED, f"{', '.join(sorted(faults))} reported during sounding"
+            return Status.SOUNDED, "controller acknowledged sounding"
+        if progress == "failed":
+            return Status.FAILED, "controller reports the activation failed"
+        return None
 
     def _judge(self, activation: Activation, sample: Sample, sequence: int,
                threshold: float | None, first_on_s: float, failing: set[str]
                ) -> tuple[Status, str] | None:
         values = sample.values
-        seen_sequence = values.get("last_command_sequence")
+        seen_sequence = values.get(SEQUENCE_POINT)
         if seen_sequence is not None and seen_sequence != sequence:
             return None  # the controller has not (yet) taken our command
         state = values.get("state")
         result = values.get("last_activation_result")
         faults = sample.faults & failing
         if activation.action == "silent_test":
-            if state == "silent_test":
+            if state == "silent_test" or seen_sequence is None:
                 return None
             if faults:
                 return Status.FAILED, f"silent test found {', '.join(sorted(faults))}"
@@ -678,6 +964,10 @@ class ActivationEngine:
                 return Status.SOUNDED, f"sounding with {current} A"
             if time.time() > activation.start_at + first_on_s + 1.0:
                 return Status.FAILED, "controller reports sounding but no sounding current"
+            return None
+        if seen_sequence is None:
+            # Without the sequence an idle report may be about an earlier activation: only
+            # sounding seen with our own eyes proves this one.
             return None
         if state == "idle" and result == "failed":
             return Status.FAILED, "controller reports the activation failed"
@@ -708,6 +998,9 @@ class ActivationEngine:
             return
         if activation.state == "running":
             activation.state, activation.ended_at = final_state, time.time()
+            counts = activation.counts()
+            log.info("activation %d %s: %s", activation.id, activation.state,
+                     ", ".join(f"{n} {k}" for k, n in counts.items() if n))
         self._dirty.add(activation.id)
         await self._flush()
 
@@ -718,9 +1011,10 @@ class ActivationEngine:
             await asyncio.sleep(0.5)
             await self._flush()
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Write what changed; False (and kept for the next flush) when storage fails."""
         if not self._dirty:
-            return
+            return True
         dirty, self._dirty = self._dirty, set()
         rows, results = [], []
         for activation_id in dirty:
@@ -729,6 +1023,7 @@ class ActivationEngine:
                                                 "action", "signal", "start_at", "sirens", "state",
                                                 "ended_at", "interrupted_at", "all_accepted_at",
                                                 "preempted_by")}
+            data["repeat_of"] = a.repeat_of
             rows.append((a.id, json.dumps(data), a.state, a.created_at))
             for r in a.results.values():
                 raw = asdict(r) | {"status": r.status.value}
@@ -742,9 +1037,14 @@ class ActivationEngine:
 
         try:
             await self.db.run(write)
-        except sqlite3.Error:
-            log.exception("could not store activations %s", sorted(dirty))
+        except sqlite3.Error as exc:
+            self.db.health.failed(exc)
+            log.warning("activations %s held in memory until storage works: %s",
+                        sorted(dirty)[:10], exc)
             self._dirty |= dirty  # try again at the next flush
+            return False
+        self.db.health.succeeded()
+        return True
 
     def list(self, limit: int = 100) -> list[dict[str, Any]]:
         newest = sorted(self.activations.values(), key=lambda a: a.id, reverse=True)[:limit]

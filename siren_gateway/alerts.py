@@ -258,13 +258,22 @@ class AlertEngine:
             if not enabled:
                 continue
             condition = silent > limit
+            if not condition:
+                message = ""
+            elif state.last_seen is None:
+                message = f"never answered since the gateway started {silent:.0f} s ago"
+            else:
+                message = (f"no answer for {silent:.0f} s; last answered at "
+                           f"{state.last_seen.isoformat(timespec='seconds')}"
+                           + (f" ({state.last_error})" if state.last_error else ""))
             self._observe("offline", siren_id, zones, condition, now,
-                          override or self.config.offline_severity,
-                          f"no answer for {silent:.0f} s ({state.last_error or 'never answered'})")
+                          override or self.config.offline_severity, message)
 
     def _evaluate_result(self, event: SirenResultFinal, now: float) -> None:
         zones = self._siren_zones(event.siren_id)
-        if zones is None or event.klass not in ("test", "emergency"):
+        # Every class counts: the yearly 9·18 sounding is an exercise, and a siren silent in
+        # it needs the same repair as one silent in a test.
+        if zones is None or event.klass not in ("test", "exercise", "emergency"):
             return
         enabled, override = self._enabled("activation_failed", event.siren_id, zones)
         if not enabled:
@@ -408,9 +417,15 @@ class AlertEngine:
                 self._evaluate_offline(now)
                 if self._last_overflow and now - self._last_overflow > SPOOL_QUIET_S:
                     self._observe("telemetry_spool_overflow", None, [], False, now, "info", "")
+                health = self.db.health
+                self._observe("storage_failing", None, [], health.failing, now,
+                              self.config.storage_failure_severity,
+                              f"the state database cannot be written ({health.last_error}); "
+                              "alarms still go out, their records are held in memory"
+                              if health.failing else "", clear_now=not health.failing)
                 for (rule, siren_id), tracker in list(self._trackers.items()):
                     if rule in ("offline", "activation_failed", "telemetry_spool_overflow",
-                                "scheduled_test_missed"):
+                                "scheduled_test_missed", "storage_failing"):
                         continue
                     if tracker.alert is None and tracker.true_since is not None:
                         self._recheck_duration(rule, siren_id, tracker, now)
@@ -451,9 +466,11 @@ class AlertEngine:
 
         try:
             await self.db.run(write)
-        except sqlite3.Error:
-            log.exception("could not store alerts")
+        except sqlite3.Error as exc:
+            self.db.health.failed(exc)  # kept in memory and written when storage returns
             self._dirty |= dirty
+        else:
+            self.db.health.succeeded()
 
     # -- queries ---------------------------------------------------------------------------
 

@@ -315,6 +315,7 @@ class AlertsConfig(_Strict):
     activation_failure_severity: Severity = "major"
     spool_overflow_severity: Severity = "major"
     missed_test_severity: Severity = "major"  # a scheduled test that did not sound
+    storage_failure_severity: Severity = "critical"  # the state database refuses writes
     # A condition must stay gone this long before its alert clears: no storm from flapping.
     clear_after_s: float = Field(default=10.0, ge=0, le=86400)
     overrides: list[AlertOverride] = []

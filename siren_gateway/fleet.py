@@ -6,7 +6,9 @@ reachability or of the fault set is published once on the bus, at the moment it 
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,8 +16,13 @@ from typing import Any
 
 from siren_gateway.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
 from siren_gateway.config import MqttLink, PollingConfig, SirenConfig, Site
+from siren_gateway.logs import RateLimitedLog
 from siren_gateway.model import LinkError, Sample, utc_now
 from siren_gateway.mqtt_profile import MqttProfile
+
+log = logging.getLogger(__name__)
+# Reachability changes at INFO: up to 20 lines per 10 s for each new state, then a count.
+_transitions = RateLimitedLog(log, period_s=10.0, burst=20)
 
 
 class Reachability(enum.StrEnum):
@@ -130,6 +137,33 @@ class Fleet:
                 state.offline_after_s = interval * site.config.mqtt.offline_after_intervals
                 state.last_seen_mono = started  # "never reported" counts from our start
             self.states[siren.id] = state
+        # Activations waiting for a siren's next report (earliest truthful confirmation).
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+
+    async def wait_for_news(self, siren_id: str, timeout_s: float) -> None:
+        """Return at the siren's next sample (or other news), or after `timeout_s`."""
+        if timeout_s <= 0:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(siren_id, []).append(future)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await future
+        except TimeoutError:
+            pass
+        finally:
+            waiting = self._waiters.get(siren_id)
+            if waiting is not None and future in waiting:
+                waiting.remove(future)
+                if not waiting:
+                    del self._waiters[siren_id]
+
+    def notify(self, siren_id: str) -> None:
+        """Wake whoever waits on this siren (a sample, or an MQTT progress acknowledgement)."""
+        waiting = self._waiters.pop(siren_id, None)
+        for future in waiting or ():
+            if not future.done():
+                future.set_result(None)
 
     def get(self, siren_id: str) -> SirenState | None:
         return self.states.get(siren_id)
@@ -140,6 +174,8 @@ class Fleet:
             return
         old, state.reachability, state.since = state.reachability, new, at
         self.bus.publish(StatusChanged(state.config.id, old.value, new.value, at, reason))
+        _transitions.log(logging.INFO, new.value, "siren %s %s -> %s (%s)", state.config.id,
+                         old.value, new.value, reason)
 
     def record_sample(self, sample: Sample) -> None:
         state = self.states[sample.siren_id]
@@ -156,6 +192,8 @@ class Fleet:
                                            before - sample.faults, sample.faults,
                                            sample.received_at))
         self.bus.publish(SampleReceived(sample))
+        if self._waiters:
+            self.notify(sample.siren_id)
 
     def record_failure(self, siren_id: str, error: LinkError) -> None:
         state = self.states[siren_id]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from pathlib import Path
@@ -47,8 +48,10 @@ class Gateway:
         self.mqtt: MqttHub | None = None
         self.poller = Poller(self.fleet, self.links)
         self.audit = AuditLog(self.db)
+        # One command exchange per siren at a time, across activations and operator commands.
+        self.siren_locks: dict[str, asyncio.Lock] = {}
         self.activations = ActivationEngine(site, self.fleet, self.links, self.db, self.audit,
-                                            self.bus)
+                                            self.bus, self.siren_locks)
         self.alerts = AlertEngine(site, self.fleet, self.bus, self.db, self.audit)
         self.scheduler = Scheduler(
             site, self.db, self.bus, self.audit,
@@ -112,6 +115,7 @@ class Gateway:
         for endpoint in self.endpoints:
             await endpoint.close()
         await self.telemetry.stop()
+        await self.audit.close()
         if self.influx is not None:
             await self.influx.stop()
         await self.db.close()
@@ -136,6 +140,7 @@ class Gateway:
             "bus": self.bus.stats(),
             "scheduler": self.scheduler.stats(),
             "telemetry_store": self.telemetry.stats(),
+            "storage": self.db.health.as_dict() | {"audit": self.audit.stats()},
             "influx_sink": self.influx.stats() if self.influx is not None else None,
             "alerts": {"active": sum(a.state != "cleared" for a in self.alerts.alerts.values()),
                        "evaluations": self.alerts.evaluations,

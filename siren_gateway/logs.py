@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 
 
@@ -22,3 +23,36 @@ def configure(level: str, json_lines: bool) -> None:
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+class RateLimitedLog:
+    """At most `burst` lines per key per period, then one line with the count left out.
+
+    A thousand sirens going offline together (a network cut) must cost a few log lines, not a
+    thousand; the next line after the quiet period says how many were not written.
+    """
+
+    def __init__(self, logger: logging.Logger, period_s: float = 10.0, burst: int = 1) -> None:
+        self.logger = logger
+        self.period_s = period_s
+        self.burst = burst
+        self._window: dict[str, tuple[float, int]] = {}  # key -> (window start, lines in it)
+        self._suppressed: dict[str, int] = {}
+
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        start, count = self._window.get(key, (-1e18, 0))
+        if now - start >= self.period_s:
+            start, count = now, 0
+        if count >= self.burst:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            self._window[key] = (start, count)
+            return
+        self._window[key] = (start, count + 1)
+        skipped = self._suppressed.pop(key, 0)
+        if skipped:
+            message += f" ({skipped} similar lines not logged since the last)"
+        self.logger.log(level, message, *args)
+
+    def warn(self, key: str, message: str) -> None:
+        self.log(logging.WARNING, key, "%s", message)

@@ -59,11 +59,15 @@ class Sample:
     values: dict[str, Value]
     faults: frozenset[str] = field(default_factory=frozenset)
     device_time: datetime | None = None  # the controller's own clock, if it reports one
+    # Points this report left out, kept from an earlier one: name -> epoch seconds at which
+    # they were last reported (MQTT partial reports). Empty for a complete report.
+    carried: dict[str, float] = field(default_factory=dict)
 
 
 # LinkError reasons that prove a command never reached the device (as opposed to "no answer",
-# after which it may have acted).
-CERTAINLY_NOT_DELIVERED = frozenset({"broker_unavailable"})
+# after which it may have acted): no broker, no connection, or it never left our queue.
+CERTAINLY_NOT_DELIVERED = frozenset({"broker_unavailable", "connect_failed", "unreachable",
+                                     "queue_full", "closed"})
 
 
 class LinkError(Exception):
@@ -73,3 +77,16 @@ class LinkError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason  # short machine-readable class: timeout, exception, garbage, ...
         self.detail = detail
+
+
+SEQUENCE_POINT = "last_command_sequence"
+
+
+def check_sequence_readback(declared: bool | None, has_point: bool) -> None:
+    """A profile either reads the executed command's sequence back or says that it cannot."""
+    if declared is None and not has_point:
+        raise ValueError(f"no {SEQUENCE_POINT!r} point: a lost reply could not be told from a "
+                         "lost command; add the point, or declare 'sequence_readback: false' "
+                         "(then a sound command is never repeated after an unanswered write)")
+    if declared and not has_point:
+        raise ValueError(f"sequence_readback needs a {SEQUENCE_POINT!r} point")

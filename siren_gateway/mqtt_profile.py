@@ -22,7 +22,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from siren_gateway.codec import scale_decimals
-from siren_gateway.model import Command, CommandKind, Value
+from siren_gateway.model import (
+    SEQUENCE_POINT,
+    Command,
+    CommandKind,
+    Value,
+    check_sequence_readback,
+)
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 TopicSuffix = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
@@ -104,12 +110,16 @@ class MqttProfileSpec(_Strict):
     signal_codes: dict[Identifier, str] = {}
     points: list[JsonPointSpec]
     commands: list[CommandKind] = Field(min_length=1)
+    # As for Modbus profiles (profiles.check_sequence_readback): the telemetry reports the
+    # sequence of the last command carried out, or the profile says it cannot.
+    sequence_readback: bool | None = None
 
     @model_validator(mode="after")
     def _check_points(self) -> MqttProfileSpec:
         names = [p.name for p in self.points]
         if len(names) != len(set(names)):
             raise ValueError("point names must be unique")
+        check_sequence_readback(self.sequence_readback, SEQUENCE_POINT in names)
         paths = [p.field for p in self.points] + [self.timestamp_field]
         if len(paths) != len(set(paths)):
             raise ValueError("two points (or a point and the timestamp) read the same field")

@@ -24,7 +24,13 @@ from siren_gateway.codec import (
     make_decoder,
     scale_decimals,
 )
-from siren_gateway.model import Command, CommandKind, Value
+from siren_gateway.model import (
+    SEQUENCE_POINT,
+    Command,
+    CommandKind,
+    Value,
+    check_sequence_readback,
+)
 from siren_gateway.mqtt_profile import MqttProfile, parse_mqtt_profile
 
 Table = Literal["input", "holding"]
@@ -143,6 +149,11 @@ class ProfileSpec(_Strict):
     signal_codes: dict[Identifier, int] = {}
     points: list[PointSpec]
     commands: CommandBlock
+    # Whether the controller reports the sequence of the last command it carried out (the
+    # `last_command_sequence` point). Without it a command whose reply was lost can never be
+    # told apart from one that was not delivered, so a sound command is then never repeated:
+    # a profile without the point must say `sequence_readback: false` to accept that.
+    sequence_readback: bool | None = None
 
     @model_validator(mode="after")
     def _check_points(self) -> ProfileSpec:
@@ -156,6 +167,7 @@ class ProfileSpec(_Strict):
                 raise ValueError(f"point {point.name!r} uses signal_codes, but there are none")
             if point.register_count > self.max_registers_per_read:
                 raise ValueError(f"point {point.name!r} is longer than max_registers_per_read")
+        check_sequence_readback(self.sequence_readback, SEQUENCE_POINT in names)
         used: dict[tuple[str, int], str] = {}
         for point in self.points:
             for addr in range(point.address, point.address + point.register_count):

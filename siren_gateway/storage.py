@@ -67,11 +67,45 @@ CREATE TABLE IF NOT EXISTS activation_results (
 """
 
 
+class StorageHealth:
+    """Whether the state database takes writes now (disk full, read-only, locked...).
+
+    Every writer that must not lose its data (audit, activations) reports each outcome here;
+    alarms go out regardless, and the alert rules raise `storage_failing` from this.
+    """
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.since: float | None = None
+        self.last_error: str | None = None
+        self.failures = 0
+
+    def failed(self, error: BaseException) -> None:
+        self.failures += 1
+        self.last_error = str(error)[:200]
+        if not self.failing:
+            self.failing, self.since = True, time.time()
+            log.error("storage is failing: %s; alarms still go out, their records are held "
+                      "until it works again", self.last_error)
+
+    def succeeded(self) -> None:
+        if self.failing:
+            log.warning("storage works again after %.0f s", time.time() - (self.since or 0))
+            self.failing, self.since = False, None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"failing": self.failing, "failures": self.failures,
+                "last_error": self.last_error,
+                "since": datetime.fromtimestamp(self.since, UTC).isoformat()
+                if self.since else None}
+
+
 class Database:
     """One SQLite connection, used only from its own thread."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self.health = StorageHealth()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
 

@@ -93,7 +93,7 @@ async def test_every_result_class_matches_the_truth(
                         "s00004": "no_feedback", "s00005": "sounded", "s00006": "excluded"}
     assert "amplifier_fault" in results["s00002"]["reason"]
     assert "amplifier_fault" in results["s00003"]["reason"]
-    assert "not delivered" in results["s00004"]["reason"]
+    assert "did not answer" in results["s00004"]["reason"]  # never sent blind again
     assert report["counts"]["sounded"] == 2 and report["commanded"] == 5
     assert report["sounding_rate"] == 0.4
     # The truth: who physically made sound, who never heard the command.

@@ -291,6 +291,7 @@ protocol: modbus
 word_order: little
 max_registers_per_read: 16
 signal_codes: {preliminary: 11, air_raid: 12, all_clear: 13, growl_test: 19}
+sequence_readback: false  # this model cannot report which command it last carried out
 points:
   - {name: state, table: holding, address: 1000, type: u16,
      enum: {0: idle, 5: sounding, 6: silent_test, 7: start_pending}}

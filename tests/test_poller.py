@@ -19,6 +19,12 @@ class CancelSwallowingLink:
     """Answers polls, but once drops a cancellation the way Python 3.11's wait_for can."""
 
     polled = True
+    sequence_readback = True
+    idempotent_resend = False
+    timeout_s = 1.0
+
+    def progress(self, command_id: str) -> str | None:
+        return None
 
     def __init__(self, siren_id: str) -> None:
         self.siren_id = siren_id

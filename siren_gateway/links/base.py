@@ -14,6 +14,16 @@ class SirenLink(Protocol):
     # True when poll() asks the device; False when the device reports by itself and poll()
     # returns its latest report (which the link's owner already gave the fleet).
     polled: bool
+    # The device reports the sequence of the last command it carried out, so a command whose
+    # reply was lost can be read back before anything is sent again.
+    sequence_readback: bool
+    # Sending the same command object twice makes the device act once (MQTT command ids).
+    idempotent_resend: bool
+
+    @property
+    def timeout_s(self) -> float:
+        """How long one request (or an acknowledgement) may take before it counts as lost."""
+        ...
 
     async def poll(self) -> Sample:
         """Read the controller's current status."""
@@ -21,4 +31,9 @@ class SirenLink(Protocol):
 
     async def send(self, command: Command) -> None:
         """Deliver a command; returns once the controller has accepted it."""
+        ...
+
+    def progress(self, command_id: str) -> str | None:
+        """What the device last said of a command after accepting it (sounding, finished,
+        failed), for links whose devices say so (MQTT); None otherwise."""
         ...

@@ -229,6 +229,8 @@ class ModbusSirenLink:
     """One siren controller: a unit id on an endpoint, spoken to through its profile."""
 
     polled = True
+    # A Modbus write carries no id: sent twice, it is carried out twice.
+    idempotent_resend = False
 
     def __init__(self, siren_id: str, endpoint: ModbusEndpoint, unit_id: int,
                  profile: ModbusProfile) -> None:
@@ -236,6 +238,14 @@ class ModbusSirenLink:
         self.endpoint = endpoint
         self.unit_id = unit_id
         self.profile = profile
+        self.sequence_readback = profile.spec.sequence_readback is not False
+
+    @property
+    def timeout_s(self) -> float:
+        return self.endpoint.timeout_s
+
+    def progress(self, command_id: str) -> str | None:
+        return None  # a Modbus controller only answers when asked
 
     async def _read_all(self, client: ModbusClient) -> list[list[int]]:
         blocks = []

@@ -27,7 +27,16 @@ import aiomqtt
 
 from siren_gateway.config import MqttBrokerConfig, MqttLink, SirenConfig
 from siren_gateway.fleet import Fleet, Reachability
-from siren_gateway.model import Command, CommandKind, LinkError, Sample, utc_now
+from siren_gateway.logs import RateLimitedLog
+from siren_gateway.model import (
+    SEQUENCE_POINT,
+    Command,
+    CommandKind,
+    LinkError,
+    Sample,
+    Value,
+    utc_now,
+)
 from siren_gateway.mqtt_profile import Ack, MqttProfile, PayloadError
 from siren_gateway.tasks import cancel_and_wait
 
@@ -63,29 +72,13 @@ class MqttStats:
         self.rejected_by_reason[reason] = self.rejected_by_reason.get(reason, 0) + 1
 
 
-class _RateLimitedLog:
-    """One warning per reason per period, with the count of what was not logged."""
-
-    def __init__(self, period_s: float = 10.0) -> None:
-        self.period_s = period_s
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warn(self, reason: str, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last.get(reason, -1e9) < self.period_s:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        skipped = self._suppressed.pop(reason, 0)
-        self._last[reason] = now
-        log.warning("MQTT %s: %s%s", reason, message,
-                    f" ({skipped} more since the last report)" if skipped else "")
-
-
 class MqttSirenLink:
     """One MQTT siren controller. It reports by itself: `poll` returns its latest report."""
 
     polled = False
+    # Re-publishing a command with the same id is harmless by the scheme (the device answers
+    # again instead of acting again), so an unanswered command may be sent again.
+    idempotent_resend = True
 
     def __init__(self, hub: MqttHub, siren: SirenConfig, device_id: str,
                  profile: MqttProfile) -> None:
@@ -100,8 +93,20 @@ class MqttSirenLink:
         self.last_device_ts: float | None = None
         self._older_in_a_row = 0
         self._pending: dict[str, asyncio.Future[Ack]] = {}
+        self._pending_sequence: dict[int, str] = {}  # sequence -> id of the command awaiting ack
+        # Points of the last report, to fill in what a partial report leaves out.
+        self._known: dict[str, Value] = {}
+        self._known_at: dict[str, float] = {}
+        self.sequence_readback = profile.spec.sequence_readback is not False
         self._recent: OrderedDict[str, str] = OrderedDict()  # id -> "answered" | "expired"
         self.last_progress: dict[str, str] = {}  # command id -> sounding/finished/failed
+
+    @property
+    def timeout_s(self) -> float:
+        return self.hub.config.ack_timeout_s
+
+    def progress(self, command_id: str) -> str | None:
+        return self.last_progress.get(command_id)
 
     async def poll(self) -> Sample:
         state = self.hub.fleet.states[self.siren_id]
@@ -119,34 +124,51 @@ class MqttSirenLink:
         command_id = command.command_id
         future: asyncio.Future[Ack] = loop.create_future()
         self._pending[command_id] = future
+        sequence = command.sequence & 0xFFFF
+        if sequence:
+            self._pending_sequence[sequence] = command_id
         try:
             await hub.publish(self.command_topic, payload, deadline)
+            if self._took(command, issued):  # telemetry already showed it: no ack to wait for
+                hub.stats.acks_inferred_from_telemetry += 1
+                return
             try:
                 async with asyncio.timeout_at(deadline):
                     ack = await future
             except TimeoutError:
-                if self._took(command, issued):
-                    hub.stats.acks_inferred_from_telemetry += 1
-                    return
                 hub.stats.commands_unacknowledged += 1
                 raise LinkError("unacknowledged",
                                 f"no acknowledgement within {timeout:g} s") from None
         finally:
             self._pending.pop(command_id, None)
+            if self._pending_sequence.get(sequence) == command_id:
+                del self._pending_sequence[sequence]
             # (a timed-out wait cancels the future: cancelled means no answer came)
             answered = future.done() and not future.cancelled()
             self._remember(command_id, "answered" if answered else "expired")
         if ack.status == "rejected":
             raise LinkError("rejected", ack.reason or "refused by the controller")
+        if ack.status == "inferred":
+            hub.stats.acks_inferred_from_telemetry += 1
         if command.kind is CommandKind.SET_CLOCK:
             self.last_device_ts = None  # its timestamps may now run from an earlier point
 
     def _took(self, command: Command, since: float) -> bool:
-        """The ack was lost but the device's own report since shows it took the command."""
+        """The device's own report since `since` shows it carried out the command."""
         sample = self.hub.fleet.states[self.siren_id].sample
         sequence = command.sequence & 0xFFFF
         return (sequence != 0 and sample is not None and sample.received_at.timestamp() >= since
-                and sample.values.get("last_command_sequence") == sequence)
+                and sample.values.get(SEQUENCE_POINT) == sequence)
+
+    def on_sample(self, sample: Sample) -> None:
+        """A report that shows a pending command's sequence answers it: the ack may be lost,
+        and waiting for it would only delay the proof."""
+        if not self._pending_sequence:
+            return
+        command_id = self._pending_sequence.get(sample.values.get(SEQUENCE_POINT))  # type: ignore[arg-type]
+        future = self._pending.get(command_id) if command_id else None
+        if future is not None and not future.done():
+            future.set_result(Ack(command_id or "", "inferred", "", sample.device_time))
 
     def _remember(self, command_id: str, outcome: str) -> None:
         self._recent[command_id] = outcome
@@ -173,7 +195,23 @@ class MqttSirenLink:
                 raise PayloadError("out_of_order", f"{last - ts:.3f} s older than the last")
         self._older_in_a_row = 0
         self.last_device_ts = ts
-        return Sample(self.siren_id, utc_now(), values, faults, device_time)
+        received = utc_now()
+        known, known_at = self._known, self._known_at
+        carried: dict[str, float] = {}
+        if len(values) < len(profile.spec.points) and known:
+            # A partial report: what it leaves out (or sends as null) keeps its last value and
+            # the time it was reported; a fault clears only when reported clear.
+            for name, value in known.items():
+                if name not in values:
+                    values[name] = value
+                    carried[name] = known_at[name]
+            faults = profile.faults(values)
+        stamp = received.timestamp()
+        known.update(values)
+        for name in values:
+            if name not in carried:
+                known_at[name] = stamp
+        return Sample(self.siren_id, received, values, faults, device_time, carried)
 
     def on_ack(self, ack: Ack) -> str | None:
         """Deliver an ack to its waiting command; a reason string when it fits no command."""
@@ -195,6 +233,7 @@ class MqttSirenLink:
         self.last_progress[ack.command_id] = ack.status
         while len(self.last_progress) > _RECENT_COMMANDS:
             self.last_progress.pop(next(iter(self.last_progress)))
+        self.hub.fleet.notify(self.siren_id)
         return None
 
     def fail_pending(self) -> None:
@@ -266,7 +305,7 @@ class MqttHub:
         self._window = asyncio.Semaphore(config.publish_window)
         self._task: asyncio.Task[None] | None = None
         self._running = False
-        self._warn = _RateLimitedLog()
+        self._warn = RateLimitedLog(log)
 
     def start(self) -> None:
         self._running = True
@@ -325,7 +364,8 @@ class MqttHub:
                     self.stats.connection_losses += 1
                     log.warning("MQTT connection lost: %s", exc)
                 else:
-                    self._warn.warn("connect_failed", f"{config.host}:{config.port}: {exc}")
+                    self._warn.warn("connect_failed",
+                                    f"MQTT connect_failed: {config.host}:{config.port}: {exc}")
             finally:
                 self._client = None
                 self._connected.clear()
@@ -343,7 +383,7 @@ class MqttHub:
         if route is None:
             reason = "unknown_siren" if topic.startswith(self._prefix) else "unknown_topic"
             stats.reject(reason)
-            self._warn.warn(reason, f"ignored a message on {topic[:120]!r}")
+            self._warn.warn(reason, f"MQTT {reason}: ignored a message on {topic[:120]!r}")
             return
         link, kind = route
         if not isinstance(payload, bytes | bytearray):
@@ -353,6 +393,7 @@ class MqttHub:
                 sample = link.on_telemetry(payload, time.time())
                 stats.telemetry += 1
                 self.fleet.record_sample(sample)
+                link.on_sample(sample)
             elif kind == "ack":
                 stats.acks += 1
                 ack = link.profile.decode_ack(payload)
@@ -369,7 +410,8 @@ class MqttHub:
                                             "device reported offline (or its last will)")
         except PayloadError as exc:
             stats.reject(exc.reason)
-            self._warn.warn(exc.reason, f"{link.siren_id} on {topic}: {exc.detail}")
+            self._warn.warn(exc.reason, f"MQTT {exc.reason}: {link.siren_id} on {topic}: "
+                            f"{exc.detail}")
         except Exception as exc:  # a surprise in one message must not end everyone's telemetry
             stats.reject("internal")
             log.exception("MQTT message on %s could not be handled", topic)
