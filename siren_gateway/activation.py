@@ -259,7 +259,7 @@ class ActivationEngine:
         self._closers: set[asyncio.Task[None]] = set()
         self._stopping = False
 
-    def _siren_lock(self, siren_id: str) -> asyncio.Lock:
+    def siren_lock(self, siren_id: str) -> asyncio.Lock:
         lock = self.siren_locks.get(siren_id)
         if lock is None:
             lock = self.siren_locks[siren_id] = asyncio.Lock()
@@ -678,7 +678,7 @@ class ActivationEngine:
 
         async def one(siren_id: str) -> tuple[str, str | None]:
             try:
-                async with self._siren_lock(siren_id):
+                async with self.siren_lock(siren_id):
                     await self.links[siren_id].send(command)
             except LinkError as exc:
                 return siren_id, str(exc)
@@ -750,7 +750,7 @@ class ActivationEngine:
         siren_id = result.siren_id
         if resumed and not link.idempotent_resend:
             # After a restart the command may have gone out just before: ask the device first.
-            async with self._siren_lock(siren_id):
+            async with self.siren_lock(siren_id):
                 seen = await self._read_back(link, sequence, deadline, since=0.0)
             if seen is Delivery.TAKEN:
                 self._accepted(activation, result)
@@ -769,7 +769,7 @@ class ActivationEngine:
             await _sleep_until(start)
         last_error = "not attempted"
         while True:
-            async with self._siren_lock(siren_id):
+            async with self.siren_lock(siren_id):
                 sent_at = time.time()
                 result.sent_at = result.sent_at or sent_at
                 result.sends += 1

@@ -20,6 +20,8 @@ from siren_gateway.links.modbus import ModbusEndpoint, build_modbus_links
 from siren_gateway.links.mqtt import MqttHub
 from siren_gateway.mqtt_profile import MqttProfile
 from siren_gateway.notify import MqttAlertNotifier, WebhookNotifier
+from siren_gateway.operator_commands import OperatorCommands
+from siren_gateway.outbox import Outbox
 from siren_gateway.poller import Poller
 from siren_gateway.scheduler import ActivationExecutor, Scheduler
 from siren_gateway.storage import Database, TelemetryStore
@@ -52,14 +54,18 @@ class Gateway:
         self.siren_locks: dict[str, asyncio.Lock] = {}
         self.activations = ActivationEngine(site, self.fleet, self.links, self.db, self.audit,
                                             self.bus, self.siren_locks)
+        self.commands = OperatorCommands(site, self.fleet, self.links, self.audit,
+                                         self.activations)
         self.alerts = AlertEngine(site, self.fleet, self.bus, self.db, self.audit)
         self.scheduler = Scheduler(
             site, self.db, self.bus, self.audit,
             ActivationExecutor(self.activations, self.db,
                                lambda tag: Principal(tag, Role.OPERATOR)))
         alert_config = site.config.alerts
-        self.webhooks = [WebhookNotifier(self.bus, hook) for hook in alert_config.webhooks]
-        self.mqtt_alerts = (MqttAlertNotifier(self.bus, alert_config.mqtt)
+        self.outbox = Outbox(self.db)
+        self.webhooks = [WebhookNotifier(self.bus, hook, self.outbox)
+                         for hook in alert_config.webhooks]
+        self.mqtt_alerts = (MqttAlertNotifier(self.bus, alert_config.mqtt, self.outbox)
                             if alert_config.mqtt else None)
         self.users = {u.username: u for u in site.config.users}
         self.tokens = TokenStore(site.config.api.token_ttl_s)
@@ -67,6 +73,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.db.open()
+        await self.outbox.open()
         if self.influx is not None:
             await self.influx.open()
         # Clients are made here, inside the running loop (pymodbus binds them to it).

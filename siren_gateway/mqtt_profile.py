@@ -314,6 +314,9 @@ class MqttProfile:
 
     # -- outbound (the gateway's commands) ---------------------------------------------------
 
+    def supports(self, kind: CommandKind) -> bool:
+        return kind in self.commands
+
     def encode_command(self, command: Command, issued_at: float, expires_at: float) -> bytes:
         if command.kind not in self.commands:
             raise ValueError(f"profile {self.name!r} has no command {command.kind.value!r}")

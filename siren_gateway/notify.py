@@ -7,31 +7,43 @@ dead webhook or broker loses (and counts) its own backlog, never slows the alert
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import ssl
-from collections import deque
+import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiomqtt
 import httpx
 
 from siren_gateway.bus import AlertChanged, Bus, ScheduleEvent, Subscription
 from siren_gateway.config import SEVERITY_RANK, MqttNotifierConfig, WebhookConfig
+from siren_gateway.outbox import Notification, Outbox
 from siren_gateway.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 
 class WebhookNotifier:
-    """POSTs each alert change as JSON; retries with exponential back-off, then gives up."""
+    """POSTs each alert change as JSON, through the durable outbox.
 
-    def __init__(self, bus: Bus, config: WebhookConfig) -> None:
+    A change is stored before the first attempt; the sender works through the outbox in order,
+    retrying with exponential back-off, and gives up (counted) after `max_attempts`. A restart
+    in the middle of the retries carries on from the outbox. Each POST carries the
+    notification id (in the body and the `X-Siren-Notification-Id` header) for receivers to
+    drop repeats."""
+
+    def __init__(self, bus: Bus, config: WebhookConfig, outbox: Outbox) -> None:
         self.config = config
+        self.outbox = outbox
+        self.channel = f"webhook:{config.url}"
         self._subscription: Subscription = bus.subscribe(
-            f"webhook {config.url}", maxsize=10_000, kinds=(AlertChanged,))
-        self._task: asyncio.Task[None] | None = None
+            f"webhook {redact_url(config.url)}", maxsize=10_000, kinds=(AlertChanged,))
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
         self.delivered = 0
         self.failed = 0
         self.retries = 0
@@ -43,62 +55,90 @@ class WebhookNotifier:
         return not self.config.zones or bool(set(self.config.zones) & set(alert["zones"]))
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"webhook {self.config.url}")
+        self._wake.set()  # whatever the outbox holds from before a restart goes first
+        self._tasks = [asyncio.create_task(self._collect(), name="webhook collect"),
+                       asyncio.create_task(self._send_forever(), name="webhook send")]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
+        await cancel_and_wait(self._tasks)
         self._subscription.close()
 
-    async def _run(self) -> None:
+    async def _collect(self) -> None:
+        while True:
+            event = await self._subscription.get()
+            if not isinstance(event, AlertChanged):
+                continue
+            if not self.wants(event.alert):
+                self.filtered += 1
+                continue
+            await self.outbox.put(self.channel, {"change": event.change, "alert": event.alert})
+            self._wake.set()
+
+    async def _send_forever(self) -> None:
         async with httpx.AsyncClient(timeout=self.config.timeout_s) as http:
             while True:
-                event = await self._subscription.get()
-                if not isinstance(event, AlertChanged):
+                notification, next_at = await self.outbox.next_due(self.channel)
+                if notification is None:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(max(0.05, next_at - time.time())):
+                            await self._wake.wait()
                     continue
-                if not self.wants(event.alert):
-                    self.filtered += 1
-                    continue
-                await self._post(http, {"change": event.change, "alert": event.alert})
+                await self._attempt(http, notification)
 
-    async def _post(self, http: httpx.AsyncClient, body: dict[str, Any]) -> None:
-        delay = self.config.retry_initial_s
-        for attempt in range(1, self.config.max_attempts + 1):
-            try:
-                response = await http.post(self.config.url, json=body)
-                if response.status_code < 300:
-                    self.delivered += 1
-                    return
-                problem = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                problem = f"{type(exc).__name__}: {exc}"
-            if attempt == self.config.max_attempts:
-                break
-            self.retries += 1
-            log.warning("webhook %s failed (%s), retry in %.1f s", self.config.url, problem, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 300.0)
-        self.failed += 1
-        log.error("webhook %s gave up on alert %s after %d attempts", self.config.url,
-                  body["alert"]["id"], self.config.max_attempts)
+    async def _attempt(self, http: httpx.AsyncClient, notification: Notification) -> None:
+        config = self.config
+        try:
+            response = await http.post(config.url, json=notification.body,
+                                       headers={"X-Siren-Notification-Id": notification.id})
+            if response.status_code < 300:
+                self.delivered += 1
+                await self.outbox.delivered(notification)
+                return
+            problem = f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            problem = type(exc).__name__
+        attempt = notification.attempts + 1
+        if attempt >= config.max_attempts:
+            self.failed += 1
+            log.error("webhook %s gave up on notification %s after %d attempts (%s)",
+                      redact_url(config.url), notification.id, attempt, problem)
+            await self.outbox.give_up(notification)
+            return
+        delay = min(config.retry_initial_s * 2 ** (attempt - 1), 300.0)
+        self.retries += 1
+        log.warning("webhook %s failed (%s), retry in %.1f s", redact_url(config.url), problem,
+                    delay)
+        await self.outbox.retry(notification, delay)
 
     def stats(self) -> dict[str, Any]:
-        return {"url": self.config.url, "delivered": self.delivered, "failed": self.failed,
-                "retries": self.retries, "filtered": self.filtered,
+        return {"url": redact_url(self.config.url), "delivered": self.delivered,
+                "failed": self.failed, "retries": self.retries, "filtered": self.filtered,
                 "dropped": self._subscription.dropped}
+
+
+def redact_url(url: str) -> str:
+    """A URL fit to show: no user or password, no query string (webhook tokens live there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    query = "?…" if parts.query else ""
+    return urlunsplit((parts.scheme, host, parts.path, "", "")) + query
 
 
 class MqttAlertNotifier:
     """Keeps a retained message with every alert that is not cleared, for other systems."""
 
-    def __init__(self, bus: Bus, config: MqttNotifierConfig) -> None:
+    CHANNEL = "mqtt:schedule"
+
+    def __init__(self, bus: Bus, config: MqttNotifierConfig, outbox: Outbox) -> None:
         self.config = config
+        self.outbox = outbox
         self._subscription: Subscription = bus.subscribe(
             "mqtt alerts", maxsize=10_000, kinds=(AlertChanged, ScheduleEvent))
         self._current: dict[int, dict[str, Any]] = {}
-        # Schedule events waiting to go out, oldest dropped (counted) if the broker is away long.
-        self._schedule_events: deque[dict[str, Any]] = deque(maxlen=1000)
-        self.schedule_events_dropped = 0
+        # Schedule events go through the durable outbox: one message each, with its id.
         self.schedule_events_published = 0
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -122,12 +162,10 @@ class MqttAlertNotifier:
         while True:
             event = await self._subscription.get()
             if isinstance(event, ScheduleEvent):
-                if len(self._schedule_events) == self._schedule_events.maxlen:
-                    self.schedule_events_dropped += 1
                 body = {k: v.isoformat() if hasattr(v, "isoformat") else v
                         for k, v in dataclasses.asdict(event).items()}
                 body["zones"] = list(event.zones)
-                self._schedule_events.append(body)
+                await self.outbox.put(self.CHANNEL, body)
                 self._changed.set()
             elif isinstance(event, AlertChanged):
                 if event.alert["state"] == "cleared":
@@ -148,18 +186,22 @@ class MqttAlertNotifier:
                 ) as client:
                     backoff = 0.5
                     while True:
-                        await self._changed.wait()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(1.0):  # the outbox may hold retries
+                                await self._changed.wait()
                         self._changed.clear()
                         payload = json.dumps(sorted(self._current.values(),
                                                     key=lambda a: a["id"]), ensure_ascii=False)
                         # Retained: a system that subscribes later gets the current alerts.
                         await client.publish(config.topic, payload, qos=1, retain=True)
                         self.published += 1
-                        while self._schedule_events:
-                            body = self._schedule_events[0]
-                            await client.publish(config.schedule_topic,
-                                                 json.dumps(body, ensure_ascii=False), qos=1)
-                            self._schedule_events.popleft()  # only once the broker has it
+                        while True:
+                            notification, _ = await self.outbox.next_due(self.CHANNEL)
+                            if notification is None:
+                                break
+                            await client.publish(config.schedule_topic, json.dumps(
+                                notification.body, ensure_ascii=False), qos=1)
+                            await self.outbox.delivered(notification)  # once the broker has it
                             self.schedule_events_published += 1
             except aiomqtt.MqttError as exc:
                 self.connect_failures += 1
@@ -171,7 +213,5 @@ class MqttAlertNotifier:
     def stats(self) -> dict[str, Any]:
         return {"topic": self.config.topic, "published": self.published,
                 "active": len(self._current), "connect_failures": self.connect_failures,
-                "schedule_events": {"published": self.schedule_events_published,
-                                    "dropped": self._subscription.dropped
-                                    + self.schedule_events_dropped},
+                "schedule_events": {"published": self.schedule_events_published},
                 "dropped": self._subscription.dropped}

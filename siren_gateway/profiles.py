@@ -391,6 +391,9 @@ class ModbusProfile:
 
     # -- commands --------------------------------------------------------------------------
 
+    def supports(self, kind: CommandKind) -> bool:
+        return kind in self.spec.commands.encodings
+
     def encode_command(self, command: Command) -> tuple[int, list[int]]:
         """The start address and register values that carry `command` to the device."""
         block = self.spec.commands

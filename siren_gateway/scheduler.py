@@ -619,17 +619,34 @@ def build_report(occ: Occurrence, plan: PlanConfig | None, reports: dict[int, di
     """Per siren and step the result, and the sounding rate per zone and overall (鸣响率)."""
     sirens = {s.id: s for s in site.config.sirens}
     steps_out: list[dict[str, Any]] = []
+    warnings: list[str] = []
     per_siren: dict[str, dict[str, Any]] = {}
     for key in sorted(occ.steps, key=int):
         record = occ.steps[key]
         step_plan = plan.steps[int(key)] if plan and int(key) < len(plan.steps) else None
         report = reports.get(int(record.get("activation_id", -1)))
-        steps_out.append({"step": int(key), "signal": step_plan.signal if step_plan else None,
-                          "action": step_plan.action if step_plan else None,
-                          "activation_id": record.get("activation_id"),
-                          "error": record.get("error"),
-                          "counts": report["counts"] if report else None,
-                          "sounding_rate": report["sounding_rate"] if report else None})
+        step_out: dict[str, Any] = {
+            "step": int(key), "signal": step_plan.signal if step_plan else None,
+            "action": step_plan.action if step_plan else None,
+            "activation_id": record.get("activation_id"), "error": record.get("error"),
+            "counts": report["counts"] if report else None,
+            "sounding_rate": report["sounding_rate"] if report else None,
+            "targeted": report["targeted"] if report else None,
+            "commanded": report["commanded"] if report else None}
+        if report is not None:
+            confirmed = report["counts"]["sounded"] + report["counts"]["passed"]
+            step_out["confirmed"] = confirmed
+            # A step that sounded on fewer sirens than it commanded is said so, whatever the
+            # occurrence's state: "done" means it ran, not that every siren sounded.
+            step_out["complete"] = confirmed == report["commanded"]
+            if confirmed < report["commanded"]:
+                warnings.append(f"step {int(key) + 1} ({step_out['signal'] or step_out['action']})"
+                                f" sounded on {confirmed} of {report['commanded']} commanded "
+                                "sirens")
+        elif record.get("error"):
+            step_out["complete"] = False
+            warnings.append(f"step {int(key) + 1} did not run: {record['error']}")
+        steps_out.append(step_out)
         for result in (report or {}).get("sirens", []):
             entry = per_siren.setdefault(result["siren_id"], {"steps": []})
             entry["steps"].append({"step": int(key), "status": result["status"],
@@ -665,6 +682,8 @@ def build_report(occ: Occurrence, plan: PlanConfig | None, reports: dict[int, di
         "plan": {"id": occ.plan_id, "name": plan.name if plan else occ.plan_id,
                  "class": plan.klass if plan else None},
         "steps": steps_out,
+        "complete": not warnings and bool(steps_out),
+        "warnings": warnings,
         "counts": totals,
         "commanded": commanded,
         "sounding_rate": round(sounded / commanded, 4) if commanded else None,

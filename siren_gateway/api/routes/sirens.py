@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from siren_gateway.activation import ActivationError, Targets
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
 from siren_gateway.api.routes.activations import TargetsBody
-from siren_gateway.model import utc_now
+from siren_gateway.model import CommandKind, utc_now
 
 router = APIRouter(tags=["sirens"])
 
@@ -44,3 +45,40 @@ async def set_clocks(body: TargetsBody, gateway: GatewayDep, who: Operator) -> d
         return await gateway.activations.set_clocks(who, targets)
     except ActivationError as exc:
         raise HTTPException(exc.status_code, exc.message) from None
+
+
+OperatorCommand = Literal["reset_faults", "arm", "disarm"]
+Comment = Annotated[str, Field(min_length=3, max_length=500,
+                               description="why: goes into the audit log")]
+
+
+class SirenCommandBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    command: OperatorCommand
+    comment: Comment
+
+
+class CommandsBody(SirenCommandBody):
+    targets: TargetsBody
+
+
+async def _run(gateway: GatewayDep, who: Operator, command: str, targets: Targets,
+               comment: str) -> dict[str, Any]:
+    try:
+        return await gateway.commands.run(who, CommandKind(command), targets, comment)
+    except ActivationError as exc:
+        raise HTTPException(exc.status_code, exc.message) from None
+
+
+@router.post("/sirens/{siren_id}/commands")
+async def siren_command(siren_id: str, body: SirenCommandBody, gateway: GatewayDep,
+                        who: Operator) -> dict[str, Any]:
+    """Reset latched faults, arm or disarm one siren; confirmed from its own status."""
+    return await _run(gateway, who, body.command, Targets(sirens=(siren_id,)), body.comment)
+
+
+@router.post("/commands")
+async def commands(body: CommandsBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
+    """The same for sirens, zones or all: each siren's outcome is confirmed separately."""
+    targets = Targets(tuple(body.targets.sirens), tuple(body.targets.zones), body.targets.all)
+    return await _run(gateway, who, body.command, targets, body.comment)

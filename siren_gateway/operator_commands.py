@@ -1,0 +1,128 @@
+"""Maintenance commands an operator sends to sirens: reset latched faults, arm, disarm.
+
+Each is confirmed from the device's own status after it was sent, never assumed: a reset is
+confirmed when no latched fault is reported any more (a part that is still broken latches
+again, and the answer says so), arm and disarm when the controller reports itself armed or
+disarmed. They make no sound, so inhibited and disarmed sirens are commanded too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from siren_gateway.activation import ActivationEngine, ActivationError, Targets
+from siren_gateway.audit import AuditLog
+from siren_gateway.auth import Principal
+from siren_gateway.config import Site
+from siren_gateway.fleet import Fleet
+from siren_gateway.links.base import SirenLink
+from siren_gateway.model import Command, CommandKind, LinkError, Sample
+
+OPERATOR_COMMANDS = (CommandKind.RESET_FAULTS, CommandKind.ARM, CommandKind.DISARM)
+
+
+@dataclass
+class CommandOutcome:
+    siren_id: str
+    result: str  # confirmed, not_confirmed, failed, refused, unsupported
+    reason: str
+    confirm_s: float | None = None
+
+
+class OperatorCommands:
+    def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], audit: AuditLog,
+                 engine: ActivationEngine) -> None:
+        self.site = site
+        self.fleet = fleet
+        self.links = links
+        self.audit = audit
+        self.engine = engine
+        self.confirm_timeout_s = site.config.activation.confirm_timeout_s
+        self.poll_interval_s = site.config.activation.confirm_poll_interval_s
+
+    async def run(self, who: Principal, kind: CommandKind, targets: Targets,
+                  comment: str) -> dict[str, Any]:
+        if kind not in OPERATOR_COMMANDS:
+            raise ActivationError(422, f"{kind.value} is not an operator command")
+        try:
+            active, excluded = self.engine.resolve(targets)
+        except ActivationError as exc:
+            await self.audit.record(who, f"sirens.{kind.value}", f"refused: {exc.message}",
+                                    targets=asdict(targets), comment=comment)
+            raise
+        sirens = active + list(excluded)
+        outcomes = await asyncio.gather(*(self._one(siren_id, kind) for siren_id in sirens))
+        counts: dict[str, int] = {}
+        for outcome in outcomes:
+            counts[outcome.result] = counts.get(outcome.result, 0) + 1
+        await self.audit.record(who, f"sirens.{kind.value}",
+                                "confirmed" if counts.get("confirmed") == len(sirens)
+                                else "not confirmed for some", targets=asdict(targets),
+                                comment=comment, counts=counts,
+                                sirens={o.siren_id: o.result for o in outcomes})
+        return {"command": kind.value, "counts": counts,
+                "sirens": [asdict(o) for o in outcomes]}
+
+    async def _one(self, siren_id: str, kind: CommandKind) -> CommandOutcome:
+        link = self.links[siren_id]
+        profile = self.site.profiles[self.fleet.states[siren_id].config.profile]
+        if not profile.supports(kind):
+            return CommandOutcome(siren_id, "unsupported",
+                                  f"model {profile.name} has no {kind.value} command")
+        sent_at = time.time()
+        try:
+            async with self.engine.siren_lock(siren_id):
+                await link.send(Command(kind))
+        except LinkError as exc:
+            result = "refused" if exc.reason == "rejected" else "failed"
+            return CommandOutcome(siren_id, result, str(exc))
+        return await self._confirm(link, kind, sent_at)
+
+    async def _confirm(self, link: SirenLink, kind: CommandKind, sent_at: float
+                       ) -> CommandOutcome:
+        siren_id = link.siren_id
+        deadline = sent_at + self.confirm_timeout_s
+        profile = self.site.profiles[self.fleet.states[siren_id].config.profile]
+        latched = profile.latched_faults
+        last = "no status since the command"
+        while True:
+            sample: Sample | None = None
+            if link.polled:
+                try:
+                    sample = await link.poll()
+                except LinkError as exc:
+                    self.fleet.record_failure(siren_id, exc)
+                    last = f"siren not answering ({exc.reason})"
+                else:
+                    self.fleet.record_sample(sample)
+            else:
+                latest = self.fleet.states[siren_id].sample
+                if latest is not None and latest.received_at.timestamp() >= sent_at:
+                    sample = latest
+            if sample is not None:
+                if kind is CommandKind.RESET_FAULTS:
+                    remaining = sample.faults & latched
+                    if not remaining:
+                        return CommandOutcome(siren_id, "confirmed", "no latched fault reported",
+                                              round(time.time() - sent_at, 3))
+                    last = (f"still reports {', '.join(sorted(remaining))}: the part is "
+                            "probably still broken")
+                else:
+                    armed = sample.values.get("armed")
+                    wanted = kind is CommandKind.ARM
+                    if armed is wanted:
+                        return CommandOutcome(siren_id, "confirmed",
+                                              "reports armed" if wanted else "reports disarmed",
+                                              round(time.time() - sent_at, 3))
+                    last = ("the controller does not report whether it is armed"
+                            if armed is None else f"still reports armed={armed}")
+            remaining_s = deadline - time.time()
+            if remaining_s <= 0:
+                return CommandOutcome(siren_id, "not_confirmed", last)
+            if link.polled:
+                await asyncio.sleep(min(self.poll_interval_s, remaining_s))
+            else:
+                await self.fleet.wait_for_news(siren_id, remaining_s)

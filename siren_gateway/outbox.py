@@ -1,0 +1,158 @@
+"""A durable outbox for notifications: written to disk before any attempt to send them.
+
+A gateway killed while a webhook is being retried delivers it after the restart. Each
+notification has an id (sent with it) so a receiver can drop the repeats that at-least-once
+delivery implies. If the disk refuses the write, the notification waits in memory (bounded,
+counted) and is put on disk when storage returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from siren_gateway.storage import Database
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    id         TEXT NOT NULL UNIQUE,  -- the notification id receivers deduplicate on
+    channel    TEXT NOT NULL,         -- e.g. webhook:<url>, mqtt:schedule
+    body       TEXT NOT NULL,         -- JSON
+    created_at REAL NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    next_at    REAL NOT NULL,
+    state      TEXT NOT NULL          -- pending, delivered, failed
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (channel, state, seq);
+"""
+MEMORY_MAX = 10_000
+KEEP_DELIVERED_S = 7 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    seq: int
+    id: str
+    channel: str
+    body: dict[str, Any]
+    attempts: int
+
+
+def new_notification_id() -> str:
+    return "n-" + secrets.token_hex(8)
+
+
+class Outbox:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._held: deque[tuple[str, str, str, float]] = deque()  # not yet on disk
+        self.held_dropped = 0
+
+    async def open(self) -> None:
+        await self.db.run(lambda conn: conn.executescript(SCHEMA))
+
+    async def put(self, channel: str, body: dict[str, Any]) -> str:
+        """Store a notification for delivery; its id (also placed in the body)."""
+        notification_id = new_notification_id()
+        body = {"notification_id": notification_id, **body}
+        row = (notification_id, channel, json.dumps(body, ensure_ascii=False, default=str),
+               time.time())
+        self._held.append(row)
+        while len(self._held) > MEMORY_MAX:
+            self._held.popleft()
+            self.held_dropped += 1
+        await self._write_held()
+        return notification_id
+
+    async def _write_held(self) -> bool:
+        if not self._held:
+            return True
+        rows = list(self._held)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.executemany("INSERT OR IGNORE INTO outbox (id, channel, body, created_at, "
+                                 "next_at, state) VALUES (?, ?, ?, ?, ?4, 'pending')", rows)
+
+        try:
+            await self.db.run(insert)
+        except sqlite3.Error as exc:
+            self.db.health.failed(exc)
+            return False
+        for _ in rows:
+            self._held.popleft()
+        return True
+
+    async def next_due(self, channel: str) -> tuple[Notification | None, float]:
+        """The oldest pending notification of a channel if it is due, and when to look again.
+
+        Oldest first and one at a time: a receiver sees notifications in the order they
+        happened, even across retries and restarts."""
+        await self._write_held()
+        now = time.time()
+
+        def query(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(
+                "SELECT seq, id, channel, body, attempts, next_at FROM outbox WHERE channel = ? "
+                "AND state = 'pending' ORDER BY seq LIMIT 1", (channel,)).fetchone()
+            return row
+
+        try:
+            row = await self.db.run(query)
+        except sqlite3.Error as exc:
+            self.db.health.failed(exc)
+            return None, now + 1.0
+        if row is None:
+            return None, now + 1.0
+        seq, notification_id, chan, body, attempts, next_at = row
+        if next_at > now:
+            return None, next_at
+        return Notification(seq, notification_id, chan, json.loads(body), attempts), now
+
+    async def delivered(self, notification: Notification) -> None:
+        await self._set(notification, "UPDATE outbox SET state = 'delivered', attempts = "
+                        "attempts + 1 WHERE seq = ?", (notification.seq,))
+
+    async def retry(self, notification: Notification, delay_s: float) -> None:
+        await self._set(notification, "UPDATE outbox SET attempts = attempts + 1, next_at = ? "
+                        "WHERE seq = ?", (time.time() + delay_s, notification.seq))
+
+    async def give_up(self, notification: Notification) -> None:
+        await self._set(notification, "UPDATE outbox SET state = 'failed', attempts = "
+                        "attempts + 1 WHERE seq = ?", (notification.seq,))
+
+    async def _set(self, notification: Notification, sql: str, params: tuple[Any, ...]) -> None:
+        cutoff = time.time() - KEEP_DELIVERED_S
+
+        def update(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.execute(sql, params)
+                conn.execute("DELETE FROM outbox WHERE state != 'pending' AND created_at < ?",
+                             (cutoff,))
+
+        try:
+            await self.db.run(update)
+        except sqlite3.Error as exc:
+            # Delivered but not marked: it may be sent again, which its id makes harmless.
+            self.db.health.failed(exc)
+            log.warning("outbox: could not record notification %s: %s", notification.id, exc)
+
+    async def counts(self) -> dict[str, int]:
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            return dict(conn.execute(
+                "SELECT state, count(*) FROM outbox GROUP BY state"))
+
+        try:
+            out = await self.db.run(query)
+        except sqlite3.Error:
+            out = {}
+        return out | {"held_in_memory": len(self._held), "held_dropped": self.held_dropped}
