@@ -173,6 +173,10 @@ class SimulatedMqttSiren:
             status, reason = "rejected", "expired"
         elif self.siren.apply(command, now):
             status, reason = "accepted", ""
+            late = (command.start_at is not None
+                    and command.start_at.timestamp() < self.siren.device_time(now) - 0.5)
+            if late:
+                reason = "late start"  # started at once: its start time had passed
             if command.kind in (CommandKind.SOUND, CommandKind.SILENT_TEST):
                 self._progress = (command.command_id, "accepted")
         else:

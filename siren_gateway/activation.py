@@ -309,7 +309,6 @@ class ActivationEngine:
             if activation.state != "running":
                 continue
             activation.interrupted_at = now
-            confirm_deadline = activation.start_at + self.config.confirm_timeout_s
             for siren_id in activation.sirens:
                 result = activation.results.setdefault(
                     siren_id, SirenResult(siren_id, activation_id=activation.id,
@@ -318,9 +317,9 @@ class ActivationEngine:
                 if result.status in FINAL:
                     continue
                 link = self.links.get(siren_id)
-                if link is None or now >= confirm_deadline:
-                    self._finish(result, Status.NO_FEEDBACK, "gateway restarted and the "
-                                 "confirmation window had passed")
+                if link is None:
+                    self._finish(result, Status.NO_FEEDBACK, "gateway restarted; the siren is "
+                                 "no longer configured")
                     continue
                 # Resume from the record: a siren that may have the command is read back and
                 # watched; one that shows it did not is sent it (while its start allows).
@@ -749,21 +748,29 @@ class ActivationEngine:
         deadline = start + self.config.delivery_grace_s  # the late-start allowance
         siren_id = result.siren_id
         if resumed and not link.idempotent_resend:
-            # After a restart the command may have gone out just before: ask the device first.
+            # After a restart the command may have gone out just before: ask the device first
+            # (at least once, even past the allowance: a siren that has it is watched).
             async with self.siren_lock(siren_id):
-                seen = await self._read_back(link, sequence, deadline, since=0.0)
+                seen = await self._read_back(link, sequence,
+                                             max(deadline, time.time() + 2 * link.timeout_s),
+                                             since=0.0)
             if seen is Delivery.TAKEN:
                 self._accepted(activation, result)
                 return True
             if seen is Delivery.UNKNOWN:
-                self._finish(result, Status.NO_FEEDBACK, "the gateway restarted and the siren "
-                             "did not answer a read-back in time; the command is never sent "
-                             "blind")
+                result.reason = "the gateway restarted and the siren did not answer a " \
+                                "read-back; the command is never sent blind"
+                return True  # watch: its own status decides (sounding, or no feedback)
+            if time.time() > deadline:
+                self._finish(result, Status.FAILED, "command never delivered: the gateway "
+                             "restarted after the late-start allowance, and the siren reports "
+                             "it never received it")
                 return False
         elif resumed and time.time() > deadline:
-            self._finish(result, Status.NO_FEEDBACK, "the gateway restarted after the "
-                         "late-start allowance; the command is not sent late")
-            return False
+            # Past the allowance nothing is sent late; a device that took it before the
+            # restart still reports it, so watch.
+            result.reason = "the gateway restarted after the late-start allowance; not sent late"
+            return True
         command = self._command(activation, result)
         if result.started_by_gateway:
             await _sleep_until(start)
@@ -877,6 +884,11 @@ class ActivationEngine:
         first_on_s = signal.steps[0].on_s if signal else 0.0
         sequence = sequence_of(activation.id)
         deadline = activation.start_at + self.config.confirm_timeout_s
+        if activation.interrupted_at is not None:
+            # Resumed after a restart, maybe past the window: the device's own record (its
+            # sequence and how the signal ended) still tells; give it one more window to say.
+            deadline = max(deadline, activation.interrupted_at + max(
+                self.config.confirm_timeout_s, state.stale_after_s))
         failing = set(self.config.failing_faults)
         since = result.sent_at or activation.created_at
         last_note = "no answer since the start"

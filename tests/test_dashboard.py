@@ -195,3 +195,31 @@ async def test_the_stream_indicator_shows_a_lost_stream(page: Page, served: Serv
     served.server.should_exit = True  # the gateway's web server goes away under the page
     await expect(page.locator("#stream")).to_have_class("stream lost", timeout=15_000)
     await expect(page.locator("#stream")).to_have_text("实时连接中断")
+
+
+async def test_an_operator_resets_a_latched_fault_from_the_siren_detail(
+        page: Page, served: Served) -> None:
+    control = served.district.control
+    await control.inject("xwm-02", "amplifier_fault", amplifier=1)
+    state = served.gateway.fleet.states["xwm-02"]
+    await wait_until(lambda: "amplifier_fault" in state.faults, 10, "fault latched")
+    await control.inject("xwm-02", "amplifier_fault", amplifier=1, active=False)  # repaired
+    await log_in(page, served, "operator")
+    await page.click('#sirens a[data-detail="xwm-02"]')
+    form = page.locator("#siren-command")
+    await expect(form).to_be_visible()
+    await form.locator("select[name=command]").select_option("reset_faults")
+    await form.locator("input[name=comment]").fill("amplifier 1 replaced")
+    await form.locator("button").click()
+    await expect(page.locator("#command-result")).to_have_attribute("data-result", "confirmed",
+                                                                    timeout=20_000)
+    assert "amplifier_fault" not in state.faults
+    entries = await served.gateway.audit.entries(action="sirens.reset_faults", limit=1)
+    assert entries and entries[0]["details"]["comment"] == "amplifier 1 replaced"
+
+
+async def test_a_viewer_has_no_siren_commands(page: Page, served: Served) -> None:
+    await log_in(page, served, "viewer")
+    await page.click('#sirens a[data-detail="xwm-01"]')
+    await expect(page.locator("#detail-title")).to_contain_text("xwm-01")
+    await expect(page.locator("#siren-command")).to_be_hidden()

@@ -177,6 +177,8 @@ function refreshSoon() {
 async function showDetail(id) {
   S.detail = { id, history: [] };
   $("#detail").hidden = false;
+  $("#siren-command").hidden = !canControl();
+  $("#command-result").textContent = "";
   renderDetail();
   try {
     const body = await api(`/api/sirens/${encodeURIComponent(id)}?history_minutes=720`);
@@ -206,6 +208,22 @@ function chart(selector, history, point) {
   const sx = (x) => 40 + (x - x0) / Math.max(x1 - x0, 1) * 350, sy = (y) => 125 - (y - y0) / Math.max(y1 - y0, 0.01) * 110;
   svg.innerHTML = `<polyline fill="none" stroke="#1f6fb2" stroke-width="1.5" points="${data.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ")}"/>
     <text x="2" y="18" font-size="11">${y1}</text><text x="2" y="128" font-size="11">${y0}</text>`;
+}
+
+// Reset, arm, disarm: the answer is the siren's own (confirmed from its status, or not).
+async function sendSirenCommand(event) {
+  event.preventDefault();
+  const form = new FormData(event.target), id = S.detail?.id;
+  if (!id) return;
+  const out = $("#command-result");
+  out.textContent = "…";
+  try {
+    const body = await api(`/api/sirens/${encodeURIComponent(id)}/commands`, {
+      method: "POST", json: { command: form.get("command"), comment: form.get("comment") } });
+    const o = body.sirens[0];
+    out.textContent = `${t("cmd_" + o.result)}: ${o.reason}`;
+    out.dataset.result = o.result;
+  } catch (error) { out.textContent = error.message; out.dataset.result = "error"; }
 }
 
 // -- alerts ------------------------------------------------------------------------------------
@@ -398,6 +416,7 @@ $("#sirens tbody").addEventListener("click", (e) => {
   }
 });
 $("#alerts").addEventListener("submit", acknowledge);
+$("#siren-command").addEventListener("submit", sendSirenCommand);
 $("#preview").addEventListener("click", preview);
 $("#send").addEventListener("click", send);
 $("#cancel-preview").addEventListener("click", () => { S.preview = null; $("#preview-box").hidden = true; });

@@ -36,6 +36,10 @@ export const TEXT = {
     fault_clock_skew: "clock skew", fault_battery_low: "battery low",
     fault_cabinet_temperature_high: "cabinet too hot", fault_activation_failed: "did not sound",
     fault_telemetry_spool_overflow: "telemetry lost", fault_scheduled_test_missed: "scheduled test missed",
+    fault_storage_failing: "database cannot be written",
+    cmd_reset_faults: "reset latched faults", cmd_disarm: "disarm (maintenance)", cmd_arm: "arm",
+    send_command: "send", cmd_confirmed: "confirmed by the siren", cmd_not_confirmed: "not confirmed",
+    cmd_failed: "not delivered", cmd_refused: "refused by the siren", cmd_unsupported: "not supported by this model",
   },
   zh: {
     stream_live: "实时", stream_lost: "实时连接中断", logout: "退出", login: "登录",
@@ -73,5 +77,9 @@ export const TEXT = {
     fault_clock_skew: "时钟偏差", fault_battery_low: "电池电压低",
     fault_cabinet_temperature_high: "机柜温度高", fault_activation_failed: "未鸣响",
     fault_telemetry_spool_overflow: "遥测数据丢失", fault_scheduled_test_missed: "计划试鸣错过",
+    fault_storage_failing: "数据库无法写入",
+    cmd_reset_faults: "复位锁存故障", cmd_disarm: "撤防（维护）", cmd_arm: "布防",
+    send_command: "发送", cmd_confirmed: "警报器已确认", cmd_not_confirmed: "未确认",
+    cmd_failed: "未送达", cmd_refused: "警报器拒绝", cmd_unsupported: "该型号不支持",
   },
 };
