@@ -150,6 +150,7 @@ class Chaos:
         self.mqtt: set[str] = set()
         self.token: str | None = None
         self.calm = 0  # lanes retrying a failed emergency ask for no kills meanwhile
+        self.chaos_lock = asyncio.Lock()
         self.stop_chaos = asyncio.Event()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -254,7 +255,9 @@ class Chaos:
         """The operator sends a failed emergency again: with the faults gone, it sounds."""
         self.calm += 1
         try:
-            await asyncio.sleep(1.0)
+            async with self.chaos_lock:  # a restart under way finishes first
+                pass
+            await self.online(http, sirens, within_s=30)  # as an operator would check
             created = await self.activate(http, sirens, "emergency", "sound")
             if created is None:
                 self.tally.violation("retried_emergency_refused", ",".join(sirens))
@@ -270,6 +273,16 @@ class Chaos:
                                          f"{result['status']} {result['reason']}")
         finally:
             self.calm -= 1
+
+    async def online(self, http: httpx.AsyncClient, sirens: list[str], within_s: float) -> None:
+        wanted = set(sirens)
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            response = await self.request(http, "GET", "/api/sirens")
+            if response.status_code == 200 and all(
+                    s["online"] for s in response.json() if s["id"] in wanted):
+                return
+            await asyncio.sleep(0.3)
 
     async def activate(self, http: httpx.AsyncClient, sirens: list[str], klass: str,
                        action: str) -> int | None:
@@ -328,18 +341,19 @@ class Chaos:
                 return
             except TimeoutError:
                 pass
-            if self.calm:
-                continue
-            roll = rng.random()
-            if roll < self.args.kill_rate:
-                self.tally.events["gateway_sigkill"] += 1
-                self.gateway.kill()
-                self.gateway.start()
-            elif roll < self.args.kill_rate + self.args.broker_rate and self.mqtt:
-                self.tally.events["broker_restart"] += 1
-                self.broker.stop()
-                await asyncio.sleep(rng.uniform(0.5, 2.0))
-                self.broker.start()
+            async with self.chaos_lock:
+                if self.calm:
+                    continue
+                roll = rng.random()
+                if roll < self.args.kill_rate:
+                    self.tally.events["gateway_sigkill"] += 1
+                    self.gateway.kill()
+                    self.gateway.start()
+                elif roll < self.args.kill_rate + self.args.broker_rate and self.mqtt:
+                    self.tally.events["broker_restart"] += 1
+                    self.broker.stop()
+                    await asyncio.sleep(rng.uniform(0.5, 2.0))
+                    self.broker.start()
 
     # -- the truth ------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from siren_gateway.bus import (
     Event,
     SampleReceived,
     ScheduleEvent,
+    SecurityEvent,
     SirenResultFinal,
     SpoolOverflow,
     Subscription,
@@ -47,6 +48,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 """
 SPOOL_QUIET_S = 600.0  # a spool overflow alert clears after this long without another
+ATTACK_QUIET_S = 900.0  # a login_attack alert clears after this long without a failure
 BATCH_PAUSE_S = 0.1
 
 
@@ -107,7 +109,9 @@ class AlertEngine:
         self._next_id = 1
         self._subscription: Subscription = bus.subscribe(
             "alerts", maxsize=100_000,
-            kinds=(SampleReceived, SpoolOverflow, SirenResultFinal, ScheduleEvent))
+            kinds=(SampleReceived, SpoolOverflow, SirenResultFinal, ScheduleEvent,
+                   SecurityEvent))
+        self._attacks: dict[str, float] = {}  # login_attack subject -> last seen
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._started_at = time.time()
@@ -402,6 +406,10 @@ class AlertEngine:
             elif event.kind == "done":
                 self._observe("scheduled_test_missed", None, list(event.zones), False, now,
                               "info", "", clear_now=True, subject=subject)
+        elif isinstance(event, SecurityEvent):
+            self._attacks[event.subject] = now
+            self._observe("login_attack", None, [], True, now, self.config.login_attack_severity,
+                          event.message, subject=event.subject)
         elif isinstance(event, SpoolOverflow):
             self._last_overflow = now
             self._observe("telemetry_spool_overflow", None, [], True, now,
@@ -417,6 +425,11 @@ class AlertEngine:
                 self._evaluate_offline(now)
                 if self._last_overflow and now - self._last_overflow > SPOOL_QUIET_S:
                     self._observe("telemetry_spool_overflow", None, [], False, now, "info", "")
+                for subject, seen in list(self._attacks.items()):
+                    if now - seen > ATTACK_QUIET_S:  # no more failures for a while: over
+                        del self._attacks[subject]
+                        self._observe("login_attack", None, [], False, now, "info", "",
+                                      clear_now=True, subject=subject)
                 health = self.db.health
                 self._observe("storage_failing", None, [], health.failing, now,
                               self.config.storage_failure_severity,
@@ -425,7 +438,7 @@ class AlertEngine:
                               if health.failing else "", clear_now=not health.failing)
                 for (rule, siren_id), tracker in list(self._trackers.items()):
                     if rule in ("offline", "activation_failed", "telemetry_spool_overflow",
-                                "scheduled_test_missed", "storage_failing"):
+                                "scheduled_test_missed", "storage_failing", "login_attack"):
                         continue
                     if tracker.alert is None and tracker.true_since is not None:
                         self._recheck_duration(rule, siren_id, tracker, now)

@@ -61,6 +61,16 @@ class SirenResultFinal:
 
 
 @dataclass(frozen=True, slots=True)
+class SecurityEvent:
+    """Something an attacker does: for now, failed logins past a threshold."""
+
+    kind: str  # login_attack
+    subject: str  # "address 10.1.2.3" or "user operator"
+    message: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class AlertChanged:
     """An alert was raised, acknowledged or cleared; `alert` is its full public form."""
 
@@ -84,7 +94,7 @@ class ScheduleEvent:
 
 
 Event = (SampleReceived | StatusChanged | FaultsChanged | SpoolOverflow | SirenResultFinal
-         | AlertChanged | ScheduleEvent)
+         | AlertChanged | ScheduleEvent | SecurityEvent)
 
 
 class EventQueue:

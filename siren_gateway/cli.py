@@ -7,8 +7,9 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-from siren_gateway.config import ConfigError, load_site
+from siren_gateway.config import ConfigError, Site, load_site
 from siren_gateway.logs import configure as configure_logging
 
 
@@ -38,9 +39,57 @@ def _run(args: argparse.Namespace) -> int:
         return 1
     api = site.config.api
     app = create_app(Gateway(site, args.database))
-    uvicorn.run(app, host=args.host or api.host, port=args.port or api.port, log_level="info",
-                log_config=None)  # uvicorn logs through ours (text or JSON)
+    uvicorn.run(app, **server_options(site, args.host or api.host, args.port or api.port))
     return 0
+
+
+def server_options(site: Site, host: str, port: int) -> dict[str, Any]:
+    """uvicorn's settings from the site's api: section: TLS, trusted proxies, logging."""
+    api = site.config.api
+    base = site.source.parent if site.source is not None else Path.cwd()
+    options: dict[str, Any] = {
+        "host": host, "port": port, "log_level": "info",
+        "log_config": None,  # uvicorn logs through ours (text or JSON, credentials redacted)
+        # Forwarded headers only from the proxies the site trusts: anyone else could claim
+        # any address and escape the login throttle and the audit.
+        "proxy_headers": bool(api.trusted_proxies),
+        "forwarded_allow_ips": ",".join(api.trusted_proxies) or "127.0.0.1",
+        "server_header": False,
+    }
+    if api.tls_cert_file and api.tls_key_file:
+        options["ssl_certfile"] = str(base / api.tls_cert_file)
+        options["ssl_keyfile"] = str(base / api.tls_key_file)
+    return options
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from siren_gateway.audit import verify_chain
+
+    try:
+        site = load_site(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    path = Path(args.database) if args.database else Path(site.config.storage.path)
+    if site.source is not None and not path.is_absolute() and args.database is None:
+        path = site.source.parent / path
+    if not path.exists():
+        print(f"{path}: no such database", file=sys.stderr)
+        return 1
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        report = verify_chain(conn)
+    finally:
+        conn.close()
+    older = f" ({report.unchained} older entries from before the chain)" if report.unchained else ""
+    if report.ok:
+        print(f"{path}: audit log verifies: {report.entries} entries{older}")
+        return 0
+    print(f"{path}: audit entry {report.first_bad_id} does not verify: {report.problem} "
+          f"({report.entries} entries before it verify{older})")
+    return 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -110,7 +159,13 @@ def main(argv: list[str] | None = None) -> int:
                       help="send numbers and flags only (VictoriaMetrics stores strings as 0)")
     demo.set_defaults(handler=_demo)
 
-    hasher = sub.add_parser("hash-password", help="print the scrypt hash of a password for users:")
+    verify = sub.add_parser("audit-verify", help="check the audit log's hash chain; exit 1 "
+                            "naming the first entry that does not verify")
+    verify.add_argument("--config", type=Path, required=True)
+    verify.add_argument("--database", type=Path, default=None, help="SQLite file (default: config)")
+    verify.set_defaults(handler=_audit_verify)
+
+    hasher = sub.add_parser("hash-password", help="print the argon2id hash of a password for users:")
     hasher.add_argument("--stdin", action="store_true", help="read the password from stdin")
     hasher.set_defaults(handler=_hash_password)
 

@@ -11,9 +11,10 @@ from typing import Any
 from siren_gateway.activation import ActivationEngine
 from siren_gateway.alerts import AlertEngine
 from siren_gateway.audit import AuditLog
-from siren_gateway.auth import Principal, Role, TokenStore
+from siren_gateway.auth import LoginThrottle, Principal, Role, TokenStore
 from siren_gateway.bus import Bus
 from siren_gateway.config import MqttLink, Site
+from siren_gateway.credentials import Credentials
 from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
 from siren_gateway.links.modbus import ModbusEndpoint, build_modbus_links
@@ -67,13 +68,23 @@ class Gateway:
                          for hook in alert_config.webhooks]
         self.mqtt_alerts = (MqttAlertNotifier(self.bus, alert_config.mqtt, self.outbox)
                             if alert_config.mqtt else None)
+        api = site.config.api
         self.users = {u.username: u for u in site.config.users}
-        self.tokens = TokenStore(site.config.api.token_ttl_s)
+        self.credentials = Credentials(site.config.users, self.db)
+        self.tokens = TokenStore(api.token_ttl_s, api.token_idle_s, api.tokens_per_user)
+        login = api.login
+        self.login_by_address = LoginThrottle(
+            login.free_failures, login.base_delay_s, login.max_delay_s, login.lockout_after,
+            login.lockout_s, login.window_s)
+        self.login_by_username = LoginThrottle(
+            login.free_failures, login.base_delay_s, login.max_delay_s,
+            window_s=login.window_s)
         self.started_at: float | None = None
 
     async def start(self) -> None:
         await self.db.open()
         await self.outbox.open()
+        await self.credentials.open()
         if self.influx is not None:
             await self.influx.open()
         # Clients are made here, inside the running loop (pymodbus binds them to it).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from datetime import UTC, datetime
 
@@ -18,10 +19,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False)
 
 
+# token=..., access_token=..., password=..., Authorization: Bearer ..., bearer.<token>,
+# user:password@ in URLs: whatever a log line carries, credentials leave it as "***".
+_SECRETS = re.compile(
+    r"(?i)((?:access_|confirmation_|refresh_)?token=|password=|secret=|key=)[^&\s\"']+"
+    r"|(bearer[ .])[A-Za-z0-9._~+/=-]+"
+    r"|(://[^/\s:@]+:)[^@\s/]+(@)")
+
+
+def redact(text: str) -> str:
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "***"
+                        + (m.group(4) or ""), text)
+
+
+class RedactingFilter(logging.Filter):
+    """Credentials never reach a log line, whoever logs (uvicorn's access log included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
 def configure(level: str, json_lines: bool) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 

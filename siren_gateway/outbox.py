@@ -8,6 +8,7 @@ counted) and is put on disk when storage returns.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -56,6 +57,7 @@ class Outbox:
         self.db = db
         self._held: deque[tuple[str, str, str, float]] = deque()  # not yet on disk
         self.held_dropped = 0
+        self._writing = asyncio.Lock()  # one writer of the held rows at a time
 
     async def open(self) -> None:
         await self.db.run(lambda conn: conn.executescript(SCHEMA))
@@ -74,6 +76,10 @@ class Outbox:
         return notification_id
 
     async def _write_held(self) -> bool:
+        async with self._writing:
+            return await self._write_held_locked()
+
+    async def _write_held_locked(self) -> bool:
         if not self._held:
             return True
         rows = list(self._held)
@@ -88,8 +94,8 @@ class Outbox:
         except sqlite3.Error as exc:
             self.db.health.failed(exc)
             return False
-        for _ in rows:
-            self._held.popleft()
+        written = {row[0] for row in rows}  # by id: put() may have trimmed meanwhile
+        self._held = deque(row for row in self._held if row[0] not in written)
         return True
 
     async def next_due(self, channel: str) -> tuple[Notification | None, float]:

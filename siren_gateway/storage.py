@@ -45,7 +45,11 @@ CREATE TABLE IF NOT EXISTS audit (
     action   TEXT NOT NULL,
     target   TEXT,
     details  TEXT NOT NULL,     -- JSON
-    outcome  TEXT NOT NULL
+    outcome  TEXT NOT NULL,
+    source   TEXT,              -- the client's address (or "gateway" for its own actions)
+    user_agent TEXT,
+    prev_hash TEXT,             -- the previous entry's hash: a chain (audit.py)
+    hash     TEXT
 );
 CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
@@ -119,6 +123,8 @@ class Database:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        _add_missing_columns(conn, "audit", {"source": "TEXT", "user_agent": "TEXT",
+                                             "prev_hash": "TEXT", "hash": "TEXT"})
         self._conn = conn
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -139,6 +145,14 @@ class Database:
             await self._call(self._conn.close)
             self._conn = None
         self._executor.shutdown(wait=True)
+
+
+def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Bring a table made by an earlier version up to date (new columns are nullable)."""
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    for name, kind in columns.items():
+        if name not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 class _DiscreteSignature:

@@ -350,6 +350,7 @@ async def test_raise_latency_on_the_websocket(
     """From a fault injected in the simulator to the alert on the websocket, over real sockets."""
     import uvicorn
     import websockets
+    from websockets.typing import Subprotocol
 
     from siren_gateway.api.app import create_app
     from siren_gateway.auth import Principal, Role
@@ -371,7 +372,8 @@ async def test_raise_latency_on_the_websocket(
         with pytest.raises(websockets.exceptions.InvalidStatus):  # no token: HTTP 403
             async with websockets.connect(f"ws://127.0.0.1:{port}/api/stream") as ws:
                 await ws.recv()
-        async with websockets.connect(f"ws://127.0.0.1:{port}/api/stream?token={token}") as ws:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/api/stream", subprotocols=[
+                Subprotocol("siren-gateway"), Subprotocol(f"bearer.{token}")]) as ws:
             assert json.loads(await ws.recv())["type"] == "hello"
             injected = time.monotonic()
             await simulated.control.inject("s00002", "mains_loss")

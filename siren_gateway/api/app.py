@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
+from siren_gateway.api.edge import EdgeMiddleware
 from siren_gateway.api.routes import (
     activations,
     alerts,
@@ -23,6 +27,20 @@ from siren_gateway.api.routes import (
     stream,
 )
 from siren_gateway.gateway import Gateway
+
+
+class ErrorOut(BaseModel):
+    detail: Any
+
+
+# Every route can answer these (limits and authentication sit in front of all of them); the
+# OpenAPI document says so, so a client generated from it (or schemathesis) expects them.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorOut, "description": text} for status, text in (
+        (401, "not logged in, or the session ended"), (403, "the role does not allow it"),
+        (404, "no such thing"), (409, "refused by a safety rule or the current state"),
+        (413, "request body too large"), (422, "invalid input, with the reason"),
+        (429, "too many requests"), (503, "storage is failing: tests and exercises wait"))}
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 
@@ -43,8 +61,16 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
     app = FastAPI(title="Siren Gateway", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway
     for module in (health, auth, sirens, signals, activations, alerts, audit, schedules, stream):
-        app.include_router(module.router, prefix="/api")
-    app.include_router(metrics.router)  # /metrics (Prometheus' usual path) and /api/site
+        app.include_router(module.router, prefix="/api", responses=ERRORS)
+    app.include_router(metrics.router, responses=ERRORS)  # /metrics and /api/site
+    app.add_middleware(EdgeMiddleware, max_body_bytes=gateway.site.config.api.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # Why, without echoing the input back (it may be a password, or a megabyte).
+        errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:300],
+                   "type": e.get("type", "")} for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
     # The dashboard: static files of our own, served by this app (no separate server, no CDN).
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -12,6 +14,9 @@ from siren_gateway.auth import Principal, Role
 from siren_gateway.gateway import Gateway
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
+# A refused (403) request is audited at most once per user and path in this period.
+DENIED_AUDIT_PERIOD_S = 60.0
+_denied_seen: OrderedDict[tuple[str, str], float] = OrderedDict()
 
 
 def _gateway(request: Request) -> Gateway:
@@ -20,22 +25,54 @@ def _gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
+BearerToken = Annotated[str | None, Depends(oauth2)]
 
 
-def require(role: Role) -> Callable[..., Principal]:
+def client_address(request: Request) -> str:
+    """The peer's address (the real client's when a trusted proxy forwarded it: uvicorn
+    rewrites the scope from X-Forwarded-For only for `api.trusted_proxies`)."""
+    return request.client.host if request.client else "unknown"
+
+
+def user_agent(request: Request) -> str:
+    return request.headers.get("user-agent", "")[:200]
+
+
+def require(role: Role) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits a valid bearer token of at least `role`."""
 
-    def check(gateway: GatewayDep, token: Annotated[str | None, Depends(oauth2)]) -> Principal:
+    async def check(request: Request, gateway: GatewayDep, token: BearerToken) -> Principal:
         principal = gateway.tokens.resolve(token) if token else None
         if principal is None:
             raise HTTPException(401, "log in first: missing, unknown or expired bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
         if principal.role < role:
+            await _audit_denied(request, gateway, principal, role)
             raise HTTPException(403, f"this needs the {role.name.lower()} role; "
                                 f"{principal.username} is {principal.role.name.lower()}")
         return principal
 
     return check
+
+
+async def _audit_denied(request: Request, gateway: Gateway, principal: Principal,
+                        needed: Role) -> None:
+    key = (principal.username, f"{request.method} {request.url.path}"[:200])
+    now = time.monotonic()
+    last = _denied_seen.get(key)
+    if last is not None and now - last < DENIED_AUDIT_PERIOD_S:
+        return
+    _denied_seen[key] = now
+    _denied_seen.move_to_end(key)
+    while len(_denied_seen) > 10_000:
+        _denied_seen.popitem(last=False)
+    await gateway.audit.record(principal, "access.denied", f"refused: needs {needs_name(needed)}",
+                               target=key[1], source=client_address(request),
+                               user_agent=user_agent(request))
+
+
+def needs_name(role: Role) -> str:
+    return role.name.lower()
 
 
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]

@@ -67,6 +67,8 @@ async function login(event) {
 }
 
 function logout() {
+  // End the session on the server too (its token is then worthless), then forget it here.
+  if (S.token) fetch("/api/auth/logout", { method: "POST", headers: { Authorization: `Bearer ${S.token}` } }).catch(() => {});
   sessionStorage.clear();
   Object.assign(S, { token: null, role: null, user: null });
   if (S.ws) { S.ws.onclose = null; S.ws.close(); S.ws = null; }
@@ -360,7 +362,8 @@ function showBanner(text) { $("#banner").textContent = text; $("#banner").hidden
 // -- live stream -------------------------------------------------------------------------------
 function connectStream() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const ws = new WebSocket(`${scheme}://${location.host}/api/stream?token=${encodeURIComponent(S.token)}`);
+  // The token travels as a subprotocol, never in the URL (which logs and proxies keep).
+  const ws = new WebSocket(`${scheme}://${location.host}/api/stream`, ["siren-gateway", `bearer.${S.token}`]);
   S.ws = ws;
   ws.onopen = () => { $("#stream").className = "stream live"; $("#stream").dataset.i18n = "stream_live"; $("#stream").textContent = t("stream_live"); refreshSirens(); refreshAlerts(); };
   ws.onmessage = (message) => {

@@ -4,11 +4,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from siren_gateway.api.deps import GatewayDep
+from siren_gateway.api.deps import BearerToken, GatewayDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/health")
-def health(gateway: GatewayDep) -> dict[str, Any]:
+def health(gateway: GatewayDep, token: BearerToken) -> dict[str, Any]:
+    """Liveness for anyone (a load balancer, a supervisor); the details need a session."""
+    if not token or gateway.tokens.resolve(token) is None:
+        return {"status": "ok" if gateway.started_at else "starting"}
     return gateway.health()

@@ -34,15 +34,32 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+SUBPROTOCOL = "siren-gateway"
+TOKEN_PREFIX = "bearer."
+SESSION_CHECK_S = 1.0
+
+
+def _offered_token(websocket: WebSocket) -> str | None:
+    """The bearer token, offered as a WebSocket subprotocol `bearer.<token>` beside
+    `siren-gateway`: never in the URL, where access logs and proxies would keep it."""
+    for offered in websocket.scope.get("subprotocols", ()):
+        if isinstance(offered, str) and offered.startswith(TOKEN_PREFIX):
+            return offered[len(TOKEN_PREFIX):][:200]
+    return None
+
+
 @router.websocket("/stream")
-async def stream(websocket: WebSocket, token: str = "") -> None:
-    """Events as JSON objects `{"type": ..., ...}`. Log in first; pass `?token=`."""
+async def stream(websocket: WebSocket) -> None:
+    """Events as JSON objects `{"type": ..., ...}`. Offer the subprotocols `siren-gateway` and
+    `bearer.<token>`; the stream is closed (4401) when the session ends or is revoked."""
     gateway: Gateway = websocket.app.state.gateway
+    token = _offered_token(websocket)
     principal = gateway.tokens.resolve(token) if token else None
-    if principal is None or principal.role < Role.VIEWER:
-        await websocket.close(code=4401, reason="log in first: ?token=<bearer token>")
+    if token is None or principal is None or principal.role < Role.VIEWER:
+        await websocket.close(code=4401, reason="log in first: offer subprotocol "
+                              "bearer.<token> with siren-gateway")
         return
-    await websocket.accept()
+    await websocket.accept(subprotocol=SUBPROTOCOL)
     # A slow client loses its own oldest events (counted); the gateway never waits for it.
     subscription = gateway.bus.subscribe(f"websocket {principal.username}", maxsize=2000,
                                          kinds=STREAMED)
@@ -61,7 +78,18 @@ async def stream(websocket: WebSocket, token: str = "") -> None:
             while True:
                 await websocket.receive_text()
 
-    tasks = [asyncio.create_task(send_events()), asyncio.create_task(until_client_leaves())]
+    async def while_session_lives() -> None:
+        # A stream lives no longer than its session: logout, revocation, idle or absolute end.
+        # (An open stream counts as use: the session's idle clock does not run meanwhile.)
+        # (polled: sessions end by the clock as well as by revocation, and this costs one dict
+        # lookup a second per stream)
+        while gateway.tokens.resolve(token) is not None:  # noqa: ASYNC110
+            await asyncio.sleep(SESSION_CHECK_S)
+        with contextlib.suppress(Exception):
+            await websocket.close(code=4401, reason="session ended")
+
+    tasks = [asyncio.create_task(send_events()), asyncio.create_task(until_client_leaves()),
+             asyncio.create_task(while_session_lives())]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
