@@ -172,6 +172,7 @@ class _Failures:
     count: int = 0
     first_at: float = 0.0
     blocked_until: float = 0.0
+    throttled: int = 0  # attempts refused while waiting (they still say "attack")
 
 
 @dataclass
@@ -195,6 +196,16 @@ class LoginThrottle:
         now = time.time()
         waits = [f.blocked_until - now for k in keys if (f := self._keys.get(k)) is not None]
         return max([0.0, *waits])
+
+    def refused(self, *keys: str) -> int:
+        """Count an attempt refused while waiting; the highest attempt count among the keys."""
+        worst = 0
+        for key in keys:
+            failures = self._keys.get(key)
+            if failures is not None:
+                failures.throttled += 1
+                worst = max(worst, failures.count + failures.throttled)
+        return worst
 
     def failed(self, *keys: str) -> int:
         """Count a failure; the highest failure count among the keys."""

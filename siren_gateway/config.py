@@ -32,6 +32,7 @@ DEFAULT_PROFILES_DIR = REPO_DIR / "devices"
 DEFAULT_SIGNALS_FILE = PACKAGE_DIR / "default_signals.yaml"
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+MAX_LIST = 50_000  # sirens named in one request or plan (a province has tens of thousands)
 Port = Annotated[int, Field(ge=1, le=65535)]
 UnitId = Annotated[int, Field(ge=0, le=247)]
 
@@ -392,8 +393,8 @@ class ActivationConfig(_Strict):
 
 
 class PlanTargets(_Strict):
-    sirens: list[Identifier] = []
-    zones: list[Identifier] = []
+    sirens: list[Identifier] = Field(default=[], max_length=MAX_LIST)
+    zones: list[Identifier] = Field(default=[], max_length=1000)
     all: bool = False
 
     @model_validator(mode="after")
@@ -468,17 +469,19 @@ class PlanConfig(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     id: Identifier
-    name: str = Field(min_length=1)
-    name_zh: str | None = None
-    timezone: str = "Asia/Shanghai"
+    name: str = Field(min_length=1, max_length=200)
+    name_zh: str | None = Field(default=None, max_length=200)
+    timezone: str = Field(default="Asia/Shanghai", max_length=64)
     recurrence: RecurrenceConfig
     steps: list[PlanStep] = Field(min_length=1, max_length=20)
     klass: Literal["exercise", "test"] = Field(default="test", alias="class")
     targets: PlanTargets = PlanTargets(all=True)
-    exclusions: list[date] = []  # local dates on which the plan does not sound (holidays)
+    # local dates on which the plan does not sound (holidays)
+    exclusions: list[date] = Field(default=[], max_length=1000)
     enabled: bool = True
     # Announce each occurrence this long before it (e.g. [432000, 600]: 5 days and 10 minutes).
-    notice_lead_s: list[Annotated[float, Field(gt=0, le=60 * 86400)]] = []
+    notice_lead_s: list[Annotated[float, Field(gt=0, le=60 * 86400)]] = Field(default=[],
+                                                                             max_length=10)
     # Late start policy: within this long after its time an occurrence still fires (late);
     # after it, it is recorded as missed and raises an alert, never sounded hours late.
     grace_s: float = Field(default=300.0, ge=0, le=6 * 3600)

@@ -513,16 +513,22 @@ class Scheduler:
                              "'schedule deleted' WHERE plan_id = ? AND state IN "
                              "('scheduled', 'notified')", (plan_id,))
 
+        plan = self.plans[plan_id]
         await self.db.run(write)
         del self.plans[plan_id]
         self.sources.pop(plan_id, None)
-        await self.audit.record(who, "schedule.delete", "accepted", target=f"schedule {plan_id}")
+        # The deleted plan's content stays in the audit log: what was planned is history too.
+        await self.audit.record(who, "schedule.delete", "accepted", target=f"schedule {plan_id}",
+                                plan=plan.model_dump(mode="json", by_alias=True))
 
     async def skip(self, who: Principal, plan_id: str, key: str) -> dict[str, Any]:
         """Skip a coming occurrence (by id, or by its start time), or cancel a running one."""
         plan = self.plan(plan_id)
         occ = await self._find_occurrence(plan, key)
         now = self.clock.now()
+        if occ.state in PENDING and occ.scheduled_at < now - plan.grace_s:
+            raise ScheduleError(409, f"occurrence {occ.id} is in the past: history is not "
+                                "rewritten")
         if occ.state in PENDING:
             changed = await self._update(occ.id, "state IN ('scheduled', 'notified')",
                                          state="skipped", ended_at=now,
@@ -551,6 +557,8 @@ class Scheduler:
 
     async def _find_occurrence(self, plan: PlanConfig, key: str) -> Occurrence:
         if key.isdigit():
+            if len(key) > 15:
+                raise ScheduleError(404, f"no occurrence {key[:20]}…")
             occ = await self.occurrence(int(key))
             if occ.plan_id != plan.id:
                 raise ScheduleError(404, f"occurrence {key} is not one of {plan.id!r}")
@@ -561,7 +569,13 @@ class Scheduler:
             raise ScheduleError(422, "give an occurrence id or its ISO start time") from None
         if moment.tzinfo is None:
             raise ScheduleError(422, "the start time needs a UTC offset")
-        at = moment.timestamp()
+        try:
+            at = moment.timestamp()
+            datetime.fromtimestamp(at + 366 * 86400, UTC)  # room to look one year ahead
+        except (OverflowError, OSError, ValueError):
+            raise ScheduleError(422, "that start time is out of range") from None
+        if at < self.clock.now():
+            raise ScheduleError(409, "that occurrence is in the past: history is not rewritten")
         rows = await self._query("plan_id = ? AND kind = 'planned' AND scheduled_at = ?",
                                  (plan.id, at))
         if rows:

@@ -387,19 +387,27 @@ async def test_the_offline_alert_of_an_mqtt_siren_says_when_it_last_answered(
 # -- 1, 9 and the crash window: a real gateway process, killed -------------------------------
 
 class GatewayProcess:
-    def __init__(self, config: Path, failpoints: str = "") -> None:
+    """`siren-gateway run` in its own process, to be killed; its log goes to `log_path`."""
+
+    def __init__(self, config: Path, failpoints: str = "", log_path: Path | None = None,
+                 scheme: str = "http") -> None:
         self.config = config
         self.port = free_ports(1)[0]
         self.failpoints = failpoints
+        self.log_path = log_path
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, failpoints: str | None = None) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1",
                    SIREN_GATEWAY_FAILPOINTS=self.failpoints if failpoints is None else failpoints)
+        log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [sys.executable, "-m", "siren_gateway", "run", "--config", str(self.config),
-             "--port", str(self.port)], cwd=REPO_DIR, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+             "--port", str(self.port)], cwd=REPO_DIR, stdout=log,
+            stderr=log, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
+        if not isinstance(log, int):
+            log.close()  # the child has its own copy
 
     def kill(self) -> None:
         assert self.process is not None
@@ -416,7 +424,7 @@ class GatewayProcess:
                 self.process.kill()
 
     async def client(self, user: str = "operator") -> httpx.AsyncClient:
-        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+        http = httpx.AsyncClient(base_url=self.url, timeout=10)
 
         async def up() -> bool:
             try:

@@ -8,14 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from siren_gateway.activation import ActivationError, ActivationRequest, Targets
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
+from siren_gateway.api.limits import MAX_SIRENS, MAX_ZONES, RowId, SirenId, ZoneId
 
 router = APIRouter(tags=["activations"])
 
 
 class TargetsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    sirens: list[str] = []
-    zones: list[str] = []
+    sirens: list[SirenId] = Field(default=[], max_length=MAX_SIRENS)
+    zones: list[ZoneId] = Field(default=[], max_length=MAX_ZONES)
     all: bool = False
 
 
@@ -24,10 +25,10 @@ class ActivationBody(BaseModel):
     targets: TargetsBody
     klass: Literal["emergency", "exercise", "test"] = Field(alias="class")
     action: Literal["sound", "silent_test"] = "sound"
-    signal: str | None = None
+    signal: str | None = Field(default=None, max_length=64)
     start_at: datetime | None = Field(default=None, description="timezone-aware; default: now "
                                       "plus the synchronisation lead")
-    confirmation_token: str | None = None
+    confirmation_token: str | None = Field(default=None, max_length=128)
 
     def to_request(self) -> ActivationRequest:
         if self.start_at is not None and self.start_at.tzinfo is None:
@@ -65,7 +66,7 @@ def list_activations(gateway: GatewayDep, _: Viewer,
 
 
 @router.get("/activations/{activation_id}")
-def get_activation(activation_id: int, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
+def get_activation(activation_id: RowId, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
     activation = gateway.activations.activations.get(activation_id)
     if activation is None:
         raise HTTPException(404, f"no activation {activation_id}")
@@ -73,7 +74,7 @@ def get_activation(activation_id: int, gateway: GatewayDep, _: Viewer) -> dict[s
 
 
 @router.post("/activations/{activation_id}/cancel")
-async def cancel(activation_id: int, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
+async def cancel(activation_id: RowId, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
     try:
         activation = await gateway.activations.cancel(who, activation_id)
     except ActivationError as exc:

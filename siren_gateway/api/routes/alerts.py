@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from siren_gateway.alerts import AlertError
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
+from siren_gateway.api.limits import QueryText, RowId
 
 router = APIRouter(tags=["alerts"])
 
@@ -20,13 +21,13 @@ class AckBody(BaseModel):
 def list_alerts(gateway: GatewayDep, _: Viewer,
                 state: Literal["active", "acknowledged", "cleared"] | None = None,
                 severity: Literal["info", "minor", "major", "critical"] | None = None,
-                siren: str | None = None, zone: str | None = None) -> list[dict[str, Any]]:
+                siren: QueryText = None, zone: QueryText = None) -> list[dict[str, Any]]:
     """Alerts, active first; `severity` means that severity or worse."""
     return gateway.alerts.query(state, severity, siren, zone)
 
 
 @router.get("/alerts/{alert_id}")
-def get_alert(alert_id: int, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
+def get_alert(alert_id: RowId, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
     alert = gateway.alerts.alerts.get(alert_id)
     if alert is None:
         raise HTTPException(404, f"no alert {alert_id}")
@@ -34,7 +35,7 @@ def get_alert(alert_id: int, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
 
 
 @router.post("/alerts/{alert_id}/ack")
-async def acknowledge(alert_id: int, body: AckBody, gateway: GatewayDep,
+async def acknowledge(alert_id: RowId, body: AckBody, gateway: GatewayDep,
                       who: Operator) -> dict[str, Any]:
     try:
         alert = await gateway.alerts.acknowledge(who, alert_id, body.comment)

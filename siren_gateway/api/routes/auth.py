@@ -64,20 +64,17 @@ async def login(request: Request, gateway: GatewayDep,
     wait = max(gateway.login_by_address.wait_s(keys[0]),
                gateway.login_by_username.wait_s(keys[1]))
     if wait > 0:
-        raise _throttled(wait)
+        attempts = max(gateway.login_by_address.refused(keys[0]),
+                       gateway.login_by_username.refused(keys[1]))
+        _alert_if_attack(gateway, keys, attempts, shown)
+        raise _throttled(wait)  # (not audited one by one: the failures that led here are)
     user = await gateway.credentials.verify(username, password)
     if user is None:
         failures = max(gateway.login_by_address.failed(keys[0]),
                        gateway.login_by_username.failed(keys[1]))
         await gateway.audit.record(shown, "auth.login", "refused: bad credentials",
                                    failures=failures)
-        threshold = gateway.site.config.api.login.alert_after
-        if failures >= threshold:
-            subject = keys[0] if gateway.login_by_address.wait_s(keys[0]) >= \
-                gateway.login_by_username.wait_s(keys[1]) else keys[1]
-            gateway.bus.publish(SecurityEvent(
-                "login_attack", subject, f"{failures} failed logins ({subject}, last for user "
-                f"{shown!r})", datetime.now(UTC)))
+        _alert_if_attack(gateway, keys, failures, shown)
         raise HTTPException(401, "wrong username or password",
                             headers={"WWW-Authenticate": "Bearer"})
     gateway.login_by_address.succeeded(keys[0])
@@ -89,6 +86,18 @@ async def login(request: Request, gateway: GatewayDep,
     return TokenOut(access_token=session.token, expires_in=int(api.token_ttl_s),
                     idle_timeout_s=int(api.token_idle_s), role=user.role,
                     username=user.username)
+
+
+def _alert_if_attack(gateway: GatewayDep, keys: tuple[str, str], attempts: int,
+                     shown: str) -> None:
+    if attempts < gateway.site.config.api.login.alert_after:
+        return
+    # The key under the heavier throttle is the one being attacked.
+    subject = keys[0] if (gateway.login_by_address.wait_s(keys[0])
+                          >= gateway.login_by_username.wait_s(keys[1])) else keys[1]
+    gateway.bus.publish(SecurityEvent(
+        "login_attack", subject, f"{attempts} failed or refused logins ({subject}, the last "
+        f"for user {shown!r})", datetime.now(UTC)))
 
 
 @router.post("/auth/logout")

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import ValidationError
 
 from siren_gateway.api.deps import Admin, GatewayDep, Operator, Viewer
+from siren_gateway.api.limits import Name, OccurrenceKey, RowId
 from siren_gateway.config import PlanConfig, plan_problems
 from siren_gateway.gateway import Gateway
 from siren_gateway.scheduler import ScheduleError, report_csv_rows
@@ -55,7 +56,7 @@ async def create_plan(body: dict[str, Any], gateway: GatewayDep, who: Admin) -> 
 
 
 @router.get("/schedules/{plan_id}")
-async def get_plan(plan_id: str, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
+async def get_plan(plan_id: Name, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
     try:
         plan = gateway.scheduler.plan(plan_id)
         occurrences = await gateway.scheduler.occurrences(plan_id, limit=50)
@@ -65,7 +66,7 @@ async def get_plan(plan_id: str, gateway: GatewayDep, who: Viewer) -> dict[str, 
 
 
 @router.put("/schedules/{plan_id}")
-async def update_plan(plan_id: str, body: dict[str, Any], gateway: GatewayDep,
+async def update_plan(plan_id: Name, body: dict[str, Any], gateway: GatewayDep,
                       who: Admin) -> dict[str, Any]:
     plan = _validated(gateway, body | {"id": plan_id})
     try:
@@ -75,7 +76,7 @@ async def update_plan(plan_id: str, body: dict[str, Any], gateway: GatewayDep,
 
 
 @router.delete("/schedules/{plan_id}", status_code=204)
-async def delete_plan(plan_id: str, gateway: GatewayDep, who: Admin) -> Response:
+async def delete_plan(plan_id: Name, gateway: GatewayDep, who: Admin) -> Response:
     try:
         await gateway.scheduler.delete_plan(who, plan_id)
     except ScheduleError as exc:
@@ -84,7 +85,7 @@ async def delete_plan(plan_id: str, gateway: GatewayDep, who: Admin) -> Response
 
 
 @router.get("/schedules/{plan_id}/next")
-async def next_occurrences(plan_id: str, gateway: GatewayDep, who: Viewer,
+async def next_occurrences(plan_id: Name, gateway: GatewayDep, who: Viewer,
                            count: Annotated[int, Query(ge=1, le=100)] = 5
                            ) -> list[dict[str, Any]]:
     try:
@@ -94,7 +95,7 @@ async def next_occurrences(plan_id: str, gateway: GatewayDep, who: Viewer,
 
 
 @router.get("/schedules/{plan_id}/occurrences")
-async def plan_occurrences(plan_id: str, gateway: GatewayDep, who: Viewer,
+async def plan_occurrences(plan_id: Name, gateway: GatewayDep, who: Viewer,
                            limit: Annotated[int, Query(ge=1, le=1000)] = 100
                            ) -> list[dict[str, Any]]:
     try:
@@ -105,7 +106,7 @@ async def plan_occurrences(plan_id: str, gateway: GatewayDep, who: Viewer,
 
 
 @router.post("/schedules/{plan_id}/occurrences/{occurrence}/skip")
-async def skip(plan_id: str, occurrence: str, gateway: GatewayDep,
+async def skip(plan_id: Name, occurrence: OccurrenceKey, gateway: GatewayDep,
                who: Operator) -> dict[str, Any]:
     """`occurrence`: its id, or its start time (ISO 8601 with offset) for one further ahead."""
     try:
@@ -115,15 +116,17 @@ async def skip(plan_id: str, occurrence: str, gateway: GatewayDep,
 
 
 @router.post("/schedules/{plan_id}/run-now", status_code=201)
-async def run_now(plan_id: str, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
+async def run_now(plan_id: Name, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
     try:
         return await gateway.scheduler.run_now(who, plan_id)
     except ScheduleError as exc:
         raise _refused(exc) from None
 
 
-@router.get("/reports/{occurrence_id}.csv")
-async def report_csv(occurrence_id: int, gateway: GatewayDep, who: Viewer) -> Response:
+@router.get("/reports/{occurrence_id}.csv", response_class=Response, responses={
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+          "description": "one row per siren and step"}})
+async def report_csv(occurrence_id: RowId, gateway: GatewayDep, who: Viewer) -> Response:
     try:
         report = await gateway.scheduler.report(occurrence_id)
     except ScheduleError as exc:
@@ -136,7 +139,7 @@ async def report_csv(occurrence_id: int, gateway: GatewayDep, who: Viewer) -> Re
 
 
 @router.get("/reports/{occurrence_id}")
-async def report_json(occurrence_id: int, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
+async def report_json(occurrence_id: RowId, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
     try:
         return await gateway.scheduler.report(occurrence_id)
     except ScheduleError as exc:

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from siren_gateway.activation import ActivationError, Targets
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
+from siren_gateway.api.limits import Name
 from siren_gateway.api.routes.activations import TargetsBody
 from siren_gateway.model import CommandKind, utc_now
 
@@ -21,7 +22,7 @@ def list_sirens(gateway: GatewayDep, _: Viewer) -> list[dict[str, Any]]:
 
 @router.get("/sirens/{siren_id}")
 async def get_siren(
-    siren_id: str,
+    siren_id: Name,
     gateway: GatewayDep,
     _: Viewer,
     history_minutes: Annotated[float, Query(gt=0, le=60 * 24 * 366)] = 60,
@@ -71,7 +72,7 @@ async def _run(gateway: GatewayDep, who: Operator, command: str, targets: Target
 
 
 @router.post("/sirens/{siren_id}/commands")
-async def siren_command(siren_id: str, body: SirenCommandBody, gateway: GatewayDep,
+async def siren_command(siren_id: Name, body: SirenCommandBody, gateway: GatewayDep,
                         who: Operator) -> dict[str, Any]:
     """Reset latched faults, arm or disarm one siren; confirmed from its own status."""
     return await _run(gateway, who, body.command, Targets(sirens=(siren_id,)), body.comment)
