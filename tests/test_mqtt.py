@@ -201,24 +201,22 @@ async def test_ack_faults_duplicate_late_and_missing(
 
 async def test_silent_disconnect_goes_stale_then_offline_and_will_goes_offline_at_once(
         broker: Mosquitto, start_district: StartDistrict, gateways: StartGateway) -> None:
+    # Reports every 1 s: stale after 2.5 s of silence, offline after 4 s. The stale phase is
+    # longer than the 1 s sweep, so a sweep always lands in it; the test reads the changes
+    # from the bus (every one, in order) rather than sampling the state and hoping.
     simulated, gateway = await started(start_district, gateways,
-                                       mixed_site(broker, modbus=1, mqtt=2, interval_s=0.5))
+                                       mixed_site(broker, modbus=1, mqtt=2, interval_s=1.0))
     fleet = gateway.fleet
-    seen: list[str] = []
-
-    async def watch() -> None:
-        while True:
-            state = fleet.states["s00002"].reachability.value
-            if not seen or seen[-1] != state:
-                seen.append(state)
-            await asyncio.sleep(0.05)
-
-    watcher = asyncio.create_task(watch())
+    transitions = gateway.bus.subscribe("test: s00002", kinds=(StatusChanged,))
     await simulated.control.inject("s00002", "silent_disconnect")  # no will: retained "online"
-    await wait_until(lambda: fleet.states["s00002"].reachability is Reachability.OFFLINE, 6,
+    await wait_until(lambda: fleet.states["s00002"].reachability is Reachability.OFFLINE, 10,
                      "silent siren offline")
-    await asyncio.sleep(0.1)  # let the watcher see it too
-    watcher.cancel()
+    seen = ["online"]
+    while not transitions.queue.empty():
+        event = transitions.queue.get_nowait()
+        if isinstance(event, StatusChanged) and event.siren_id == "s00002":
+            seen.append(event.new)
+    transitions.close()
     assert seen == ["online", "stale", "offline"]
     assert mqtt_link(gateway, "s00002").device_state == "online"  # the broker never said
 
