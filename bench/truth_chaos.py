@@ -28,9 +28,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,9 +38,9 @@ from typing import Any
 
 import httpx
 
-from simulators.broker import mosquitto_binary
-from simulators.launcher import REPO_DIR, FleetProcess, _die_with_parent, start_fleet
-from simulators.sitegen import assign_free_ports, free_ports, generate_site, write_site
+from simulators.launcher import FleetProcess, start_fleet
+from simulators.processes import GatewayProcess, Mosquitto
+from simulators.sitegen import assign_free_ports, generate_site, write_site
 from siren_gateway.activation import sequence_of
 from siren_gateway.auth import hash_password
 
@@ -55,70 +52,6 @@ MODBUS_FAULTS: list[Fault] = [("slow", {"delay_s": 0.8}), ("garbage", {}),
                               ("drop_connection", {}), ("no_response", {})]
 MQTT_FAULTS: list[Fault] = [("lost_reply", {}), ("late_acks", {"delay_s": 1.5}),
                             ("duplicate_acks", {})]
-
-
-class Broker:
-    """mosquitto on one fixed loopback port, so it can be stopped and started again."""
-
-    def __init__(self, work: Path) -> None:
-        binary = mosquitto_binary()
-        if binary is None:
-            raise SystemExit("mosquitto is needed (Debian package mosquitto)")
-        self.binary = binary
-        self.port = free_ports(1)[0]
-        self.conf = work / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                             "persistence false\nset_tcp_nodelay true\n", encoding="utf-8")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([self.binary, "-c", str(self.conf)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        preexec_fn=_die_with_parent)  # noqa: PLW1509
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
-class GatewayProcess:
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.config = config
-        self.port = free_ports(1)[0]
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("SIREN_GATEWAY_FAILPOINTS", None)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "siren_gateway", "run", "--config", str(self.config),
-             "--port", str(self.port)], cwd=REPO_DIR, stdout=log, stderr=log, env=env,
-            preexec_fn=_die_with_parent)  # noqa: PLW1509
-        log.close()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
 
 
 @dataclass
@@ -143,7 +76,7 @@ class Chaos:
         self.work = work
         self.rng = random.Random(args.seed)
         self.tally = Tally()
-        self.broker = Broker(work)
+        self.broker = Mosquitto(work)
         self.fleet: FleetProcess | None = None
         self.gateway: GatewayProcess | None = None
         self.sirens: list[str] = []
@@ -174,6 +107,7 @@ class Chaos:
         path = write_site(site, self.work / "site.yaml", database=self.work / "gateway.db")
         self.fleet = start_fleet(path, control_port=0)
         self.gateway = GatewayProcess(path, self.work / "gateway.log")
+        os.environ.pop("SIREN_GATEWAY_FAILPOINTS", None)  # never inherited by the bench's own
         self.gateway.start()
 
     def close(self) -> None:

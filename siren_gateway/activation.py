@@ -45,6 +45,7 @@ from siren_gateway.bus import Bus, SirenResultFinal
 from siren_gateway.config import ActivationConfig, Site
 from siren_gateway.failpoints import failpoint
 from siren_gateway.fleet import Fleet, Reachability
+from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
 from siren_gateway.model import (
     CERTAINLY_NOT_DELIVERED,
@@ -849,30 +850,15 @@ class ActivationEngine:
     async def _read_back(self, link: SirenLink, sequence: int, deadline: float,
                          since: float) -> Delivery:
         """Ask the device which command it carried out last, until `deadline`."""
-        siren_id = link.siren_id
         while True:
-            sample: Sample | None = None
-            if link.polled:
-                try:
-                    sample = await link.poll()
-                except LinkError as exc:
-                    self.fleet.record_failure(siren_id, exc)
-                else:
-                    self.fleet.record_sample(sample)
-            else:
-                latest = self.fleet.states[siren_id].sample
-                if latest is not None and latest.received_at.timestamp() >= since:
-                    sample = latest
+            sample, _ = await status.look(self.fleet, link, since)
             if sample is not None:
                 seen = sample.values.get(SEQUENCE_POINT)
                 return Delivery.TAKEN if seen == sequence else Delivery.NOT_TAKEN
             remaining = deadline - time.time()
             if remaining <= 0:
                 return Delivery.UNKNOWN
-            if link.polled:
-                await asyncio.sleep(min(_RESEND_PAUSE_S, remaining))
-            else:
-                await self.fleet.wait_for_news(siren_id, remaining)
+            await status.pause(self.fleet, link, _RESEND_PAUSE_S, remaining)
 
     def _note_accepted(self, activation: Activation) -> None:
         if activation.all_accepted_at is None and all(
@@ -910,27 +896,17 @@ class ActivationEngine:
                                + random.uniform(0, self.config.confirm_poll_interval_s))
         while True:
             verdict: tuple[Status, str] | None = None
-            if link.polled:
-                try:
-                    sample = await link.poll()
-                except LinkError as exc:
-                    self.fleet.record_failure(siren_id, exc)
-                    last_note = f"siren not answering ({exc.reason})"
-                else:
-                    self.fleet.record_sample(sample)
-                    verdict = self._judge(activation, sample, sequence, threshold, first_on_s,
-                                          failing)
-                    last_note = f"controller state {sample.values.get('state')!r}"
-            else:
-                report = state.sample
-                progress = link.progress(result.command_id)
-                if report is not None and report.received_at.timestamp() >= since:
-                    verdict = self._judge(activation, report, sequence, threshold, first_on_s,
-                                          failing)
-                    last_note = f"controller state {report.values.get('state')!r}"
-                if verdict is None and progress is not None:
-                    verdict = self._judge_progress(activation, progress,
-                                                   set(state.faults & failing))
+            sample, why_not = await status.look(self.fleet, link, since)
+            if sample is not None:
+                verdict = self._judge(activation, sample, sequence, threshold, first_on_s,
+                                      failing)
+                last_note = f"controller state {sample.values.get('state')!r}"
+            elif link.polled:
+                last_note = why_not
+            progress = link.progress(result.command_id)
+            if verdict is None and progress is not None:
+                verdict = self._judge_progress(activation, progress,
+                                               set(state.faults & failing))
             if verdict is not None:
                 self._finish(result, *verdict)
                 return
@@ -938,10 +914,11 @@ class ActivationEngine:
                 self._finish(result, Status.NO_FEEDBACK, f"no confirmation within "
                              f"{self.config.confirm_timeout_s:g} s ({last_note}){note}")
                 return
-            if link.polled:
-                await asyncio.sleep(self.config.confirm_poll_interval_s)
-            else:
-                await self.fleet.wait_for_news(siren_id, min(1.0, deadline - time.time()))
+            # (a reporting link looks again at least every second: "no current yet" becomes
+            # "no current" by the clock, not by a new report)
+            await status.pause(self.fleet, link, self.config.confirm_poll_interval_s,
+                               min(1.0, deadline - time.time()) if not link.polled
+                               else deadline - time.time())
 
     @staticmethod
     def _judge_progress(activation: Activation, progress: str, faults: set[str]

@@ -26,16 +26,23 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _site_or_none(path: Path) -> Site | None:
+    """The site, or None after printing every problem of the file."""
+    try:
+        return load_site(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+
+
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from siren_gateway.api.app import create_app
     from siren_gateway.gateway import Gateway
 
-    try:
-        site = load_site(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    site = _site_or_none(args.config)
+    if site is None:
         return 1
     api = site.config.api
     app = create_app(Gateway(site, args.database))
@@ -67,10 +74,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
     from siren_gateway.audit import verify_chain
 
-    try:
-        site = load_site(args.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    site = _site_or_none(args.config)
+    if site is None:
         return 1
     path = Path(args.database) if args.database else Path(site.config.storage.path)
     if site.source is not None and not path.is_absolute() and args.database is None:

@@ -408,7 +408,7 @@ class YearlyRule(_Strict):
     type: Literal["yearly"]
     month: int = Field(ge=1, le=12)
     day: int = Field(ge=1, le=31)
-    time: str
+    time: str = Field(max_length=16)
 
     @model_validator(mode="after")
     def _check(self) -> YearlyRule:
@@ -421,7 +421,7 @@ class MonthlyRule(_Strict):
     type: Literal["monthly"]
     weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
     nth: Literal[1, 2, 3, 4, 5, -1]  # -1: the last one of the month
-    time: str
+    time: str = Field(max_length=16)
 
     @model_validator(mode="after")
     def _check(self) -> MonthlyRule:
@@ -431,7 +431,7 @@ class MonthlyRule(_Strict):
 
 class CronRule(_Strict):
     type: Literal["cron"]
-    expression: str
+    expression: str = Field(max_length=200)
 
     @model_validator(mode="after")
     def _check(self) -> CronRule:

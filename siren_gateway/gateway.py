@@ -159,6 +159,7 @@ class Gateway:
             "scheduler": self.scheduler.stats(),
             "telemetry_store": self.telemetry.stats(),
             "storage": self.db.health.as_dict() | {"audit": self.audit.stats()},
+            "sessions": self.tokens.count(),
             "influx_sink": self.influx.stats() if self.influx is not None else None,
             "alerts": {"active": sum(a.state != "cleared" for a in self.alerts.alerts.values()),
                        "evaluations": self.alerts.evaluations,

@@ -18,8 +18,9 @@ from siren_gateway.audit import AuditLog
 from siren_gateway.auth import Principal
 from siren_gateway.config import Site
 from siren_gateway.fleet import Fleet
+from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
-from siren_gateway.model import Command, CommandKind, LinkError, Sample
+from siren_gateway.model import Command, CommandKind, LinkError
 
 OPERATOR_COMMANDS = (CommandKind.RESET_FAULTS, CommandKind.ARM, CommandKind.DISARM)
 
@@ -89,19 +90,9 @@ class OperatorCommands:
         latched = profile.latched_faults
         last = "no status since the command"
         while True:
-            sample: Sample | None = None
-            if link.polled:
-                try:
-                    sample = await link.poll()
-                except LinkError as exc:
-                    self.fleet.record_failure(siren_id, exc)
-                    last = f"siren not answering ({exc.reason})"
-                else:
-                    self.fleet.record_sample(sample)
-            else:
-                latest = self.fleet.states[siren_id].sample
-                if latest is not None and latest.received_at.timestamp() >= sent_at:
-                    sample = latest
+            sample, why_not = await status.look(self.fleet, link, sent_at)
+            if sample is None and link.polled:
+                last = why_not
             if sample is not None:
                 if kind is CommandKind.RESET_FAULTS:
                     remaining = sample.faults & latched
@@ -122,7 +113,4 @@ class OperatorCommands:
             remaining_s = deadline - time.time()
             if remaining_s <= 0:
                 return CommandOutcome(siren_id, "not_confirmed", last)
-            if link.polled:
-                await asyncio.sleep(min(self.poll_interval_s, remaining_s))
-            else:
-                await self.fleet.wait_for_news(siren_id, remaining_s)
+            await status.pause(self.fleet, link, self.poll_interval_s, remaining_s)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from pathlib import Path
@@ -16,6 +14,9 @@ import pytest
 from aiohttp import web
 
 from simulators.launcher import FleetProcess, start_fleet
+from simulators.processes import GatewayProcess, Mosquitto
+
+__all__ = ["Mosquitto"]  # tests import the broker from here
 from simulators.sitegen import assign_free_ports, free_ports, write_site
 from siren_gateway.auth import hash_password
 from siren_gateway.config import DEFAULT_PROFILES_DIR, Site, load_site
@@ -128,33 +129,6 @@ async def gateways() -> AsyncIterator[Callable[[Site], Awaitable[Gateway]]]:
         await gateway.stop()
 
 
-class Mosquitto:
-    """A mosquitto broker of our own on a free loopback port; it can be stopped and restarted."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_ports(1)[0]
-        self.conf = directory / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                             "persistence false\n", encoding="utf-8")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     server = Mosquitto(tmp_path)
@@ -198,3 +172,20 @@ async def wait_until(predicate: Callable[[], bool | Awaitable[bool]], timeout_s:
         if time.monotonic() - start > timeout_s:
             pytest.fail(f"timed out after {timeout_s} s waiting for: {what}")
         await asyncio.sleep(interval_s)
+
+
+async def logged_in(gateway: GatewayProcess, user: str = "operator") -> httpx.AsyncClient:
+    """An HTTP client for a gateway process, logged in as a test user once its API is up."""
+    http = httpx.AsyncClient(base_url=gateway.url, timeout=10)
+
+    async def up() -> bool:
+        try:
+            response = await http.post("/api/auth/token", data={
+                "username": user, "password": PASSWORDS[user]})
+        except httpx.HTTPError:
+            return False
+        http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+        return True
+
+    await wait_until(up, 30, "gateway API up")
+    return http

@@ -10,10 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,21 +19,21 @@ import aiomqtt
 import httpx
 import pytest
 
-from simulators.launcher import REPO_DIR, _die_with_parent
-from simulators.sitegen import free_ports, generate_site
+from simulators.processes import GatewayProcess
+from simulators.sitegen import generate_site
 from siren_gateway.activation import sequence_of
 from siren_gateway.bus import SampleReceived
 from siren_gateway.gateway import Gateway
 from tests.conftest import (
-    PASSWORDS,
     Mosquitto,
     SimulatedDistrict,
     StartDistrict,
+    logged_in,
     wait_until,
     with_users,
 )
 from tests.test_activation import Api, StartGateway, by_siren
-from tests.test_mqtt import PREFIX, mixed_site
+from tests.test_mqtt import PREFIX, mixed_site, started
 
 FAST = {"sync_lead_s": 1.0, "confirm_timeout_s": 8.0, "confirm_poll_interval_s": 0.3,
         "delivery_grace_s": 2.0, "duplicate_window_s": 120}
@@ -48,16 +44,20 @@ async def onsets(control: Any, siren_id: str, sequence: int | None = None) -> li
     return [o for o in truth["onsets"] if sequence is None or o["sequence"] == sequence]
 
 
+async def with_api(start_district: StartDistrict, gateways: StartGateway,
+                   site: dict[str, Any]) -> tuple[SimulatedDistrict, Gateway, Api]:
+    """Simulators and a gateway for `site`, every siren online, and an operator's API."""
+    simulated, gateway = await started(start_district, gateways, site)
+    return simulated, gateway, await Api(gateway).login("operator")
+
+
 @pytest.fixture
 async def modbus_district(start_district: StartDistrict, gateways: StartGateway
                           ) -> AsyncIterator[tuple[SimulatedDistrict, Gateway, Api]]:
-    site = with_users(generate_site(4, poll_interval_s=1.0, timeout_s=0.5), **FAST)
-    simulated = start_district(site)
-    gateway = await gateways(simulated.site())
-    await wait_until(lambda: gateway.fleet.counts()["online"] == 4, 10, "all online")
-    api = await Api(gateway).login("operator")
-    yield simulated, gateway, api
-    await api.http.aclose()
+    district = await with_api(start_district, gateways, with_users(
+        generate_site(4, poll_interval_s=1.0, timeout_s=0.5), **FAST))
+    yield district
+    await district[2].http.aclose()
 
 
 async def sound(api: Api, sirens: list[str], klass: str = "test", signal_id: str = "growl_test",
@@ -143,10 +143,7 @@ async def test_mqtt_lost_ack_is_confirmed_from_telemetry_without_waiting(
         broker: Mosquitto, start_district: StartDistrict, gateways: StartGateway) -> None:
     site = with_users(mixed_site(broker, modbus=1, mqtt=2, interval_s=5.0, ack_timeout_s=4.0),
                       **FAST)
-    simulated = start_district(site)
-    gateway = await gateways(simulated.site())
-    await wait_until(lambda: gateway.fleet.counts()["online"] == 3, 15, "online")
-    api = await Api(gateway).login("operator")
+    simulated, gateway, api = await with_api(start_district, gateways, site)
     await simulated.control.inject("s00002", "lost_reply")  # carried out, never acknowledged
     created = await sound(api, ["s00002", "s00003"])
     report = await api.finished(created["id"])
@@ -166,10 +163,7 @@ async def test_a_failed_emergency_is_sent_again_when_retried(
         broker: Mosquitto, start_district: StartDistrict, gateways: StartGateway) -> None:
     site = with_users(mixed_site(broker, modbus=0, mqtt=2, interval_s=2.0, ack_timeout_s=1.0),
                       **FAST)
-    simulated = start_district(site)
-    gateway = await gateways(simulated.site())
-    await wait_until(lambda: gateway.fleet.counts()["online"] == 2, 15, "online")
-    api = await Api(gateway).login("operator")
+    simulated, gateway, api = await with_api(start_district, gateways, site)
     broker.stop()
     first = await sound(api, ["s00001", "s00002"], klass="emergency", signal_id="air_raid")
     report = await api.finished(first["id"], timeout_s=20)
@@ -386,59 +380,6 @@ async def test_the_offline_alert_of_an_mqtt_siren_says_when_it_last_answered(
 
 # -- 1, 9 and the crash window: a real gateway process, killed -------------------------------
 
-class GatewayProcess:
-    """`siren-gateway run` in its own process, to be killed; its log goes to `log_path`."""
-
-    def __init__(self, config: Path, failpoints: str = "", log_path: Path | None = None,
-                 scheme: str = "http") -> None:
-        self.config = config
-        self.port = free_ports(1)[0]
-        self.failpoints = failpoints
-        self.log_path = log_path
-        self.url = f"{scheme}://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, failpoints: str | None = None) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   SIREN_GATEWAY_FAILPOINTS=self.failpoints if failpoints is None else failpoints)
-        log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "siren_gateway", "run", "--config", str(self.config),
-             "--port", str(self.port)], cwd=REPO_DIR, stdout=log,
-            stderr=log, env=env, preexec_fn=_die_with_parent)  # noqa: PLW1509
-        if not isinstance(log, int):
-            log.close()  # the child has its own copy
-
-    def kill(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-    async def client(self, user: str = "operator") -> httpx.AsyncClient:
-        http = httpx.AsyncClient(base_url=self.url, timeout=10)
-
-        async def up() -> bool:
-            try:
-                response = await http.post("/api/auth/token", data={
-                    "username": user, "password": PASSWORDS[user]})
-            except httpx.HTTPError:
-                return False
-            http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-            return True
-
-        await wait_until(up, 30, "gateway API up")
-        return http
-
-
 async def finished(http: httpx.AsyncClient, activation_id: int, timeout_s: float = 30
                    ) -> dict[str, Any]:
     report: dict[str, Any] = {}
@@ -461,7 +402,7 @@ async def test_a_crash_between_the_record_and_the_first_command_still_sounds_eve
     gateway = GatewayProcess(simulated.site_file, failpoints="activation.recorded")
     gateway.start()
     try:
-        http = await gateway.client()
+        http = await logged_in(gateway)
         sirens = [s["id"] for s in site["sirens"]]
         await wait_until(lambda: _all_online(http, len(sirens)), 20, "all online")
         with pytest.raises(httpx.HTTPError):  # the process dies with the request
@@ -472,7 +413,7 @@ async def test_a_crash_between_the_record_and_the_first_command_still_sounds_eve
         for siren_id in sirens:
             assert (await simulated.control.truth(siren_id))["commands_received"] == 0
         gateway.start(failpoints="")  # at once, as a supervisor would
-        http = await gateway.client()
+        http = await logged_in(gateway)
         report = await finished(http, 1)
         assert {r["status"] for r in report["sirens"]} == {"sounded"}, report["sirens"]
         for siren_id in sirens:
@@ -494,12 +435,12 @@ async def test_a_crash_as_a_scheduled_step_is_recorded_still_sounds_it_once(
     gateway = GatewayProcess(simulated.site_file, failpoints="activation.recorded")
     gateway.start()
     try:
-        http = await gateway.client()
+        http = await logged_in(gateway)
         await asyncio.sleep(max(0.0, start - time.time() - 2.0))  # the step is made at -3 s
         assert gateway.process is not None and gateway.process.wait(10) == 70
         await http.aclose()
         gateway.start(failpoints="")
-        http = await gateway.client()
+        http = await logged_in(gateway)
 
         async def done() -> bool:
             rows = (await http.get("/api/schedules/e2e/occurrences")).json()
@@ -536,7 +477,7 @@ async def test_a_webhook_retried_when_the_gateway_is_killed_is_delivered_after_r
     gateway = GatewayProcess(simulated.site_file)
     gateway.start()
     try:
-        http = await gateway.client()
+        http = await logged_in(gateway)
         await simulated.control.inject("s00001", "mains_loss")
         await wait_until(lambda: len(receiver.posts) >= 2, 20, "retries under way")
         gateway.kill()
@@ -544,7 +485,7 @@ async def test_a_webhook_retried_when_the_gateway_is_killed_is_delivered_after_r
         receiver.failures = 0
         tried = len(receiver.posts)
         gateway.start()
-        http = await gateway.client()
+        http = await logged_in(gateway)
         await wait_until(lambda: any(s == 200 for _, s, _ in receiver.posts[tried:]), 20,
                          "delivered after the restart")
         ids = {body["notification_id"] for _, _, body in receiver.posts}

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
 from simulators.launcher import start_fleet
+from simulators.processes import GatewayProcess
 from simulators.sitegen import assign_free_ports, generate_site, write_site
 from tests.conftest import PASSWORDS, with_users
-from tests.test_command_truth import GatewayProcess
 
 EXAMPLES = int(os.environ.get("SG_FUZZ_EXAMPLES", "100"))
 

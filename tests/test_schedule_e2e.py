@@ -11,23 +11,18 @@ import asyncio
 import csv
 import io
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import httpx
 import pytest
 
-from simulators.launcher import REPO_DIR, _die_with_parent
-from simulators.sitegen import free_ports, generate_site
+from simulators.processes import GatewayProcess
+from simulators.sitegen import generate_site
 from siren_gateway.gateway import Gateway
-from tests.conftest import PASSWORDS, StartDistrict, wait_until, with_users
+from tests.conftest import StartDistrict, logged_in, wait_until, with_users
 from tests.test_activation import Api, StartGateway
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -44,48 +39,6 @@ def plan_at(start: float, offsets: list[float], grace_s: float = 30.0) -> dict[s
             "grace_s": grace_s}
 
 
-class GatewayProcess:
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.port = free_ports(1)[0]
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "siren_gateway", "run", "--config", str(self.config),
-             "--port", str(self.port)], cwd=REPO_DIR, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONUNBUFFERED="1"),
-            preexec_fn=_die_with_parent)  # noqa: PLW1509
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-    async def client(self) -> httpx.AsyncClient:
-        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=5)
-
-        async def up() -> bool:
-            try:
-                response = await http.post("/api/auth/token", data={
-                    "username": "viewer", "password": PASSWORDS["viewer"]})
-            except httpx.HTTPError:
-                return False
-            http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-            return True
-
-        await wait_until(up, 30, "gateway API up")
-        return http
-
-
 async def sleep_until(moment: float) -> None:
     await asyncio.sleep(max(0.0, moment - time.time()))
 
@@ -100,7 +53,7 @@ async def test_sigkill_never_fires_an_occurrence_twice_or_loses_it(
     district = start_district(site)
     gateway = GatewayProcess(district.site_file)
     gateway.start()
-    http = await gateway.client()
+    http = await logged_in(gateway, "viewer")
     moment = {"before": start - PREPARE_S - 1.5,  # the occurrence is not claimed yet
               "during": start + 2.0,  # step 0 sounding, step 1 not yet created
               "after": start + 9 - PREPARE_S + 1.5}[kill_at]  # both steps created
@@ -109,7 +62,7 @@ async def test_sigkill_never_fires_an_occurrence_twice_or_loses_it(
         gateway.kill()
         await http.aclose()
         gateway.start()  # at once: as a supervisor (systemd) would
-        http = await gateway.client()
+        http = await logged_in(gateway, "viewer")
 
         async def done() -> bool:
             rows = (await http.get("/api/schedules/e2e/occurrences")).json()

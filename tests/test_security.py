@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import json
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
@@ -24,10 +25,17 @@ import websockets
 from websockets.typing import Subprotocol
 
 from simulators.launcher import REPO_DIR
+from simulators.processes import GatewayProcess
 from simulators.sitegen import generate_site
 from siren_gateway.auth import Principal, Role, TokenStore, hash_password, legacy_scrypt_hash
-from tests.conftest import PASSWORDS, SimulatedDistrict, StartDistrict, wait_until, with_users
-from tests.test_command_truth import GatewayProcess
+from tests.conftest import (
+    PASSWORDS,
+    SimulatedDistrict,
+    StartDistrict,
+    logged_in,
+    wait_until,
+    with_users,
+)
 
 HOOK_SECRET = "s3cr3t-hook-token-do-not-leak"
 LOGIN = {"free_failures": 5, "base_delay_s": 0.2, "max_delay_s": 1.0, "lockout_after": 100_000,
@@ -63,7 +71,7 @@ async def start_gateway(start_district: StartDistrict, tmp_path: Path,
     log = tmp_path / "gateway.log"
     gateway = GatewayProcess(district.site_file, log_path=log)
     gateway.start()
-    http = await gateway.client("viewer")
+    http = await logged_in(gateway, "viewer")
     await http.aclose()
     return Running(district, gateway, log)
 
@@ -351,7 +359,8 @@ async def test_the_api_serves_https_with_the_sites_certificate(
     gateway = GatewayProcess(district.site_file, log_path=tmp_path / "tls.log", scheme="https")
     gateway.start()
     try:
-        async with httpx.AsyncClient(base_url=gateway.url, verify=str(cert), timeout=5) as http:
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with httpx.AsyncClient(base_url=gateway.url, verify=trusted, timeout=5) as http:
             async def up() -> bool:
                 try:
                     return (await http.get("/api/health")).status_code == 200

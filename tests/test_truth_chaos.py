@@ -20,7 +20,8 @@ def test_truth_under_chaos_short_run() -> None:
          "--activations", "9", "--lanes", "3", "--kill-rate", "0.4", "--broker-rate", "0.4",
          "--seed", "2027"], cwd=REPO_DIR, capture_output=True, text=True, timeout=600,
         check=False)
-    summary = json.loads(run.stdout.strip().splitlines()[-1]) if run.stdout.strip() else {}
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    summary = json.loads(next(line for line in reversed(run.stdout.splitlines())
+                              if line.startswith("{")))
     assert summary["judged"] >= 50
     assert summary["agreement"] == 1.0 and summary["extra_onsets"] == 0
