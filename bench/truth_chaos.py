@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -383,8 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             chaos.close()
         print_summary(tally, time.monotonic() - started)
         if tally.violations:
-            log = (Path(tmp) / "gateway.log").read_text(errors="replace").splitlines()
-            print("last gateway log lines:", *log[-30:], sep="\n  ")
+            kept = Path(tempfile.mkdtemp(prefix="truth-chaos-violations-"))
+            shutil.copy(Path(tmp) / "gateway.log", kept / "gateway.log")
+            print(f"the gateway's log is kept in {kept / 'gateway.log'}")
     return 1 if tally.violations else 0
 
 

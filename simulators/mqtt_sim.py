@@ -95,7 +95,11 @@ class SimulatedMqttSiren:
         async with aiomqtt.Client(broker.host, broker.port, username=broker.username,
                                   password=broker.password, identifier=f"sim-{self.device_id}",
                                   clean_session=True, will=will, keepalive=30,
-                                  timeout=10.0) as client:
+                                  # A publish left hanging by a broker restart ends the
+                                  # session within 2 s (then a reconnect and a fresh report),
+                                  # as a well-made controller does; with 10 s its reports of
+                                  # an onset came after the gateway's confirmation window.
+                                  timeout=2.0) as client:
             await client.subscribe(self.command_topic, qos=1)
             await client.publish(self.state_topic, b"online", qos=1, retain=True)
             self.connected = True

@@ -496,3 +496,23 @@ async def test_a_webhook_retried_when_the_gateway_is_killed_is_delivered_after_r
     finally:
         gateway.stop()
         await receiver.stop()
+
+
+async def test_a_broker_restart_between_acceptance_and_onset_still_proves_the_sounding(
+        broker: Mosquitto, start_district: StartDistrict, gateways: StartGateway) -> None:
+    """The device's "sounding" report is lost with the broker; its later reports still prove
+    it (found by bench/truth_chaos.py)."""
+    site = with_users(mixed_site(broker, modbus=0, mqtt=3, interval_s=2.0, ack_timeout_s=1.5),
+                      **(FAST | {"sync_lead_s": 2.0, "confirm_timeout_s": 12.0}))
+    simulated, gateway, api = await with_api(start_district, gateways, site)
+    created = await sound(api, ["s00001", "s00002", "s00003"], klass="emergency",
+                          signal_id="growl_test")
+    activation = gateway.activations.activations[created["id"]]
+    await wait_until(lambda: activation.all_accepted_at is not None, 5, "all accepted")
+    broker.stop()
+    await asyncio.sleep(2.5)  # the onsets happen while the broker is away
+    broker.start()
+    report = await api.finished(created["id"], timeout_s=30)
+    for result in report["sirens"]:
+        assert result["status"] == "sounded", result
+        assert len(await onsets(simulated.control, result["siren_id"])) == 1
