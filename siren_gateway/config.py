@@ -140,6 +140,9 @@ class MqttBrokerConfig(_Strict):
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     reconnect_initial_s: float = Field(default=0.5, gt=0, le=60)
     reconnect_max_s: float = Field(default=10.0, gt=0, le=600)
+    # A connect (or subscribe) left unanswered, e.g. by a broker that is shutting down or
+    # starting up, is given up after this and retried, rather than holding the link for long.
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # A command with no accepted/rejected acknowledgement by then is reported unacknowledged.
     ack_timeout_s: float = Field(default=5.0, gt=0, le=120)
     # Silent for this many reporting intervals: offline (stale comes first, as for polling).

@@ -137,7 +137,9 @@ async def test_a_huge_unauthenticated_body_is_refused_while_reading(running: Run
     answer, sent = await _post_raw(port, (
         b"POST /api/auth/token HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
         b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"), hundred_mb // 0x10000, chunk)
-    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    # The server answers 413 and hangs up with our unread bytes in its buffer, so its TCP
+    # reset may reach us before we read the answer: either proves it stopped reading.
+    assert answer.startswith(b"HTTP/1.1 413") or answer == b"", answer[:200]
     assert sent < hundred_mb  # the server stopped reading: we could not push it all
     stop.set()
     await watcher

@@ -336,7 +336,7 @@ class MqttHub:
                 async with aiomqtt.Client(
                     config.host, config.port, username=config.username, password=config.password,
                     identifier=self.client_id, clean_session=True, keepalive=config.keepalive_s,
-                    tls_context=self._tls, timeout=10.0,
+                    tls_context=self._tls, timeout=config.connect_timeout_s,
                     queue_type=_drop_oldest_queue(self.stats, made),
                     max_queued_incoming_messages=config.max_queued_messages,
                     logger=logging.getLogger("siren_gateway.links.mqtt.client"),
