@@ -358,7 +358,8 @@ def print_summary(tally: Tally, elapsed_s: float) -> None:
     print(f"RATIO extra_onsets {tally.extra_onsets}")
     print(json.dumps({"judged": tally.judged, "agreed": tally.agreed, "agreement": rate,
                       "extra_onsets": tally.extra_onsets,
-                      "violations": sum(tally.violations.values())}))
+                      "violations": sum(tally.violations.values()),
+                      "by_kind": dict(tally.violations)}))
 
 
 def main(argv: list[str] | None = None) -> int:
