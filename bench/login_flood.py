@@ -20,9 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from simulators.launcher import start_fleet
-from simulators.processes import GatewayProcess
-from simulators.sitegen import assign_free_ports, generate_site, write_site
+from simulators.processes import start_site
+from simulators.sitegen import generate_site
 from siren_gateway.auth import hash_password
 
 PASSWORDS = {"viewer": "viewer-flood", "operator": "operator-flood", "admin": "admin-flood"}
@@ -85,11 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         site = generate_site(1, poll_interval_s=5.0, timeout_s=0.5)
         site["users"] = [{"username": name, "role": name, "password_hash": hash_password(pw)}
                          for name, pw in PASSWORDS.items()]
-        assign_free_ports(site)
-        path = write_site(site, work / "site.yaml", database=work / "gateway.db")
-        fleet = start_fleet(path, control_port=0)
-        gateway = GatewayProcess(path, log_path=work / "gateway.log")
-        gateway.start()
+        fleet, gateway = start_site(site, work)
         try:
             return asyncio.run(flood(gateway.url, args.logins, args.concurrency))
         finally:

@@ -13,10 +13,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from simulators.broker import mosquitto_binary
-from simulators.launcher import REPO_DIR, _die_with_parent
-from simulators.sitegen import free_ports
+from simulators.launcher import REPO_DIR, FleetProcess, _die_with_parent, start_fleet
+from simulators.sitegen import assign_free_ports, free_ports, write_site
 
 
 class GatewayProcess:
@@ -92,3 +93,14 @@ class Mosquitto:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+
+def start_site(site: dict[str, Any], work: Path) -> tuple[FleetProcess, GatewayProcess]:
+    """Simulators for a site dict (ports moved to free ones) and a gateway process for it,
+    with the site file, database and gateway log in `work`."""
+    assign_free_ports(site)
+    path = write_site(site, work / "site.yaml", database=work / "gateway.db")
+    fleet = start_fleet(path, control_port=0)
+    gateway = GatewayProcess(path, log_path=work / "gateway.log")
+    gateway.start()
+    return fleet, gateway

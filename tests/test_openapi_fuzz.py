@@ -19,9 +19,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import checks
 
-from simulators.launcher import start_fleet
-from simulators.processes import GatewayProcess
-from simulators.sitegen import assign_free_ports, generate_site, write_site
+from simulators.processes import start_site
+from simulators.sitegen import generate_site
 from tests.conftest import PASSWORDS, with_users
 
 EXAMPLES = int(os.environ.get("SG_FUZZ_EXAMPLES", "100"))
@@ -41,11 +40,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
                           "recurrence": {"type": "monthly", "weekday": "wed", "nth": 1,
                                          "time": "10:00"},
                           "steps": [{"offset_s": 0, "signal": "growl_test"}]}]
-    assign_free_ports(site)
-    path = write_site(site, work / "site.yaml", database=work / "gateway.db")
-    fleet = start_fleet(path, control_port=0)
-    gateway = GatewayProcess(path, log_path=work / "gateway.log")
-    gateway.start()
+    fleet, gateway = start_site(site, work)
     try:
         deadline = time.monotonic() + 30
         token = None
