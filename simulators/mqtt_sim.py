@@ -21,10 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiomqtt
-
 from simulators.physics import SimulatedSiren
 from siren_gateway.config import MqttBrokerConfig
+from siren_gateway.links import mqtt_client
 from siren_gateway.model import Command, CommandKind
 from siren_gateway.mqtt_profile import MqttProfile, PayloadError
 
@@ -84,33 +83,32 @@ class SimulatedMqttSiren:
                 continue
             try:
                 await self._session()
-            except aiomqtt.MqttError as exc:
-                log.debug("%s: %s", self.device_id, exc)
+            except* mqtt_client.MqttError as lost:
+                log.debug("%s: %s", self.device_id, lost.exceptions[0])
             self.connected = False
             await asyncio.sleep(random.uniform(0.3, 1.0))
 
     async def _session(self) -> None:
         broker = self.broker
-        will = aiomqtt.Will(self.state_topic, b"offline", qos=1, retain=True)
-        async with aiomqtt.Client(broker.host, broker.port, username=broker.username,
-                                  password=broker.password, identifier=f"sim-{self.device_id}",
-                                  clean_session=True, will=will, keepalive=30,
-                                  # A publish left hanging by a broker restart ends the
-                                  # session within 2 s (then a reconnect and a fresh report),
-                                  # as a well-made controller does; with 10 s its reports of
-                                  # an onset came after the gateway's confirmation window.
-                                  timeout=2.0) as client:
+        will = mqtt_client.Will(self.state_topic, b"offline", qos=1, retain=True)
+        async with mqtt_client.MqttClient(
+                broker.host, broker.port, username=broker.username, password=broker.password,
+                identifier=f"sim-{self.device_id}", clean_session=True, will=will, keepalive=30,
+                # A publish left hanging by a broker restart ends the session within 2 s
+                # (then a reconnect and a fresh report), as a well-made controller does; with
+                # 10 s its reports of an onset came after the gateway's confirmation window.
+                timeout=2.0) as client:
             await client.subscribe(self.command_topic, qos=1)
             await client.publish(self.state_topic, b"online", qos=1, retain=True)
             self.connected = True
             self.stats.connects += 1
-            commands = asyncio.create_task(self._receive(client))
-            try:
+            # One task group: a publish failing in either half ends the session (and a
+            # reconnect follows), where before a failed ack left a controller reporting on
+            # but deaf to every command until the next broker restart.
+            async with asyncio.TaskGroup() as session:
+                commands = session.create_task(self._receive(client))
                 await self._report(client)
-            finally:
                 commands.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await commands
             if self.siren.comms.vanish:
                 # Cut the TCP connection under the client: no DISCONNECT reaches the broker,
                 # which therefore publishes our last will, as for a controller losing power.
@@ -119,7 +117,7 @@ class SimulatedMqttSiren:
                     with contextlib.suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
 
-    async def _report(self, client: aiomqtt.Client) -> None:
+    async def _report(self, client: mqtt_client.MqttClient) -> None:
         """Telemetry every interval and at once on any change; returns when told to drop."""
         comms = self.siren.comms
         last_key: tuple[Any, ...] | None = None
@@ -141,7 +139,7 @@ class SimulatedMqttSiren:
             await self._report_progress(client, values)
             await asyncio.sleep(TICK_S)
 
-    async def _report_progress(self, client: aiomqtt.Client, values: dict[str, Any]) -> None:
+    async def _report_progress(self, client: mqtt_client.MqttClient, values: dict[str, Any]) -> None:
         if self._progress is None:
             return
         command_id, stage = self._progress
@@ -154,14 +152,14 @@ class SimulatedMqttSiren:
             self._progress = None
             await self._ack(client, command_id, status, str(result))
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, client: mqtt_client.MqttClient) -> None:
         async for message in client.messages:
             if message.retain:
                 continue  # a retained command is a stale one: never act on it
             payload = message.payload if isinstance(message.payload, bytes) else b""
             await self._on_command(client, payload)
 
-    async def _on_command(self, client: aiomqtt.Client, payload: bytes) -> None:
+    async def _on_command(self, client: mqtt_client.MqttClient, payload: bytes) -> None:
         self.stats.commands += 1
         try:
             command, expires_at = self.profile.decode_command(payload)
@@ -192,7 +190,7 @@ class SimulatedMqttSiren:
             self._answered.popitem(last=False)
         await self._ack(client, command.command_id, status, reason)
 
-    async def _ack(self, client: aiomqtt.Client, command_id: str, status: str,
+    async def _ack(self, client: mqtt_client.MqttClient, command_id: str, status: str,
                    reason: str) -> None:
         comms = self.siren.comms
         if comms.never_ack or comms.lost_reply:
@@ -209,9 +207,9 @@ class SimulatedMqttSiren:
             await client.publish(self.ack_topic, body, qos=1)
             self.stats.acks += 1
 
-    async def _late(self, client: aiomqtt.Client, body: bytes, copies: int, delay_s: float) -> None:
+    async def _late(self, client: mqtt_client.MqttClient, body: bytes, copies: int, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
-        with contextlib.suppress(aiomqtt.MqttError):
+        with contextlib.suppress(mqtt_client.MqttError):
             for _ in range(copies):
                 await client.publish(self.ack_topic, body, qos=1)
                 self.stats.acks += 1

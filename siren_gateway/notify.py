@@ -16,11 +16,11 @@ import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiomqtt
 import httpx
 
 from siren_gateway.bus import AlertChanged, Bus, ScheduleEvent, Subscription
 from siren_gateway.config import SEVERITY_RANK, MqttNotifierConfig, WebhookConfig
+from siren_gateway.links import mqtt_client
 from siren_gateway.outbox import Notification, Outbox
 from siren_gateway.tasks import cancel_and_wait
 
@@ -179,7 +179,7 @@ class MqttAlertNotifier:
         backoff = 0.5
         while True:
             try:
-                async with aiomqtt.Client(
+                async with mqtt_client.MqttClient(
                         config.host, port=config.port, username=config.username,
                         password=config.password,
                         tls_context=ssl.create_default_context() if config.tls else None,
@@ -203,7 +203,7 @@ class MqttAlertNotifier:
                                 notification.body, ensure_ascii=False), qos=1)
                             await self.outbox.delivered(notification)  # once the broker has it
                             self.schedule_events_published += 1
-            except aiomqtt.MqttError as exc:
+            except mqtt_client.MqttError as exc:
                 self.connect_failures += 1
                 self._changed.set()  # publish again once reconnected
                 log.warning("MQTT alert notifier: %s; reconnecting in %.1f s", exc, backoff)

@@ -23,10 +23,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
-
 from siren_gateway.config import MqttBrokerConfig, MqttLink, SirenConfig
 from siren_gateway.fleet import Fleet, Reachability
+from siren_gateway.links import mqtt_client
 from siren_gateway.logs import RateLimitedLog
 from siren_gateway.model import (
     SEQUENCE_POINT,
@@ -255,18 +254,18 @@ def _tls_context(config: MqttBrokerConfig) -> ssl.SSLContext | None:
     return context
 
 
-def _drop_oldest_queue(stats: MqttStats, made: list[asyncio.Queue[aiomqtt.Message]]
-                       ) -> type[asyncio.Queue[aiomqtt.Message]]:
+def _drop_oldest_queue(stats: MqttStats, made: list[asyncio.Queue[mqtt_client.Message]]
+                       ) -> type[asyncio.Queue[mqtt_client.Message]]:
     """aiomqtt's inbound queue, bounded: when full the oldest message goes (counted), since
     the newest report of a siren is worth more than an old one. The instance aiomqtt makes is
     handed back through `made`, so the hub can drain it in batches."""
 
-    class DropOldestQueue(asyncio.Queue[aiomqtt.Message]):
+    class DropOldestQueue(asyncio.Queue[mqtt_client.Message]):
         def __init__(self, maxsize: int = 0) -> None:
             super().__init__(maxsize)
             made.append(self)
 
-        def put_nowait(self, item: aiomqtt.Message) -> None:
+        def put_nowait(self, item: mqtt_client.Message) -> None:
             if self.full():
                 self.get_nowait()
                 stats.dropped_queue_full += 1
@@ -300,7 +299,7 @@ class MqttHub:
         self._prefix = prefix + "/"
         self.client_id = config.client_id or f"siren-gw-{os.getpid() % 100000}-{random.randrange(16**6):06x}"
         self._tls = _tls_context(config)
-        self._client: aiomqtt.Client | None = None
+        self._client: mqtt_client.MqttClient | None = None
         self._connected = asyncio.Event()
         self._window = asyncio.Semaphore(config.publish_window)
         self._task: asyncio.Task[None] | None = None
@@ -331,9 +330,9 @@ class MqttHub:
         config = self.config
         backoff = config.reconnect_initial_s
         while self._running:
-            made: list[asyncio.Queue[aiomqtt.Message]] = []
+            made: list[asyncio.Queue[mqtt_client.Message]] = []
             try:
-                async with aiomqtt.Client(
+                async with mqtt_client.MqttClient(
                     config.host, config.port, username=config.username, password=config.password,
                     identifier=self.client_id, clean_session=True, keepalive=config.keepalive_s,
                     tls_context=self._tls, timeout=config.connect_timeout_s,
@@ -358,7 +357,7 @@ class MqttHub:
                         for _ in range(min(queue.qsize(), 1000)):
                             queued = queue.get_nowait()
                             handle(queued.topic.value, queued.payload)
-            except aiomqtt.MqttError as exc:
+            except mqtt_client.MqttError as exc:
                 self.stats.last_error = str(exc)
                 if self.stats.connected:
                     self.stats.connection_losses += 1
@@ -439,7 +438,7 @@ class MqttHub:
                     reached_broker = True
                     async with asyncio.timeout_at(deadline):
                         await client.publish(topic, payload, qos=1)
-                except aiomqtt.MqttError:
+                except mqtt_client.MqttError:
                     # The connection broke under us; the run loop reconnects. Publishing again
                     # is safe: the command id makes the device take it once.
                     if loop.time() >= deadline:
