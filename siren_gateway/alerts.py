@@ -24,6 +24,7 @@ from siren_gateway.auth import Principal
 from siren_gateway.bus import (
     AlertChanged,
     Bus,
+    CoverageChanged,
     Event,
     SampleReceived,
     ScheduleEvent,
@@ -110,7 +111,7 @@ class AlertEngine:
         self._subscription: Subscription = bus.subscribe(
             "alerts", maxsize=100_000,
             kinds=(SampleReceived, SpoolOverflow, SirenResultFinal, ScheduleEvent,
-                   SecurityEvent))
+                   SecurityEvent, CoverageChanged))
         self._attacks: dict[str, float] = {}  # login_attack subject -> last seen
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -406,6 +407,14 @@ class AlertEngine:
             elif event.kind == "done":
                 self._observe("scheduled_test_missed", None, list(event.zones), False, now,
                               "info", "", clear_now=True, subject=subject)
+        elif isinstance(event, CoverageChanged):
+            repair = (f"; repairing {', '.join(event.repair)} restores it" if event.repair
+                      else "; no repair of a siren alone restores it")
+            self._observe("coverage_low", None, [event.zone_id], event.below, now,
+                          self.site.config.coverage.severity,
+                          f"{event.zone_name}: {event.share:.1%} of its area would hear the "
+                          f"alarm now, under the target of {event.target:.0%}{repair}",
+                          clear_now=not event.below, subject=f"coverage:{event.zone_id}")
         elif isinstance(event, SecurityEvent):
             self._attacks[event.subject] = now
             self._observe("login_attack", None, [], True, now, self.config.login_attack_severity,
@@ -438,7 +447,8 @@ class AlertEngine:
                               if health.failing else "", clear_now=not health.failing)
                 for (rule, siren_id), tracker in list(self._trackers.items()):
                     if rule in ("offline", "activation_failed", "telemetry_spool_overflow",
-                                "scheduled_test_missed", "storage_failing", "login_attack"):
+                                "scheduled_test_missed", "storage_failing", "login_attack",
+                                "coverage_low"):
                         continue
                     if tracker.alert is None and tracker.true_since is not None:
                         self._recheck_duration(rule, siren_id, tracker, now)

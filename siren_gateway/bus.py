@@ -93,8 +93,20 @@ class ScheduleEvent:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class CoverageChanged:
+    """A zone's audible coverage is under its target (or has just come back to it)."""
+
+    zone_id: str
+    zone_name: str
+    share: float
+    target: float
+    below: bool
+    repair: tuple[str, ...]  # sirens whose repair would bring it back to target
+
+
 Event = (SampleReceived | StatusChanged | FaultsChanged | SpoolOverflow | SirenResultFinal
-         | AlertChanged | ScheduleEvent | SecurityEvent)
+         | AlertChanged | ScheduleEvent | SecurityEvent | CoverageChanged)
 
 
 class EventQueue:

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from siren_gateway.coverage.config import CoverageConfig, ZoneKind, zone_area
 from siren_gateway.profiles import DeviceProfile, ModbusProfile, parse_profile
 from siren_gateway.recurrence import (
     WEEKDAYS,
@@ -113,6 +114,8 @@ class SirenConfig(_Strict):
     poll_interval_s: float = Field(default=5.0, ge=0.05, le=3600)
     # In maintenance: never sounded, raises nothing. Still polled so its health stays visible.
     inhibited: bool = False
+    # Rated sound level, dB(C) at 30 m, from the asset record; default: its profile's.
+    rated_db_c: float | None = Field(default=None, ge=60, le=150)
 
 
 MqttTopicPrefix = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")]
@@ -157,6 +160,18 @@ class ZoneConfig(_Strict):
     id: Identifier
     name: str
     name_zh: str | None = None
+    # Its area (GeoJSON Polygon or MultiPolygon, lon/lat), for audible coverage (docs/coverage.md)
+    area: dict[str, Any] | None = None
+    kind: ZoneKind = "suburban"  # picks the excess attenuation of the sound model
+    threshold_db: float | None = Field(default=None, ge=30, le=140)  # default: coverage's
+    ambient_db: float | None = Field(default=None, ge=0, le=120)  # measured background level
+    target_share: float | None = Field(default=None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check_area(self) -> ZoneConfig:
+        if self.area is not None:
+            zone_area(self.area)
+        return self
 
 
 class SignalStep(_Strict):
@@ -546,6 +561,7 @@ class SiteConfig(_Strict):
     activation: ActivationConfig = ActivationConfig()
     alerts: AlertsConfig = AlertsConfig()
     schedules: list[PlanConfig] = []
+    coverage: CoverageConfig = CoverageConfig()
 
     @model_validator(mode="after")
     def _check_signal_ids(self) -> SiteConfig:

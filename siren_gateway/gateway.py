@@ -14,6 +14,7 @@ from siren_gateway.audit import AuditLog
 from siren_gateway.auth import LoginThrottle, Principal, Role, TokenStore
 from siren_gateway.bus import Bus
 from siren_gateway.config import MqttLink, Site
+from siren_gateway.coverage.engine import CoverageEngine
 from siren_gateway.credentials import Credentials
 from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
@@ -58,6 +59,7 @@ class Gateway:
         self.commands = OperatorCommands(site, self.fleet, self.links, self.audit,
                                          self.activations)
         self.alerts = AlertEngine(site, self.fleet, self.bus, self.db, self.audit)
+        self.coverage = CoverageEngine(site, self.fleet, self.bus)
         self.scheduler = Scheduler(
             site, self.db, self.bus, self.audit,
             ActivationExecutor(self.activations, self.db,
@@ -108,6 +110,7 @@ class Gateway:
             self.influx.start()
         await self.activations.start()
         await self.alerts.start()
+        await self.coverage.start()  # after alerts: its first count may already be low
         await self.scheduler.start()  # after activations: it resumes steps they recovered
         for webhook in self.webhooks:
             webhook.start()
@@ -125,6 +128,7 @@ class Gateway:
         await self.poller.stop()
         if self.mqtt is not None:
             await self.mqtt.stop()
+        await self.coverage.stop()
         await self.alerts.stop()
         for webhook in self.webhooks:
             await webhook.stop()

@@ -106,6 +106,9 @@ class MqttProfileSpec(_Strict):
     timestamp_field: FieldPath = "ts"
     topics: TopicSuffixes = TopicSuffixes()
     sounding_current_threshold: float | None = None
+    # Rated level, dB(C) at 30 m, and the faults that stop it making sound (audible coverage).
+    rated_db_c: float | None = Field(default=None, ge=60, le=150)
+    silencing_faults: list[Identifier] = []
     # Signal ids as the device knows them; a signal not listed goes by its site id.
     signal_codes: dict[Identifier, str] = {}
     points: list[JsonPointSpec]

@@ -146,6 +146,9 @@ class ProfileSpec(_Strict):
     max_read_gap: int = Field(default=4, ge=0, le=64)
     # Amperes of sounding current above which the horn is taken to be really sounding.
     sounding_current_threshold: float | None = None
+    # Rated level, dB(C) at 30 m, and the faults that stop it making sound (audible coverage).
+    rated_db_c: float | None = Field(default=None, ge=60, le=150)
+    silencing_faults: list[Identifier] = []
     signal_codes: dict[Identifier, int] = {}
     points: list[PointSpec]
     commands: CommandBlock

@@ -47,6 +47,11 @@ def render_metrics(gateway: Gateway) -> str:
            [({"state": k}, v) for k, v in sorted(by_state.items())])
     family("siren_gateway_alerts_active", "gauge", "Alerts not cleared.",
            [({}, sum(a.state != "cleared" for a in gateway.alerts.alerts.values()))])
+    coverage = gateway.coverage.metrics()
+    if coverage:
+        family("siren_gateway_coverage_ratio", "gauge",
+               "Share of a zone's area that would hear the alarm from the sirens able to sound.",
+               coverage)
     if gateway.influx is not None:
         sink = gateway.influx.stats()
         family("siren_gateway_sink_spool_bytes", "gauge", "Telemetry spooled on disk.",

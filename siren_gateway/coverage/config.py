@@ -1,0 +1,63 @@
+"""The sound model's settings (the site file's `coverage:` section) and a zone's area."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import shapely
+from pydantic import BaseModel, ConfigDict, Field
+from shapely.geometry import shape
+from shapely.geometry.base import BaseGeometry
+
+ZoneKind = Literal["open", "suburban", "urban"]
+
+
+def _default_excess() -> dict[ZoneKind, float]:
+    # Our own planning estimates (dB per km of path, on top of spreading and air): ground and
+    # scattered obstacles in suburbs, street canyons in a dense centre. Not from a standard:
+    # set them from a site's own measurements.
+    return {"open": 0.0, "suburban": 4.0, "urban": 8.0}
+
+
+class CoverageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Loss per doubling of distance beyond 30 m: 6 dB is free-field spherical spreading; the
+    # US civil-defence outdoor warning guide (FEMA CPG 1-17) plans with 10 dB, for built-up
+    # areas.
+    loss_per_doubling_db: float = Field(default=10.0, gt=0, le=20)
+    # Air absorption near a siren's 400-600 Hz: ~2-3 dB/km at 20 degC (ISO 9613-1 tables).
+    absorption_db_per_km: float = Field(default=2.5, ge=0, le=50)
+    excess_db_per_km: dict[ZoneKind, float] = Field(default_factory=_default_excess)
+    # A point hears the alarm at this level (CPG 1-17's effective range: 70 dB(C)), or at
+    # ambient_margin_db above a zone's stated ambient level, whichever is higher.
+    threshold_db: float = Field(default=70.0, ge=30, le=140)
+    ambient_margin_db: float = Field(default=10.0, ge=0, le=40)
+    target_share: float = Field(default=0.95, gt=0, le=1)  # below it: coverage_low
+    cell_m: float = Field(default=25.0, ge=5, le=1000)
+    # A siren whose profile and asset record give no rated level (dB(C) at 30 m).
+    default_rated_db_c: float = Field(default=120.0, ge=60, le=150)
+    # Faults that stop a siren making sound, on top of any a profile lists.
+    silencing_faults: list[str] = ["amplifier_fault", "driver_fault", "dc_fault"]
+    # Largest grid accepted (cells), so a mistyped cell size cannot exhaust memory.
+    max_cells: int = Field(default=8_000_000, ge=1000, le=100_000_000)
+    severity: Literal["info", "minor", "major", "critical"] = "major"
+    # After a start, coverage_low waits until every siren has answered (or gone offline) or
+    # this long has passed: sirens not yet heard from are not a coverage gap.
+    startup_grace_s: float = Field(default=60.0, ge=0, le=3600)
+
+
+def zone_area(geojson: dict[str, Any]) -> BaseGeometry:
+    """A zone's GeoJSON geometry (Polygon or MultiPolygon, lon/lat) as a valid shape."""
+    try:
+        geometry = shape(geojson)
+    except Exception as exc:  # shapely raises several kinds for malformed GeoJSON
+        raise ValueError(f"not a GeoJSON geometry: {exc}") from None
+    if geometry.geom_type not in ("Polygon", "MultiPolygon"):
+        raise ValueError(f"a zone's area is a Polygon or MultiPolygon, not {geometry.geom_type}")
+    if geometry.is_empty or not shapely.is_valid(geometry):
+        raise ValueError(f"invalid polygon: {shapely.is_valid_reason(geometry)}")
+    min_lon, min_lat, max_lon, max_lat = geometry.bounds
+    if not (-180 <= min_lon <= max_lon <= 180 and -90 <= min_lat <= max_lat <= 90):
+        raise ValueError("coordinates are [lon, lat] in degrees")
+    return geometry
