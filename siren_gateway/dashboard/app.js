@@ -9,6 +9,7 @@ const S = {
   sirens: new Map(), alerts: [], signals: [], zones: [], site: null,
   sort: { key: "id", dir: 1 }, selected: new Set(), detail: null, preview: null,
   activation: null, refreshTimer: null, pendingRefresh: false, ws: null,
+  coverage: null, layer: null, candidates: [], picking: false, coverageTimer: null,
 };
 // What tests and the benchmark read: when the first full render happened, how many since.
 window.__sg = { firstRenderMs: null, renders: 0, renderMsTotal: 0, renderMsMax: 0, streamEvents: 0 };
@@ -47,7 +48,7 @@ function applyLanguage() {
   $("#class-filter").innerHTML = classes.map((c) => `<option value="${c}">${esc(t("cls_" + c))}</option>`).join("");
   $("#class-filter").value = chosen;
   $("#legend").innerHTML = classes.slice(1).map((c) => `<span><i class="dot c-${c}"></i>${esc(t("cls_" + c))}</span>`).join("");
-  renderZoneChoices(); renderSignals(); render(); renderAlerts(); renderSchedules();
+  renderZoneChoices(); renderSignals(); render(); renderAlerts(); renderSchedules(); renderCoverage();
 }
 
 // -- login -------------------------------------------------------------------------------------
@@ -88,19 +89,24 @@ function classify(s) {
 }
 
 // -- rendering ---------------------------------------------------------------------------------
-let projection = null;
+let projection = null, unproject = null;
 function project(s) {
   if (!projection) {
     const all = [...S.sirens.values()];
     const lats = all.map((x) => x.location.lat), lons = all.map((x) => x.location.lon);
+    if (S.layer && S.layer.enabled) {  // the zones' areas are on the map too
+      const b = S.layer.bounds; lats.push(b.south, b.north); lons.push(b.west, b.east);
+    }
     const [minLat, maxLat, minLon, maxLon] = [Math.min(...lats), Math.max(...lats), Math.min(...lons), Math.max(...lons)];
     const kx = Math.cos(((minLat + maxLat) / 2) * Math.PI / 180);
     const w = Math.max((maxLon - minLon) * kx, 1e-6), h = Math.max(maxLat - minLat, 1e-6);
     const scale = Math.min(920 / w, 620 / h);
     projection = (x) => [40 + (x.location.lon - minLon) * kx * scale, 660 - (x.location.lat - minLat) * scale];
+    unproject = (x, y) => ({ lat: minLat + (660 - y) / scale, lon: minLon + (x - 40) / (kx * scale) });
   }
   return projection(s);
 }
+const at = (lat, lon) => project({ location: { lat, lon } });
 
 function visible(s) {
   const text = $("#filter").value.trim().toLowerCase();
@@ -173,6 +179,91 @@ function refreshSoon() {
   if (S.pendingRefresh) return;
   S.pendingRefresh = true;
   setTimeout(refreshSirens, 300);  // a burst of events costs one refresh
+}
+
+// -- coverage ----------------------------------------------------------------------------------
+async function refreshCoverage() {
+  S.coverageTimer = null;
+  try {
+    [S.coverage, S.layer] = await Promise.all([api("/api/coverage"), api("/api/coverage/layer")]);
+  } catch (error) { S.coverage = null; S.layer = null; }
+  renderCoverage();
+}
+
+function refreshCoverageSoon() {
+  if (!S.coverageTimer) S.coverageTimer = setTimeout(refreshCoverage, 1000);  // one per burst
+}
+
+const pct = (v) => `${(v * 100).toFixed(1)}%`;
+function zoneName(id) {
+  const z = S.zones.find((x) => x.id === id);
+  return z ? ((S.lang === "zh" && z.name_zh) || z.name) : id;
+}
+
+function renderCoverage() {
+  const card = $("#coverage-card");
+  const c = S.coverage;
+  card.hidden = !(c && c.enabled);
+  if (card.hidden) return;
+  const rows = c.zones.map((z) => `<tr data-zone="${esc(z.zone)}" class="${z.below_target ? "below" : ""}">
+      <td>${esc(zoneName(z.zone))}</td><td data-share="${z.covered_share}">${t("cov_now")} ${pct(z.covered_share)}</td>
+      <td>${t("cov_healthy")} ${pct(z.healthy_share)}</td><td>${t("cov_target")} ${pct(z.target_share)}</td>
+      <td>${z.repair.length ? `${esc(t("cov_repair"))}: ${esc(z.repair.join(", "))}` : ""}</td></tr>`);
+  rows.push(`<tr data-zone="district"><td><b>${esc(t("cov_district"))}</b></td><td>${t("cov_now")} ${pct(c.district.covered_share)}</td>
+      <td>${t("cov_healthy")} ${pct(c.district.healthy_share)}</td><td></td><td></td></tr>`);
+  $("#coverage-zones tbody").innerHTML = rows.join("");
+  drawLayer();
+}
+
+function drawLayer() {
+  const map = $("#map");
+  let group = map.querySelector("#coverage-layer");
+  if (!group) {
+    group = document.createElementNS("http://www.w3.org/2000/svg", "g");
+    group.id = "coverage-layer";
+    map.insertBefore(group, map.firstChild);  // under the sirens
+  }
+  const layer = S.layer;
+  if (!layer || !layer.enabled || !$("#coverage-toggle").checked || !S.sirens.size) { group.innerHTML = ""; return; }
+  const canvas = document.createElement("canvas");
+  canvas.width = layer.width; canvas.height = layer.height;
+  const ctx = canvas.getContext("2d");
+  const image = ctx.createImageData(layer.width, layer.height);
+  const colours = { 1: [59, 111, 214, 90], 2: [122, 122, 122, 90], 3: [217, 72, 15, 190] };
+  for (let r = 0; r < layer.height; r++) {
+    const y = layer.height - 1 - r;  // row 0 is the southern edge
+    for (let col = 0; col < layer.width; col++) {
+      const colour = colours[layer.cells.charCodeAt(r * layer.width + col) - 48];
+      if (colour) image.data.set(colour, (y * layer.width + col) * 4);
+    }
+  }
+  ctx.putImageData(image, 0, 0);
+  const b = layer.bounds;
+  const [x0, y0] = at(b.north, b.west), [x1, y1] = at(b.south, b.east);
+  const outlines = layer.zones.flatMap((z) => z.area.map((ring) =>
+    `<path class="zone-outline" data-zone="${esc(z.zone)}" d="M${ring.map(([lat, lon]) => at(lat, lon).map((v) => v.toFixed(1)).join(",")).join("L")}Z"/>`));
+  const marks = S.candidates.map((p, i) => { const [x, y] = at(p.lat, p.lon); return `<circle class="candidate" data-candidate="${i}" cx="${x}" cy="${y}" r="7"/>`; });
+  group.innerHTML = `<image id="coverage-image" href="${canvas.toDataURL()}" x="${x0}" y="${y0}" width="${x1 - x0}" height="${y1 - y0}" preserveAspectRatio="none" style="image-rendering: pixelated"/>${outlines.join("")}${marks.join("")}`;
+}
+
+async function whatIf() {
+  if (!S.candidates.length) { $("#whatif-result").textContent = ""; return; }
+  try {
+    const body = await api("/api/coverage/what-if", { method: "POST", json: { add: S.candidates } });
+    const zones = Object.entries(body.would_be.zones).map(([id, v]) => `${zoneName(id)} ${pct(body.now.zones[id])} → ${pct(v)}`);
+    $("#whatif-result").innerHTML = `${esc(t("whatif_result"))}: ${esc(t("cov_district"))} <b data-whatif="district">${pct(body.now.district)} → ${pct(body.would_be.district)}</b>; ${esc(zones.join("; "))}`;
+  } catch (error) { $("#whatif-result").textContent = error.message; }
+}
+
+function pickCandidate(event) {
+  if (!S.picking || !unproject) return;
+  const map = $("#map");
+  const point = map.createSVGPoint();
+  point.x = event.clientX; point.y = event.clientY;
+  const local = point.matrixTransform(map.getScreenCTM().inverse());
+  S.candidates.push(unproject(local.x, local.y));
+  S.picking = false; map.classList.remove("picking");
+  drawLayer(); whatIf();
 }
 
 // -- detail ------------------------------------------------------------------------------------
@@ -369,8 +460,8 @@ function connectStream() {
   ws.onmessage = (message) => {
     const event = JSON.parse(message.data);
     window.__sg.streamEvents += 1;
-    if (event.type === "StatusChanged" || event.type === "FaultsChanged") refreshSoon();
-    else if (event.type === "AlertChanged") { refreshAlerts(); refreshSoon(); }
+    if (event.type === "StatusChanged" || event.type === "FaultsChanged") { refreshSoon(); refreshCoverageSoon(); }
+    else if (event.type === "AlertChanged") { refreshAlerts(); refreshSoon(); if (event.alert && event.alert.rule === "coverage_low") refreshCoverageSoon(); }
     else if (event.type === "SirenResultFinal" && S.activation && event.activation_id === S.activation.id) {
       const r = S.activation.sirens.find((x) => x.siren_id === event.siren_id);
       if (r) { r.status = event.status; r.reason = event.reason; renderProgress(); }
@@ -395,7 +486,9 @@ async function start() {
     S.zones = S.site.zones;
   } catch (error) { console.warn(error); return; }
   applyLanguage();
+  await refreshCoverage();  // before the first map: the zones' areas set its extent
   await Promise.all([refreshSirens(), refreshAlerts(), refreshSchedules()]);
+  drawLayer();
   connectStream();
   // Measured values (battery, current) change without events: a steady refresh as well.
   S.refreshTimer = setInterval(refreshSirens, S.sirens.size > 500 ? 5000 : 2000);
@@ -424,6 +517,10 @@ $("#preview").addEventListener("click", preview);
 $("#send").addEventListener("click", send);
 $("#cancel-preview").addEventListener("click", () => { S.preview = null; $("#preview-box").hidden = true; });
 $("#emergency-ack").addEventListener("change", (e) => { $("#send").disabled = !e.target.checked; });
+$("#coverage-toggle").addEventListener("change", drawLayer);
+$("#whatif-add").addEventListener("click", () => { S.picking = true; $("#map").classList.add("picking"); $("#whatif-result").textContent = t("whatif_pick"); });
+$("#whatif-clear").addEventListener("click", () => { S.candidates = []; drawLayer(); whatIf(); });
+$("#map").addEventListener("click", pickCandidate);
 $("#schedules").addEventListener("click", (e) => { if (e.target.dataset.reportId) { e.preventDefault(); showReport(e.target.dataset.reportId); } });
 
 applyLanguage();
