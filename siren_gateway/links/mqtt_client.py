@@ -1,4 +1,4 @@
-"""Our one adapter over aiomqtt's Client: every MQTT connection in the project is made here.
+"""Our one adapter over aiomqtt's Client: every MQTT connection of the gateway and simulators.
 
 aiomqtt (2.5) hands paho's "register write" callback to the event loop through
 `call_soon_threadsafe`, even when paho calls it on the loop's own thread, as it does for every
