@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from shapely.geometry import Point, Polygon, box, mapping
+from shapely.geometry import Point, Polygon, box, mapping, shape
 
 from simulators.sitegen import generate_site
 from siren_gateway.api.routes.metrics import render_metrics
@@ -19,7 +19,8 @@ from siren_gateway.coverage.config import CoverageConfig
 from siren_gateway.coverage.engine import Candidate
 from siren_gateway.coverage.grid import CoverageGrid, Projection, Source, ZoneArea
 from siren_gateway.gateway import Gateway
-from tests.conftest import StartDistrict, wait_until
+from tests.conftest import StartDistrict, wait_until, with_users
+from tests.test_activation import Api
 
 StartGateway = Callable[[Site], Awaitable[Gateway]]
 LAT0, LON0 = 32.06, 118.82
@@ -209,3 +210,39 @@ async def test_a_siren_going_offline_lowers_coverage_and_raises_coverage_low(
     await wait_until(lambda: not coverage_alerts("active"), 10, "coverage_low cleared")
     assert engine.summary()["zones"][0]["covered_share"] == healthy
 
+
+
+async def test_the_coverage_api_by_role_and_a_siting_search_over_a_zone(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    site = with_users(site_with_area(4, rated_db_c=108.0))
+    simulated = start_district(site)
+    gateway = await gateways(simulated.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 4, 10, "online")
+    viewer, operator = await Api(gateway).login("viewer"), await Api(gateway).login("operator")
+    summary = (await viewer.get("/api/coverage")).json()
+    assert summary["enabled"] and len(summary["zones"]) == 1
+    layer = (await viewer.get("/api/coverage/layer")).json()
+    assert len(layer["cells"]) == layer["width"] * layer["height"]
+    zone = summary["zones"][0]["zone"]
+    body = {"zone": zone, "spacing_m": 300.0, "k": 3, "rated_db_c": 112.0}
+    assert (await viewer.post("/api/coverage/siting", body)).status_code == 403
+    assert (await operator.post("/api/coverage/siting", body | {"candidates": []})
+            ).status_code == 422  # a zone or candidates, not both
+    found = (await operator.post("/api/coverage/siting", body)).json()
+    area = next(z for z in gateway.site.config.zones if z.id == zone).area
+    assert area is not None
+    polygon = shape(area)
+    assert found["candidates"] and all(polygon.contains(Point(c["lon"], c["lat"]))
+                                       for c in found["candidates"])
+    best = found["best"]
+    assert 1 <= len(best) <= 3
+    gains = [b["gain_cells"] for b in best]
+    assert gains == sorted(gains, reverse=True) and gains[0] == max(
+        c["gain_cells"] for c in found["candidates"])
+    shares = [b["district_share_after"] for b in best]
+    assert shares == sorted(shares) and shares[0] > summary["district"]["covered_share"]
+    assert (await operator.post("/api/coverage/siting", {"zone": "nowhere"})).status_code == 404
+    what_if = (await operator.post("/api/coverage/what-if",
+                                   {"remove": ["s00001", "ghost"]})).json()
+    assert what_if["unknown_sirens"] == ["ghost"]
+    assert what_if["would_be"]["district"] <= what_if["now"]["district"]

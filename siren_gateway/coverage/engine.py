@@ -111,7 +111,7 @@ class CoverageEngine:
 
         self._started = time.monotonic()
         await asyncio.to_thread(initial)
-        self._recount()
+        await self._recount()
         self._task = asyncio.create_task(self._consume(), name="coverage")
 
     async def stop(self) -> None:
@@ -156,7 +156,7 @@ class CoverageEngine:
                 changed = True  # the first count that may raise coverage_low
             if changed:
                 self.recomputations += 1
-                self._recount()
+                await self._recount()
             await asyncio.sleep(BATCH_PAUSE_S)
 
     def _settle(self) -> bool:
@@ -167,20 +167,29 @@ class CoverageEngine:
 
     # -- results -------------------------------------------------------------------------------
 
-    def _recount(self) -> None:
+    async def _recount(self) -> None:
         grid = self.grid
         assert grid is not None
         self._counts = grid.covered_per_zone()
+        if not self.settled:
+            return
+        shares = [self._share(i) for i in range(len(grid.zones))]
+        below = [i for i, z in enumerate(grid.zones) if shares[i] < z.target_share]
+        if below:
+            # Choosing the repairs tries each siren that cannot sound: off the loop, on a copy.
+            trial = grid.copy()
+            repairs = await asyncio.to_thread(
+                lambda: {i: self.repairs(trial.copy(), i) for i in below})
+        else:
+            repairs = {}
         for index, zone in enumerate(grid.zones):
-            share = self._share(index)
-            below = share < zone.target_share
-            if not self.settled:
-                continue
-            if below or self._below.get(zone.id):
-                repair = self._repair[zone.id] = self.repairs(index) if below else ()
+            is_below = index in repairs
+            if is_below or self._below.get(zone.id):
+                repair = self._repair[zone.id] = repairs.get(index, ())
                 self.bus.publish(CoverageChanged(zone.id, self._names.get(zone.id, zone.id),
-                                                 share, zone.target_share, below, repair))
-            self._below[zone.id] = below
+                                                 shares[index], zone.target_share, is_below,
+                                                 repair))
+            self._below[zone.id] = is_below
 
     def _share(self, index: int, counts: Any = None) -> float:
         grid = self.grid
@@ -189,18 +198,16 @@ class CoverageEngine:
         total = int(grid.cells_per_zone[index])
         return float(counts[index]) / total if total and counts is not None else 1.0
 
-    def repairs(self, zone_index: int) -> tuple[str, ...]:
+    def repairs(self, trial: CoverageGrid, zone_index: int) -> tuple[str, ...]:
         """Sirens not able to sound whose repair brings the zone back to its target, chosen
-        greedily by the area each gives back (all that help, if the target is out of reach)."""
-        grid = self.grid
-        assert grid is not None
-        trial = grid.copy()
-        zone = grid.zones[zone_index]
+        greedily by the area each gives back (all that help, if the target is out of reach).
+        `trial` is a copy of the grid, changed here."""
+        zone = trial.zones[zone_index]
         chosen: list[str] = []
-        off = [i for i in range(len(self.sources)) if not trial.on[i]]
+        near = trial.sources_reaching(trial.zone_windows[zone_index])
+        off = [int(i) for i in near if not trial.on[i]]
         while off and len(chosen) < MAX_REPAIR_LIST:
-            gains = [(trial.gain(self.sources[i], zone_index), i) for i in off]
-            gain, best = max(gains)
+            gain, best = max((trial.gain(self.sources[i], zone_index), i) for i in off)
             if gain <= 0:
                 break
             trial.switch(best, True)
@@ -274,16 +281,8 @@ class CoverageEngine:
                 trial.switch(self._index[siren_id], False)
         for siren_id, level in levels.items():
             index = self._index.get(siren_id)
-            if index is None:
-                continue
-            was_on = bool(trial.on[index])
-            trial.switch(index, False)
-            old = trial.sources[index]
-            trial.sources[index] = Source(old.id, old.lat, old.lon, level)
-            trial._reach = trial._reach.copy()  # the live grid's array stays as it is
-            trial._reach[index] = trial.reach_m(level)
-            if was_on and siren_id not in remove:
-                trial.switch(index, True)
+            if index is not None and siren_id not in remove:
+                trial.set_level(index, level)
         for number, candidate in enumerate(add):
             trial.add_source(Source(candidate.id or f"new-{number + 1}", candidate.lat,
                                     candidate.lon,

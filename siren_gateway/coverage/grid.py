@@ -112,6 +112,8 @@ class CoverageGrid:
                                            + config.excess_db_per_km.get(zone.kind, 0.0)) / 1000
         self.per_m = per_m
         self.cells_per_zone = np.bincount(self.zone[self.zone >= 0], minlength=len(zones))
+        # Each zone's window (c0, r0, c1, r1) on the raster: who can reach it is found from it.
+        self.zone_windows = [self._window_of_bounds(p.bounds) for p in planes]
         self._min_threshold = min(z.threshold_db for z in zones)
         self._min_per_m = config.absorption_db_per_km / 1000 + min(
             config.excess_db_per_km.get(z.kind, 0.0) for z in zones) / 1000
@@ -165,6 +167,17 @@ class CoverageGrid:
         out: Floats = np.float32(rated_db_c) - k * np.log2(d / np.float32(NEAR_FIELD_M))
         out -= self.per_m[r0:r1, c0:c1] * (d - np.float32(NEAR_FIELD_M))
         return out
+
+    def sources_reaching(self, win: tuple[int, int, int, int]) -> npt.NDArray[np.intp]:
+        """Indices of the sources whose reach overlaps a window of the raster."""
+        c0, r0, c1, r1 = win
+        x0, x1 = self.x0 + c0 * self.cell_m, self.x0 + c1 * self.cell_m
+        y0, y1 = self.y0 + r0 * self.cell_m, self.y0 + r1 * self.cell_m
+        reach = self._reach
+        near: npt.NDArray[np.intp] = np.flatnonzero(
+            (self._sx + reach > x0) & (self._sx - reach < x1)
+            & (self._sy + reach > y0) & (self._sy - reach < y1))
+        return near
 
     # -- the sources -------------------------------------------------------------------------
 
@@ -267,6 +280,17 @@ class CoverageGrid:
         if zone_index is not None:
             newly &= self.zone[r0:r1, c0:c1] == zone_index
         return int(np.count_nonzero(newly))
+
+    def set_level(self, index: int, rated_db_c: float) -> None:
+        """A source's rated level changes (what-if): switched off, re-rated, switched back."""
+        was_on = bool(self.on[index])
+        self.switch(index, False)
+        old = self.sources[index]
+        self.sources[index] = Source(old.id, old.lat, old.lon, rated_db_c)
+        self._reach = self._reach.copy()  # a copy's arrays may be shared with the original
+        self._reach[index] = self.reach_m(rated_db_c)
+        if was_on:
+            self.switch(index, True)
 
     def add_source(self, source: Source) -> int:
         """A source appended (on) for a what-if; returns its index."""
