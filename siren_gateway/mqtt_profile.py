@@ -29,6 +29,7 @@ from siren_gateway.model import (
     Value,
     check_sequence_readback,
 )
+from siren_gateway.mqtt_decode import MAX_STRING, TelemetryDecoder
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 TopicSuffix = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
@@ -37,7 +38,6 @@ JsonType = Literal["float", "int", "bool", "string", "enum"]
 
 ACK_STATUSES = frozenset({"accepted", "rejected", "sounding", "finished", "failed"})
 DEVICE_STATES = frozenset({"online", "offline"})
-MAX_STRING = 256
 
 
 class PayloadError(Exception):
@@ -242,6 +242,7 @@ class MqttProfile:
         self.latched_faults = frozenset(p.fault for p in spec.points if p.fault and p.latched)
         self.signal_by_code = {code: name for name, code in spec.signal_codes.items()}
         self.commands = frozenset(spec.commands)
+        self._fast = TelemetryDecoder(spec.points, spec.timestamp_field)
 
     def topics(self, prefix: str, device_id: str) -> DeviceTopics:
         base, suffixes = f"{prefix}/{device_id}/", self.spec.topics
@@ -260,6 +261,16 @@ class MqttProfile:
         if not isinstance(data, dict):
             raise PayloadError("not_an_object", type(data).__name__)
         return data
+
+    def decode_telemetry_bytes(self, payload: bytes
+                               ) -> tuple[dict[str, Value], frozenset[str], datetime]:
+        """As `decode_telemetry(parse_object(payload))`; a valid report takes msgspec's typed
+        path (mqtt_decode.py), anything else the validator below, which names the reason."""
+        if len(payload) <= self.spec.max_payload_bytes:
+            fast = self._fast.decode(payload)
+            if fast is not None:
+                return fast
+        return self.decode_telemetry(self.parse_object(payload))
 
     def decode_telemetry(self, data: dict[str, Any]
                          ) -> tuple[dict[str, Value], frozenset[str], datetime]:

@@ -178,7 +178,7 @@ class MqttSirenLink:
 
     def on_telemetry(self, payload: bytes, now: float) -> Sample:
         profile = self.profile
-        values, faults, device_time = profile.decode_telemetry(profile.parse_object(payload))
+        values, faults, device_time = profile.decode_telemetry_bytes(payload)
         ts = device_time.timestamp()
         max_age = profile.spec.max_message_age_s
         if now - ts > max_age:
