@@ -69,6 +69,7 @@ class CoverageEngine:
         self._counts: np.ndarray[Any, np.dtype[np.int64]] | None = None
         self._below: dict[str, bool] = {}
         self._repair: dict[str, tuple[str, ...]] = {}
+        self._layer: dict[str, Any] | None = None  # built on demand, until the next change
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self.recomputations = 0
@@ -171,6 +172,7 @@ class CoverageEngine:
         grid = self.grid
         assert grid is not None
         self._counts = grid.covered_per_zone()
+        self._layer = None
         if not self.settled:
             return
         shares = [self._share(i) for i in range(len(grid.zones))]
@@ -254,6 +256,8 @@ class CoverageEngine:
         grid = self.grid
         if grid is None or self._healthy is None:
             return {"enabled": False}
+        if self._layer is not None:
+            return self._layer
         step = max(1, -(-max(grid.nx, grid.ny) // LAYER_MAX_SIDE))
         rows, cols = slice(step // 2, None, step), slice(step // 2, None, step)
         inside = (grid.zone >= 0)[rows, cols]
@@ -263,13 +267,14 @@ class CoverageEngine:
         south, west = grid.projection.latlon(grid.x0, grid.y0)
         north, east = grid.projection.latlon(grid.x0 + grid.nx * grid.cell_m,
                                              grid.y0 + grid.ny * grid.cell_m)
-        return {
+        self._layer = {
             "enabled": True, "width": int(code.shape[1]), "height": int(code.shape[0]),
             "bounds": {"south": south, "west": west, "north": north, "east": east},
             # row 0 is the southern edge
-            "cells": "".join(map(str, code.astype(np.int8).ravel().tolist())),
+            "cells": (code.astype(np.uint8) + ord("0")).tobytes().decode("ascii"),
             "zones": [{"zone": z.id, "area": _rings(z.geometry)} for z in grid.zones],
         }
+        return self._layer
 
     # -- what-if and siting ------------------------------------------------------------------
 
