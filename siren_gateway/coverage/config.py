@@ -37,8 +37,9 @@ class CoverageConfig(BaseModel):
     cell_m: float = Field(default=25.0, ge=5, le=1000)
     # A siren whose profile and asset record give no rated level (dB(C) at 30 m).
     default_rated_db_c: float = Field(default=120.0, ge=60, le=150)
-    # Faults that stop a siren making sound, on top of any a profile lists.
-    silencing_faults: list[str] = ["amplifier_fault", "driver_fault", "dc_fault"]
+    # Faults that stop a siren making sound, on top of those its profile lists (the profile is
+    # where a model's fault names live; this is for a site's own additions).
+    silencing_faults: list[str] = []
     # Largest grid accepted (cells), so a mistyped cell size cannot exhaust memory.
     max_cells: int = Field(default=8_000_000, ge=1000, le=100_000_000)
     severity: Literal["info", "minor", "major", "critical"] = "major"

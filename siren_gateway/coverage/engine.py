@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import shapely
 
 from siren_gateway.bus import Bus, CoverageChanged, SampleReceived, StatusChanged, Subscription
 from siren_gateway.config import SirenConfig, Site
@@ -354,8 +355,6 @@ class CoverageEngine:
         zone = next((z for z in grid.zones if z.id == zone_id), None)
         if zone is None:
             raise KeyError(zone_id)
-        import shapely  # only here: the siting search's own geometry
-
         plane = grid.projection.geometry(zone.geometry)
         minx, miny, maxx, maxy = plane.bounds
         xs = np.arange(minx + spacing_m / 2, maxx, spacing_m)
