@@ -6,15 +6,17 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from shapely.geometry import Point, Polygon, box, mapping, shape
 
 from simulators.sitegen import generate_site
 from siren_gateway.api.routes.metrics import render_metrics
-from siren_gateway.config import Site
+from siren_gateway.config import ConfigError, Site, load_site
 from siren_gateway.coverage.config import CoverageConfig
 from siren_gateway.coverage.engine import Candidate
 from siren_gateway.coverage.grid import CoverageGrid, Projection, Source, ZoneArea
@@ -246,3 +248,28 @@ async def test_the_coverage_api_by_role_and_a_siting_search_over_a_zone(
                                    {"remove": ["s00001", "ghost"]})).json()
     assert what_if["unknown_sirens"] == ["ghost"]
     assert what_if["would_be"]["district"] <= what_if["now"]["district"]
+
+
+@pytest.mark.parametrize(("area", "words"), [
+    ({"type": "Point", "coordinates": [118.8, 32.0]}, "Polygon or MultiPolygon"),
+    ({"type": "Polygon", "coordinates": [[[118.8, 32.0], [118.81, 32.01], [118.81, 32.0],
+                                          [118.8, 32.01], [118.8, 32.0]]]}, "invalid polygon"),
+    ({"type": "Polygon", "coordinates": [[[32.0, 200.0], [32.1, 200.0], [32.1, 201.0],
+                                          [32.0, 200.0]]]}, "[lon, lat]"),
+    ({"type": "Polygon"}, "not a GeoJSON geometry"),
+])
+def test_a_bad_zone_area_is_refused_with_its_path(tmp_path: Path, area: dict[str, Any],
+                                                   words: str) -> None:
+    site = site_with_area(2)
+    site["zones"][0]["area"] = area
+    file = tmp_path / "site.yaml"
+    file.write_text(yaml.safe_dump(site), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_site(file)
+    assert [p.path for p in caught.value.problems] == ["zones[0]"]
+    assert words in caught.value.problems[0].message
+
+
+def test_a_grid_past_its_cell_limit_is_refused_not_allocated() -> None:
+    with pytest.raises(ValueError, match="max_cells"):
+        CoverageGrid([square_zone(20_000)], CoverageConfig(cell_m=5.0, max_cells=1_000_000))
