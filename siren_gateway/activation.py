@@ -295,27 +295,17 @@ class ActivationEngine:
     async def _recover(self) -> None:
         """Bring activations that were running when the gateway stopped to a truthful state."""
 
-        def load(conn: sqlite3.Connection) -> tuple[list[Any], list[Any], int]:
-            rows = conn.execute("SELECT id, data FROM activations ORDER BY id DESC LIMIT 500"
-                                ).fetchall()
-            ids = [r[0] for r in rows]
-            results = conn.execute(
-                f"SELECT activation_id, data FROM activation_results WHERE activation_id IN "
-                f"({','.join('?' * len(ids))})", ids).fetchall() if ids else []
+        def load(conn: sqlite3.Connection) -> tuple[list[Activation], int]:
+            found = _select_activations(
+                conn, "WHERE state = 'running' OR id IN (SELECT id FROM activations "
+                "ORDER BY id DESC LIMIT ?) ORDER BY id DESC", (self.config.keep_in_memory,))
             top = conn.execute("SELECT max(id) FROM activations").fetchone()[0] or 0
-            return rows, results, int(top)
+            return found, int(top)
 
-        rows, result_rows, top = await self.db.run(load)
+        found, top = await self.db.run(load)
         self._next_id = top + 1
-        by_activation: dict[int, dict[str, SirenResult]] = {}
-        for activation_id, data in result_rows:
-            raw = json.loads(data)
-            raw["status"] = Status(raw["status"])
-            by_activation.setdefault(activation_id, {})[raw["siren_id"]] = SirenResult(**raw)
         now = time.time()
-        for activation_id, data in reversed(rows):
-            raw = json.loads(data)
-            activation = Activation(results=by_activation.get(activation_id, {}), **raw)
+        for activation in reversed(found):
             self.activations[activation.id] = activation
             if activation.state != "running":
                 continue
@@ -639,7 +629,7 @@ class ActivationEngine:
         self._dirty.add(activation.id)
 
     async def cancel(self, who: Principal, activation_id: int) -> Activation:
-        activation = self.activations.get(activation_id)
+        activation = await self.get(activation_id)
         if activation is None:
             await self.audit.record(who, "activation.cancel", "refused: not found",
                                     target=f"activation {activation_id}")
@@ -1008,6 +998,7 @@ class ActivationEngine:
         while True:
             await asyncio.sleep(0.5)
             await self._flush()
+            self._prune()
 
     async def _flush(self) -> bool:
         """Write what changed; False (and kept for the next flush) when storage fails."""
@@ -1048,11 +1039,68 @@ class ActivationEngine:
         self.db.health.succeeded()
         for _, _, _, result, key in results:
             result.written = key
+        self._prune()
         return True
 
-    def list(self, limit: int = 100) -> list[dict[str, Any]]:
+    async def get(self, activation_id: int) -> Activation | None:
+        """An activation, from memory or (finished long ago, pruned) from the database."""
+        activation = self.activations.get(activation_id)
+        if activation is not None:
+            return activation
+        found = await self.db.run(lambda conn: _select_activations(conn, "WHERE id = ?",
+                                                                   (activation_id,)))
+        return found[0] if found else None
+
+    async def list(self, limit: int = 100) -> list[dict[str, Any]]:
         newest = sorted(self.activations.values(), key=lambda a: a.id, reverse=True)[:limit]
+        if len(newest) < limit:  # older ones were pruned from memory: read them back
+            below = newest[-1].id if newest else self._next_id
+            older = await self.db.run(lambda conn: _select_activations(
+                conn, "WHERE id < ? ORDER BY id DESC LIMIT ?", (below, limit - len(newest))))
+            newest += [a for a in older if a.id not in self.activations]
         return [a.report(with_sirens=False) for a in newest]
+
+    def _prune(self) -> None:
+        """Forget finished activations beyond the newest `keep_in_memory` (they are on disk).
+
+        Kept whatever its age: one still running, one with unwritten changes, one a siren is
+        still busy with, and one a duplicate request could still be measured against.
+        """
+        keep = self.config.keep_in_memory
+        if len(self.activations) <= keep:
+            return
+        now = time.time()
+        protected = set(self._dirty)
+        protected.update(o.activation_id for o in self._occupied.values() if o.until > now)
+        window = self.config.duplicate_window_s
+        protected.update(activation_id for activation_id, at in self._recent.values()
+                         if now - at < window)
+        finished = sorted(a.id for a in self.activations.values()
+                          if a.state != "running" and a.id not in protected
+                          and all(t.done() for t in a.tasks.values()))
+        excess = len(self.activations) - keep
+        for activation_id in finished[:max(0, excess)]:
+            del self.activations[activation_id]
+
+
+def _select_activations(conn: sqlite3.Connection, clause: str, params: tuple[Any, ...]
+                        ) -> list[Activation]:
+    """Activations (with their per-siren results) from the database, in `clause`'s order."""
+    rows = conn.execute(f"SELECT id, data FROM activations {clause}", params).fetchall()
+    ids = [r[0] for r in rows]
+    by_activation: dict[int, dict[str, SirenResult]] = {}
+    for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
+        chunk = ids[start:start + 500]
+        for activation_id, data in conn.execute(
+                f"SELECT activation_id, data FROM activation_results WHERE activation_id IN "
+                f"({','.join('?' * len(chunk))})", chunk):
+            raw = json.loads(data)
+            raw["status"] = Status(raw["status"])
+            result = SirenResult(**raw)
+            result.written = tuple(result.record().values())  # as on disk
+            by_activation.setdefault(activation_id, {})[raw["siren_id"]] = result
+    return [Activation(results=by_activation.get(activation_id, {}), **json.loads(data))
+            for activation_id, data in rows]
 
 
 def _iso(moment: float | None) -> str | None:

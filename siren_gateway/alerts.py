@@ -97,6 +97,10 @@ class AlertError(Exception):
         self.message = message
 
 
+# Cleared alerts held in memory for the dashboard's recent list (active ones are all held).
+KEEP_CLEARED = 500
+
+
 class AlertEngine:
     def __init__(self, site: Site, fleet: Fleet, bus: Bus, db: Database, audit: AuditLog) -> None:
         self.site = site
@@ -494,6 +498,18 @@ class AlertEngine:
             self._dirty |= dirty
         else:
             self.db.health.succeeded()
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget the oldest cleared alerts beyond KEEP_CLEARED: they are on disk, and a
+        gateway running for months must not hold every alert it ever raised."""
+        cleared = [a for a in self.alerts.values()
+                   if a.state == "cleared" and a.id not in self._dirty]
+        if len(cleared) <= KEEP_CLEARED:
+            return
+        cleared.sort(key=lambda a: a.cleared_at or 0.0)
+        for alert in cleared[:len(cleared) - KEEP_CLEARED]:
+            del self.alerts[alert.id]
 
     # -- queries ---------------------------------------------------------------------------
 

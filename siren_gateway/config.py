@@ -408,6 +408,9 @@ class ActivationConfig(_Strict):
     confirmation_ttl_s: float = Field(default=60.0, ge=5, le=600)
     # Faults that mean a siren did not really sound, if reported while it sounds.
     failing_faults: list[str] = ["amplifier_fault", "driver_fault"]
+    # Finished activations held in memory (the dashboard's recent list); older ones stay in
+    # the database and are read from there when asked for, so memory does not grow with time.
+    keep_in_memory: int = Field(default=100, ge=10, le=10000)
 
 
 class PlanTargets(_Strict):

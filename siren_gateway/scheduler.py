@@ -25,6 +25,7 @@ import logging
 import math
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -176,7 +177,8 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._running = False
-        self.fired: list[tuple[int, int, float, float]] = []  # (occ, step, planned, created)
+        # The latest firings (occurrence, step, planned, created), to see how late they were.
+        self.fired: deque[tuple[int, int, float, float]] = deque(maxlen=100)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -422,15 +424,18 @@ class Scheduler:
 
         return await self.db.run(write) == 1
 
-    async def _query(self, where: str, params: tuple[Any, ...] = (), limit: int = 1000
-                     ) -> list[Occurrence]:
+    async def _query(self, where: str, params: tuple[Any, ...] = (), limit: int = 1000,
+                     newest: bool = False) -> list[Occurrence]:
+        """Matching occurrences in time order: the first `limit`, or with `newest` the last."""
+        order = "scheduled_at DESC, id DESC" if newest else "scheduled_at, id"
         sql = (f"SELECT {_COLUMNS} FROM schedule_occurrences WHERE {where} "
-               f"ORDER BY scheduled_at, id LIMIT {int(limit)}")
+               f"ORDER BY {order} LIMIT {int(limit)}")
 
         def read(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(sql, params).fetchall()
 
-        return [Occurrence.from_row(row) for row in await self.db.run(read)]
+        rows = [Occurrence.from_row(row) for row in await self.db.run(read)]
+        return rows[::-1] if newest else rows
 
     def _publish(self, occ: Occurrence, kind: str, message: str, lead_s: float | None = None
                  ) -> None:
@@ -466,8 +471,8 @@ class Scheduler:
     async def occurrences(self, plan_id: str | None = None, limit: int = 100
                           ) -> list[dict[str, Any]]:
         where, params = ("plan_id = ?", (plan_id,)) if plan_id else ("1", ())
-        rows = await self._query(where, params, limit=100_000)
-        return [o.public(self.plans.get(o.plan_id)) for o in rows[-limit:]]
+        rows = await self._query(where, params, limit=limit, newest=True)
+        return [o.public(self.plans.get(o.plan_id)) for o in rows]
 
     async def occurrence(self, occurrence_id: int) -> Occurrence:
         rows = await self._query("id = ?", (occurrence_id,))
@@ -782,7 +787,7 @@ class ActivationExecutor:
     async def reports(self, activation_ids: list[int]) -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
         for activation_id in activation_ids:
-            activation = self.engine.activations.get(activation_id)
+            activation = await self.engine.get(activation_id)
             if activation is not None:
                 out[activation_id] = activation.report()
         return out

@@ -330,3 +330,41 @@ def test_judge_needs_current_not_just_a_sounding_state(tmp_path: Any) -> None:
     assert judge(activation, sample("sounding", 14.0), 2, 2.0, 6.0, set()) is None  # not ours
     activation.start_at = now  # still inside the first on-step: current may not show yet
     assert judge(activation, sample("sounding", 0.0), 1, 2.0, 6.0, set()) is None
+
+
+async def test_finished_activations_leave_memory_but_stay_readable(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    """Memory stays flat over months: only the newest finished activations are held; older
+    ones are read back from the database, whole, for the API and a cancel's answer."""
+    site = with_users(generate_site(12, poll_interval_s=1.0, timeout_s=0.5),
+                      **FAST | {"keep_in_memory": 10, "duplicate_window_s": 0})
+    simulated = start_district(site)
+    gateway = await gateways(simulated.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 12, 10, "all online")
+    api = await Api(gateway).login("operator")
+    try:
+        ids = []
+        for siren in sorted(gateway.fleet.states):  # one siren each: none waits for another
+            created = await api.post("/api/activations", {
+                "targets": {"sirens": [siren]}, "class": "test", "action": "sound",
+                "signal": "growl_test"})
+            assert created.status_code == 201, created.text
+            ids.append(created.json()["id"])
+        for activation_id in ids:
+            assert (await api.finished(activation_id))["counts"]["sounded"] == 1
+        # Held while a siren still sounds for it (a later request must see it busy).
+        await wait_until(lambda: all(s.state == "idle" for s in gateway.fleet.states.values()),
+                         15, "every signal played out")
+        engine = gateway.activations
+        await wait_until(lambda: len(engine.activations) <= 10, 20, "pruned to keep_in_memory")
+        oldest = ids[0]
+        assert oldest not in engine.activations
+        again = (await api.get(f"/api/activations/{oldest}")).json()
+        assert again["id"] == oldest and again["counts"]["sounded"] == 1
+        assert [s["status"] for s in again["sirens"]] == ["sounded"]
+        listed = (await api.get("/api/activations", limit=12)).json()
+        assert [a["id"] for a in listed] == ids[::-1]
+        refused = await api.post(f"/api/activations/{oldest}/cancel")
+        assert refused.status_code == 409  # finished, not "no such activation"
+    finally:
+        await api.http.aclose()

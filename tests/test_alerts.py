@@ -388,3 +388,27 @@ async def test_raise_latency_on_the_websocket(
     print(f"raise latency, fault injected -> alert on the websocket: {latency:.3f} s "
           f"(poll interval {interval} s)")
     assert latency <= interval + 1.0
+
+
+async def test_cleared_alerts_leave_memory_but_stay_on_disk(
+        district: tuple[SimulatedDistrict, Gateway], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway running for months holds every active alert and only the newest cleared."""
+    import siren_gateway.alerts
+
+    monkeypatch.setattr(siren_gateway.alerts, "KEEP_CLEARED", 1)
+    simulated, gateway = district
+    sirens = ["s00001", "s00002", "s00003"]
+    for siren in sirens:
+        await simulated.control.inject(siren, "door_open")
+    await wait_until(lambda: all(active(gateway, "door_open", s) for s in sirens), 4, "raised")
+    for siren in sirens:
+        await simulated.control.inject(siren, "door_open", active=False)
+    await wait_until(lambda: not any(active(gateway, "door_open", s) for s in sirens), 5,
+                     "cleared")
+
+    def stored(conn: Any) -> list[str]:
+        return [row[0] for row in conn.execute("SELECT state FROM alerts WHERE data LIKE "
+                                               "'%door_open%'")]
+
+    await wait_until(lambda: len(alerts_of(gateway, "door_open")) == 1, 5, "pruned to one")
+    assert await gateway.db.run(stored) == ["cleared"] * 3

@@ -60,14 +60,16 @@ async def create(body: ActivationBody, gateway: GatewayDep, who: Operator) -> di
 
 
 @router.get("/activations")
-def list_activations(gateway: GatewayDep, _: Viewer,
-                     limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[dict[str, Any]]:
-    return gateway.activations.list(limit)
+async def list_activations(gateway: GatewayDep, _: Viewer,
+                           limit: Annotated[int, Query(ge=1, le=500)] = 50
+                           ) -> list[dict[str, Any]]:
+    return await gateway.activations.list(limit)
 
 
 @router.get("/activations/{activation_id}")
-def get_activation(activation_id: RowId, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
-    activation = gateway.activations.activations.get(activation_id)
+async def get_activation(activation_id: RowId, gateway: GatewayDep, _: Viewer
+                         ) -> dict[str, Any]:
+    activation = await gateway.activations.get(activation_id)
     if activation is None:
         raise HTTPException(404, f"no activation {activation_id}")
     return activation.report()
