@@ -25,6 +25,7 @@ from siren_gateway.notify import MqttAlertNotifier, WebhookNotifier
 from siren_gateway.operator_commands import OperatorCommands
 from siren_gateway.outbox import Outbox
 from siren_gateway.poller import Poller
+from siren_gateway.process_stats import raise_descriptor_limit
 from siren_gateway.scheduler import ActivationExecutor, Scheduler
 from siren_gateway.storage import Database, TelemetryStore
 from siren_gateway.telemetry_sink import InfluxSink
@@ -101,6 +102,12 @@ class Gateway:
                 modbus.append((siren.id, siren.link, profile))
         links, self.endpoints = build_modbus_links(modbus)
         self.links.update(links)
+        # One socket per endpoint, plus the database, the broker, the API's clients.
+        needed = len(self.endpoints) + 512
+        if raise_descriptor_limit(needed) < needed:
+            log.warning("open-file limit is below the %d this site needs (%d Modbus "
+                        "endpoints): raise it (ulimit -n, LimitNOFILE=)", needed,
+                        len(self.endpoints))
         if mqtt and self.site.config.mqtt is not None:
             self.mqtt = MqttHub(self.site.config.mqtt, self.fleet, mqtt)
             self.links.update(self.mqtt.links)

@@ -27,6 +27,11 @@ async def test_metrics_and_site_description(tmp_path: Path) -> None:
                            "siren_gateway_alerts_active"):
                 assert f"# TYPE {family} " in text
             assert 'siren_gateway_sirens{reachability="unknown"} 3' in text
+            figures = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                           if line and not line.startswith("#"))
+            assert float(figures["siren_gateway_process_resident_bytes"]) > 10e6
+            assert float(figures["siren_gateway_process_open_fds"]) >= 3
+            assert float(figures["siren_gateway_asyncio_tasks"]) >= 2  # the request and more
             # The site description is for logged-in users only.
             assert (await http.get("/api/site")).status_code == 401
             page = await http.get("/")

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 
 from siren_gateway.api.deps import GatewayDep, Viewer
 from siren_gateway.gateway import Gateway
+from siren_gateway.process_stats import open_descriptors, resident_bytes, task_count
 
 router = APIRouter(tags=["metrics"])
 
@@ -71,11 +72,22 @@ def render_metrics(gateway: Gateway) -> str:
         family("siren_gateway_mqtt_dropped_total", "counter",
                "MQTT messages dropped because the gateway fell behind.",
                [({}, stats.dropped_queue_full)])
+    family("siren_gateway_process_resident_bytes", "gauge", "Resident memory of the process.",
+           [({}, resident_bytes())])
+    descriptors = open_descriptors()
+    if descriptors is not None:
+        family("siren_gateway_process_open_fds", "gauge", "Open file descriptors.",
+               [({}, descriptors)])
+    family("siren_gateway_asyncio_tasks", "gauge", "Unfinished asyncio tasks.",
+           [({}, task_count())])
+    family("siren_gateway_alerts_in_memory", "gauge", "Alerts held in memory (any state).",
+           [({}, len(gateway.alerts.alerts))])
     return "\n".join(out) + "\n"
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(gateway: GatewayDep) -> Response:
+async def metrics(gateway: GatewayDep) -> Response:
+    # On the loop (not the thread pool): the task count is the loop's own.
     return Response(render_metrics(gateway), media_type="text/plain; version=0.0.4")
 
 
