@@ -25,3 +25,13 @@ def run_child(module: str, args: list[str]) -> dict[str, float]:
         raise SystemExit(f"{module} {' '.join(args[:2])} failed:\n{out.stderr[-3000:]}")
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text exposition into {'name{labels}': value} (enough for our own figures)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out

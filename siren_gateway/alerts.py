@@ -174,9 +174,11 @@ class AlertEngine:
 
     def _resolve_threshold(self, name: str, rule: ThresholdRule, siren_id: str,
                            zones: list[str]) -> ThresholdRule | None:
-        merged = rule.model_dump()
         chosen = [o for o in self.config.overrides if o.rule == name and o.zone in zones]
         chosen += [o for o in self.config.overrides if o.rule == name and o.siren == siren_id]
+        if not chosen:  # the usual case: the one shared rule (a copy per siren cost ~2 KB)
+            return rule if rule.enabled else None
+        merged = rule.model_dump()
         for override in chosen:  # zone overrides first, then the siren's own
             merged |= override.model_dump(exclude_none=True, exclude={"rule", "siren", "zone"})
         if not merged["enabled"]:

@@ -10,6 +10,7 @@ timeout on a shared line and nothing at all on the others' connections.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
@@ -85,7 +86,10 @@ class ModbusEndpoint:
         self.stats = EndpointStats()
         self._client = _make_client(link, timeout_s)
         self._client.set_max_no_responses(_NEVER_DISCONNECT)
-        self._queue: asyncio.PriorityQueue[_Job] = asyncio.PriorityQueue(maxsize=4 * units + 16)
+        # A plain heap, not an asyncio.PriorityQueue: only put/get without waiting are needed,
+        # and the queue's own futures and events cost ~1 KB on each of thousands of endpoints.
+        self._waiting: list[_Job] = []
+        self._max_waiting = 4 * units + 16
         self._order = itertools.count()
         self._drainer: asyncio.Task[None] | None = None
         self._busy = False  # a request is on the wire
@@ -103,7 +107,7 @@ class ModbusEndpoint:
         """
         if self._closed:
             raise LinkError("closed", self.key)
-        if not self._busy and self._queue.empty():
+        if not self._busy and not self._waiting:
             self._busy = True
             try:
                 return cast(T, await self._run_job(run))
@@ -111,23 +115,22 @@ class ModbusEndpoint:
                 self._busy = False
                 self._start_drainer()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        try:
-            self._queue.put_nowait(_Job(priority, next(self._order), run, future))
-        except asyncio.QueueFull:
+        if len(self._waiting) >= self._max_waiting:
             self.stats.rejected_queue_full += 1
-            raise LinkError("queue_full", self.key) from None
+            raise LinkError("queue_full", self.key)
+        heapq.heappush(self._waiting, _Job(priority, next(self._order), run, future))
         self._start_drainer()
         return await future
 
     def _start_drainer(self) -> None:
-        if self._queue.empty() or self._busy or self._closed:
+        if not self._waiting or self._busy or self._closed:
             return
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name=f"modbus {self.key}")
 
     async def _drain(self) -> None:
-        while not self._queue.empty() and not self._busy:
-            job = self._queue.get_nowait()
+        while self._waiting and not self._busy:
+            job = heapq.heappop(self._waiting)
             if job.future.done():  # the caller gave up (cancelled)
                 continue
             self._busy = True
@@ -209,8 +212,8 @@ class ModbusEndpoint:
         if self._drainer is not None:
             self._drainer.cancel()
             await asyncio.gather(self._drainer, return_exceptions=True)
-        while not self._queue.empty():
-            job = self._queue.get_nowait()
+        while self._waiting:
+            job = heapq.heappop(self._waiting)
             if not job.future.done():
                 job.future.set_exception(LinkError("closed", self.key))
         self._client.close()
