@@ -64,6 +64,20 @@ class Sample:
     carried: dict[str, float] = field(default_factory=dict)
 
 
+_FAULT_SETS: dict[frozenset[str], frozenset[str]] = {}
+
+
+def shared_faults(faults: frozenset[str]) -> frozenset[str]:
+    """The one stored object equal to `faults`: a fleet shows a few dozen distinct fault sets,
+    and a set per sample held in the live picture cost ~200 bytes a siren, several times over."""
+    known = _FAULT_SETS.get(faults)
+    if known is not None:
+        return known
+    if len(_FAULT_SETS) < 4096:  # bounded whatever devices report
+        _FAULT_SETS[faults] = faults
+    return faults
+
+
 # LinkError reasons that prove a command never reached the device (as opposed to "no answer",
 # after which it may have acted): no broker, no connection, or it never left our queue.
 CERTAINLY_NOT_DELIVERED = frozenset({"broker_unavailable", "connect_failed", "unreachable",

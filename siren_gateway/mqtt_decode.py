@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from siren_gateway.codec import scale_decimals
-from siren_gateway.model import Value
+from siren_gateway.model import Value, shared_faults
 
 if TYPE_CHECKING:
     from siren_gateway.mqtt_profile import JsonPointSpec
@@ -119,8 +119,8 @@ class TelemetryDecoder:
             device_time = datetime.fromtimestamp(ts, UTC)
         except (OverflowError, OSError, ValueError):
             return None
-        faults = frozenset(fault for point, when, fault in self._fault_rules
-                           if point in values and values[point] == when)
+        faults = shared_faults(frozenset(fault for point, when, fault in self._fault_rules
+                                         if point in values and values[point] == when))
         return values, faults, device_time
 
 

@@ -28,6 +28,7 @@ from siren_gateway.model import (
     CommandKind,
     Value,
     check_sequence_readback,
+    shared_faults,
 )
 from siren_gateway.mqtt_decode import MAX_STRING, TelemetryDecoder
 
@@ -299,11 +300,11 @@ class MqttProfile:
             device_time = datetime.fromtimestamp(ts, UTC)
         except (OverflowError, OSError, ValueError):
             raise PayloadError("wrong_type", f"timestamp {ts!r} out of range") from None
-        return values, frozenset(faults), device_time
+        return values, shared_faults(frozenset(faults)), device_time
 
     def faults(self, values: dict[str, Value]) -> frozenset[str]:
-        return frozenset(fault for point, when, fault in self._fault_rules
-                         if values.get(point) == when)
+        return shared_faults(frozenset(fault for point, when, fault in self._fault_rules
+                                       if values.get(point) == when))
 
     @staticmethod
     def decode_state(payload: bytes) -> str:

@@ -30,6 +30,7 @@ from siren_gateway.model import (
     CommandKind,
     Value,
     check_sequence_readback,
+    shared_faults,
 )
 from siren_gateway.mqtt_profile import MqttProfile, parse_mqtt_profile
 
@@ -352,9 +353,9 @@ class ModbusProfile:
         return values
 
     def faults(self, values: dict[str, Value]) -> frozenset[str]:
-        return frozenset(
+        return shared_faults(frozenset(
             rule.fault for rule in self.fault_rules if values.get(rule.point) == rule.when
-        )
+        ))
 
     # -- writing status (the simulator's side) ----------------------------------------------
 

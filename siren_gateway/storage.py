@@ -164,6 +164,7 @@ class _DiscreteSignature:
 
     def __init__(self) -> None:
         self._getters: dict[str, Callable[[dict[str, Value]], Any]] = {}
+        self._by_keys: dict[tuple[str, ...], Callable[[dict[str, Value]], Any]] = {}
 
     def __call__(self, sample: Sample) -> tuple[Any, ...]:
         values = sample.values
@@ -173,8 +174,11 @@ class _DiscreteSignature:
                 return (getter(values), sample.faults)
             except KeyError:
                 pass  # this siren's points changed shape: learn them again
-        keys = [k for k, v in values.items() if isinstance(v, bool | str)]
-        getter = operator.itemgetter(*keys) if keys else (lambda _: ())
+        keys = tuple(k for k, v in values.items() if isinstance(v, bool | str))
+        getter = self._by_keys.get(keys)
+        if getter is None:  # one per shape (profile), shared by its thousands of sirens
+            getter = operator.itemgetter(*keys) if keys else (lambda _: ())
+            self._by_keys[keys] = getter
         self._getters[sample.siren_id] = getter
         return (getter(values), sample.faults)
 

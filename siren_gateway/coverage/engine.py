@@ -62,9 +62,10 @@ class CoverageEngine:
         self.sources = [Source(s.id, s.location.lat, s.location.lon, self._rated(s))
                         for s in config.sirens]
         self._index = {s.id: i for i, s in enumerate(self.sources)}
-        self._silencing = {
-            s.id: frozenset(self.config.silencing_faults)
-            | frozenset(site.profiles[s.profile].spec.silencing_faults) for s in config.sirens}
+        by_profile = {name: frozenset(self.config.silencing_faults)
+                      | frozenset(profile.spec.silencing_faults)
+                      for name, profile in site.profiles.items()}
+        self._silencing = {s.id: by_profile[s.profile] for s in config.sirens}  # shared sets
         self._healthy: np.ndarray[Any, np.dtype[np.bool_]] | None = None
         self._healthy_counts: np.ndarray[Any, np.dtype[np.int64]] | None = None
         self._counts: np.ndarray[Any, np.dtype[np.int64]] | None = None

@@ -44,7 +44,7 @@ POLL_PRIORITY = 1
 _NEVER_DISCONNECT = 1 << 30
 
 
-@dataclass
+@dataclass(slots=True)
 class EndpointStats:
     requests: int = 0
     failures: int = 0
@@ -77,6 +77,11 @@ def _make_client(link: ModbusLinkConfig, timeout_s: float) -> ModbusClient:
 
 class ModbusEndpoint:
     """One Modbus connection and the queue of requests waiting for it."""
+
+    # Thousands of endpoints on a large site: slots save a dict on each.
+    __slots__ = ("_busy", "_client", "_closed", "_connect_backoff_max_s", "_connect_backoff_s",
+                 "_drainer", "_max_waiting", "_next_connect_at", "_order", "_waiting", "key",
+                 "shared", "stats", "timeout_s")
 
     def __init__(self, link: ModbusLinkConfig, timeout_s: float, units: int,
                  connect_backoff_max_s: float = 30.0) -> None:
@@ -234,6 +239,7 @@ class ModbusSirenLink:
     polled = True
     # A Modbus write carries no id: sent twice, it is carried out twice.
     idempotent_resend = False
+    __slots__ = ("endpoint", "profile", "sequence_readback", "siren_id", "unit_id")
 
     def __init__(self, siren_id: str, endpoint: ModbusEndpoint, unit_id: int,
                  profile: ModbusProfile) -> None:
