@@ -1061,13 +1061,15 @@ class ActivationEngine:
         return [a.report(with_sirens=False) for a in newest]
 
     def _prune(self) -> None:
-        """Forget finished activations beyond the newest `keep_in_memory` (they are on disk).
+        """Forget the oldest finished activations (they are on disk) while more than
+        `keep_in_memory` are held or their results together exceed `keep_results_in_memory`.
 
-        Kept whatever its age: one still running, one with unwritten changes, one a siren is
+        Kept whatever its age: the newest finished one, one still running, one with unwritten changes, one a siren is
         still busy with, and one a duplicate request could still be measured against.
         """
-        keep = self.config.keep_in_memory
-        if len(self.activations) <= keep:
+        keep, budget = self.config.keep_in_memory, self.config.keep_results_in_memory
+        held = sum(len(a.results) for a in self.activations.values())
+        if len(self.activations) <= keep and held <= budget:
             return
         now = time.time()
         protected = set(self._dirty)
@@ -1078,9 +1080,10 @@ class ActivationEngine:
         finished = sorted(a.id for a in self.activations.values()
                           if a.state != "running" and a.id not in protected
                           and all(t.done() for t in a.tasks.values()))
-        excess = len(self.activations) - keep
-        for activation_id in finished[:max(0, excess)]:
-            del self.activations[activation_id]
+        for activation_id in finished[:-1]:  # oldest first; the newest one is always held
+            if len(self.activations) <= keep and held <= budget:
+                break
+            held -= len(self.activations.pop(activation_id).results)
 
 
 def _select_activations(conn: sqlite3.Connection, clause: str, params: tuple[Any, ...]

@@ -126,6 +126,7 @@ class AlertEngine:
         self._fault_rules = frozenset(self.config.faults)
         self._fault_trackers: dict[str, set[str]] = {}  # siren -> fault rules being tracked
         self._resolved_thresholds: dict[tuple[str, str], ThresholdRule | None] = {}
+        self._siren_thresholds: dict[str, list[tuple[str, ThresholdRule]]] = {}
         self._resolved_flags: dict[tuple[str, str], tuple[bool, str | None]] = {}
         self.evaluations = 0
 
@@ -214,10 +215,15 @@ class AlertEngine:
         if zones is None:
             return
         siren_id = sample.siren_id
-        for name, base in self.config.thresholds.items():
-            rule = self._rule_for(name, base, siren_id, zones)
-            value = sample.values.get(rule.point) if rule else None
-            if rule is None or not isinstance(value, int | float) or isinstance(value, bool):
+        rules = self._siren_thresholds.get(siren_id)
+        if rules is None:  # resolved once per siren: this runs for every sample
+            rules = self._siren_thresholds[siren_id] = [
+                (name, rule) for name, base in self.config.thresholds.items()
+                if (rule := self._rule_for(name, base, siren_id, zones)) is not None]
+        values = sample.values
+        for name, rule in rules:
+            value = values.get(rule.point)
+            if not isinstance(value, int | float) or isinstance(value, bool):
                 continue
             tracker = self._trackers.get((name, siren_id))
             raised = tracker is not None and tracker.alert is not None
@@ -235,13 +241,14 @@ class AlertEngine:
         # Only faults reported now, and this siren's open fault trackers, need a look: on a
         # healthy fleet that is nothing, and this runs for every poll.
         watched = self._fault_trackers.get(siren_id)
-        present = sample.faults & self._fault_rules
-        for fault in present | watched if watched else present:
-            enabled, override = self._enabled(fault, siren_id, zones)
-            if enabled:
-                self._observe(fault, siren_id, zones, fault in present, now,
-                              override or self.config.faults[fault],
-                              f"controller reports {fault}")
+        if sample.faults or watched:
+            present = sample.faults & self._fault_rules
+            for fault in present | watched if watched else present:
+                enabled, override = self._enabled(fault, siren_id, zones)
+                if enabled:
+                    self._observe(fault, siren_id, zones, fault in present, now,
+                                  override or self.config.faults[fault],
+                                  f"controller reports {fault}")
         if sample.device_time is not None:
             enabled, override = self._enabled("clock_skew", siren_id, zones)
             skew = sample.device_time.timestamp() - sample.received_at.timestamp()

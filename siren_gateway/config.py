@@ -410,9 +410,12 @@ class ActivationConfig(_Strict):
     confirmation_ttl_s: float = Field(default=60.0, ge=5, le=600)
     # Faults that mean a siren did not really sound, if reported while it sounds.
     failing_faults: list[str] = ["amplifier_fault", "driver_fault"]
-    # Finished activations held in memory (the dashboard's recent list); older ones stay in
-    # the database and are read from there when asked for, so memory does not grow with time.
+    # Finished activations held in memory (the dashboard's recent list): at most this many,
+    # and no more per-siren results in all than the second figure (a 9·18 test of 6,000
+    # sirens is 6,000 results, ~7 MB). Older ones stay in the database and are read from there
+    # when asked for, so memory does not grow with time.
     keep_in_memory: int = Field(default=100, ge=10, le=10000)
+    keep_results_in_memory: int = Field(default=5000, ge=10, le=1_000_000)
 
 
 class PlanTargets(_Strict):

@@ -366,5 +366,17 @@ async def test_finished_activations_leave_memory_but_stay_readable(
         assert [a["id"] for a in listed] == ids[::-1]
         refused = await api.post(f"/api/activations/{oldest}/cancel")
         assert refused.status_code == 409  # finished, not "no such activation"
+        # A budget of per-siren results too: one activation of every siren (12 results) leaves
+        # only itself and what fits beside it in 20.
+        engine.config = engine.config.model_copy(update={"keep_results_in_memory": 20})
+        everyone = await api.post("/api/activations", {
+            "targets": {"all": True}, "class": "test", "action": "sound", "signal": "growl_test"})
+        assert everyone.status_code == 201, everyone.text
+        assert (await api.finished(everyone.json()["id"]))["counts"]["sounded"] == 12
+        await wait_until(lambda: all(s.state == "idle" for s in gateway.fleet.states.values()),
+                         15, "every signal played out")
+        await wait_until(lambda: sum(len(a.results) for a in engine.activations.values()) <= 20,
+                         20, "pruned to the results budget")
+        assert everyone.json()["id"] in engine.activations  # the newest is always held
     finally:
         await api.http.aclose()

@@ -207,9 +207,12 @@ class MqttSirenLink:
             faults = profile.faults(values)
         stamp = received.timestamp()
         known.update(values)
-        for name in values:
-            if name not in carried:
-                known_at[name] = stamp
+        if carried:
+            for name in values:
+                if name not in carried:
+                    known_at[name] = stamp
+        else:  # a complete report: every point is new (one C-level update, on every message)
+            known_at.update(dict.fromkeys(values, stamp))
         return Sample(self.siren_id, received, values, faults, device_time, carried)
 
     def on_ack(self, ack: Ack) -> str | None:
