@@ -1064,8 +1064,9 @@ class ActivationEngine:
         """Forget the oldest finished activations (they are on disk) while more than
         `keep_in_memory` are held or their results together exceed `keep_results_in_memory`.
 
-        Kept whatever its age: the newest finished one, one still running, one with unwritten changes, one a siren is
-        still busy with, and one a duplicate request could still be measured against.
+        Kept whatever its age: the newest finished one, one still running, one with unwritten
+        changes, one a siren is still busy with, and one a duplicate request could still be
+        measured against.
         """
         keep, budget = self.config.keep_in_memory, self.config.keep_results_in_memory
         held = sum(len(a.results) for a in self.activations.values())

@@ -71,7 +71,10 @@ class WebhookNotifier:
             if not self.wants(event.alert):
                 self.filtered += 1
                 continue
-            await self.outbox.put(self.channel, {"change": event.change, "alert": event.alert})
+            alert = event.alert
+            await self.outbox.put(self.channel, {"change": event.change, "alert": alert},
+                                  key=f"alert {alert['id']} {alert['rule']} "
+                                  f"{alert.get('siren_id') or alert.get('subject')} {event.change}")
             self._wake.set()
 
     async def _send_forever(self) -> None:

@@ -9,6 +9,7 @@ counted) and is put on disk when storage returns.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
@@ -62,9 +63,14 @@ class Outbox:
     async def open(self) -> None:
         await self.db.run(lambda conn: conn.executescript(SCHEMA))
 
-    async def put(self, channel: str, body: dict[str, Any]) -> str:
-        """Store a notification for delivery; its id (also placed in the body)."""
-        notification_id = new_notification_id()
+    async def put(self, channel: str, body: dict[str, Any], key: str | None = None) -> str:
+        """Store a notification for delivery; its id (also placed in the body).
+
+        With a `key`, the id is derived from channel and key, and a second put of the same
+        key is dropped: an alert raised again after a crash lost its unwritten record (same
+        id, same rule, same siren) must not be announced twice."""
+        notification_id = (new_notification_id() if key is None else
+                           "n-" + hashlib.sha256(f"{channel}\n{key}".encode()).hexdigest()[:16])
         body = {"notification_id": notification_id, **body}
         row = (notification_id, channel, json.dumps(body, ensure_ascii=False, default=str),
                time.time())

@@ -200,3 +200,24 @@ async def test_long_ranges_are_downsampled_not_cut(tmp_path: Path) -> None:
     assert any(b["values"]["state"] == "idle" for b in hourly)
     await store.stop()
     await db.close()
+
+
+async def test_an_outbox_key_makes_a_second_put_of_the_same_notification_a_no_op(
+        tmp_path: Path) -> None:
+    """An alert raised again after a crash lost its unwritten record is not announced twice."""
+    from siren_gateway.outbox import Outbox
+    from siren_gateway.storage import Database
+
+    db = Database(tmp_path / "outbox.db")
+    await db.open()
+    try:
+        outbox = Outbox(db)
+        await outbox.open()
+        first = await outbox.put("webhook:x", {"n": 1}, key="alert 7 mains_lost s1 raised")
+        again = await outbox.put("webhook:x", {"n": 2}, key="alert 7 mains_lost s1 raised")
+        other = await outbox.put("webhook:x", {"n": 3}, key="alert 7 mains_lost s1 cleared")
+        assert first == again != other
+        rows = await db.run(lambda conn: conn.execute("SELECT id, body FROM outbox").fetchall())
+        assert len(rows) == 2 and '"n": 1' in dict(rows)[first]
+    finally:
+        await db.close()
