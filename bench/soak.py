@@ -47,6 +47,9 @@ MODBUS_FAULTS = ["door_open", "amplifier_fault", "no_response", "drop_connection
                  "slow", "battery"]
 MQTT_FAULTS = ["door_open", "amplifier_fault", "silent_disconnect", "battery"]
 MiB = 1024 * 1024
+# uvicorn closes a connection idle for 5 s; a client reusing it at that moment gets a
+# ReadError. Dropping our idle connections sooner avoids the race.
+LIMITS = httpx.Limits(keepalive_expiry=1.0)
 
 
 @dataclass
@@ -227,11 +230,11 @@ class Soak:
 
     async def run(self) -> None:
         assert self.gateway is not None
-        async with httpx.AsyncClient(base_url=self.gateway.url, timeout=30) as http:
+        async with httpx.AsyncClient(base_url=self.gateway.url, timeout=30, limits=LIMITS) as http:
             await self.wait_online(http, 120 + 0.05 * len(self.sirens))
             self.started = time.monotonic()
             until = self.started + self.args.duration
-            controls = [httpx.AsyncClient(base_url=f.control_url, timeout=30)
+            controls = [httpx.AsyncClient(base_url=f.control_url, timeout=30, limits=LIMITS)
                         for f in self.fleets]
             try:
                 await asyncio.gather(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -60,7 +61,16 @@ async def test_read_api_lists_sirens_with_state_and_history(
         assert second["telemetry"]["mains_present"] is False
         assert set(second) >= {"id", "name", "zones", "location", "online", "state", "last_seen",
                                "telemetry", "faults"}
-        detail = (await client.get("/api/sirens/s00002", params={"history_minutes": 5})).json()
+        detail: dict[str, Any] = {}
+
+        async def two_stored() -> bool:  # polls land on their own phase: wait, don't count
+            nonlocal detail
+            detail = (await client.get("/api/sirens/s00002",
+                                       params={"history_minutes": 5})).json()
+            return len(detail["history"]) >= 2 and detail["history"][-1]["faults"] == [
+                "mains_lost"]
+
+        await wait_until(two_stored, 10, "two samples of s00002 stored", 0.2)
         assert detail["id"] == "s00002"
         assert len(detail["history"]) >= 2
         assert detail["history"][-1]["faults"] == ["mains_lost"]
