@@ -1039,7 +1039,6 @@ class ActivationEngine:
         self.db.health.succeeded()
         for _, _, _, result, key in results:
             result.written = key
-        self._prune()
         return True
 
     async def get(self, activation_id: int) -> Activation | None:

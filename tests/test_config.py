@@ -193,3 +193,20 @@ def test_a_broken_profile_is_reported_with_its_file(tmp_path: Path,
     code, output, _ = check(tmp_path, data, capsys)
     assert code == 1
     assert f"{profiles / 'broken.yaml'}: points[8].type" in output
+
+
+def test_a_value_json_cannot_carry_is_an_error_and_dates_still_parse(tmp_path: Path) -> None:
+    """The site is validated from JSON text: YAML's dates become ISO strings pydantic reads
+    back; anything else JSON lacks (binary, here) is refused, never silently changed."""
+    text = DEMO.read_text(encoding="utf-8").replace(
+        "site:\n", f"profiles_dir: {DEFAULT_PROFILES_DIR}\nsite:\n", 1)
+    file = tmp_path / "site.yaml"
+    file.write_text(text, encoding="utf-8")
+    site = load_site(file)
+    plan = next(p for p in site.config.schedules if p.exclusions)
+    assert plan.exclusions[0].isoformat() == "2027-01-06"
+    file.write_text(text.replace("site:\n", "extra_blob: !!binary aGVsbG8=\nsite:\n", 1),
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_site(file)
+    assert "unsupported value: bytes values are not allowed" in str(caught.value)
