@@ -22,8 +22,8 @@ import tracemalloc
 import numpy as np
 from shapely.geometry import box
 
-from siren_gateway.coverage.config import CoverageConfig
-from siren_gateway.coverage.grid import CoverageGrid, Source, ZoneArea
+from siren_gateway.coverage.config import CoverageConfig, Source, ZoneArea
+from siren_gateway.coverage.grid import CoverageGrid
 
 LAT0, LON0 = 32.0, 118.7
 

@@ -43,11 +43,14 @@ def measure_site(work: Path, broker: Mosquitto, modbus: int, mqtt: int, interval
     assign_free_ports(site)
     path = write_site(site, work / f"site-{total}.yaml", database=work / f"gateway-{total}.db")
     fleets: list[FleetProcess] = []
-    gateway = GatewayProcess(path, work / f"gateway-{total}.log")
+    gateway: GatewayProcess | None = None
     try:
         processes = max(1, min(sim_processes, total // 200 or 1))
         fleets = [start_fleet(path, 0, (i + 1, processes), timeout_s=300)
                   for i in range(processes)]
+        # Its port is chosen only now: chosen earlier, it could be one that the site's
+        # simulators were about to listen on (one in five at 5,000 ports).
+        gateway = GatewayProcess(path, work / f"gateway-{total}.log")
         gateway.start()
         assert gateway.process is not None
         process = psutil.Process(gateway.process.pid)
@@ -56,7 +59,9 @@ def measure_site(work: Path, broker: Mosquitto, modbus: int, mqtt: int, interval
         with httpx.Client(base_url=gateway.url, timeout=10) as http:
             while True:
                 if gateway.process.poll() is not None:
-                    raise SystemExit(f"the gateway exited; see {gateway.log_path}")
+                    tail = gateway.log_path.read_text(errors="replace")[-3000:] \
+                        if gateway.log_path and gateway.log_path.exists() else ""
+                    raise SystemExit(f"the gateway exited; its log ends:\n{tail}")
                 try:
                     figures = parse_metrics(http.get("/metrics").text)
                 except httpx.HTTPError:
@@ -83,7 +88,8 @@ def measure_site(work: Path, broker: Mosquitto, modbus: int, mqtt: int, interval
                 "tasks": figures.get("siren_gateway_asyncio_tasks", 0.0),
                 "online": figures.get('siren_gateway_sirens{reachability="online"}', 0.0)}
     finally:
-        gateway.stop()
+        if gateway is not None:
+            gateway.stop()
         for fleet in fleets:
             fleet.stop()
 

@@ -112,7 +112,7 @@ class ActivationRequest:
     confirmation_token: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # one per siren and activation: thousands held at once
 class SirenResult:
     siren_id: str
     status: Status = Status.PENDING

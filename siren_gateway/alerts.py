@@ -34,7 +34,7 @@ from siren_gateway.bus import (
     Subscription,
 )
 from siren_gateway.config import SEVERITY_RANK, AlertsConfig, Site, ThresholdRule
-from siren_gateway.fleet import Fleet
+from siren_gateway.fleet import Fleet, SirenState
 from siren_gateway.model import Sample
 from siren_gateway.storage import Database
 from siren_gateway.tasks import cancel_and_wait
@@ -57,7 +57,7 @@ def _iso(moment: float | None) -> str | None:
     return datetime.fromtimestamp(moment, UTC).isoformat() if moment else None
 
 
-@dataclass
+@dataclass(slots=True)  # hundreds held (every active one and the recent cleared ones)
 class Alert:
     id: int
     rule: str
@@ -83,7 +83,7 @@ class Alert:
                 "subject": self.subject}
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tracker:
     true_since: float | None = None
     false_since: float | None = None
@@ -97,6 +97,7 @@ class AlertError(Exception):
         self.message = message
 
 
+_NO_OVERRIDE: tuple[bool, str | None] = (True, None)
 # Cleared alerts held in memory for the dashboard's recent list (active ones are all held).
 KEEP_CLEARED = 500
 
@@ -125,8 +126,11 @@ class AlertEngine:
         self._dirty: set[int] = set()
         self._fault_rules = frozenset(self.config.faults)
         self._fault_trackers: dict[str, set[str]] = {}  # siren -> fault rules being tracked
-        self._resolved_thresholds: dict[tuple[str, str], ThresholdRule | None] = {}
-        self._siren_thresholds: dict[str, list[tuple[str, ThresholdRule]]] = {}
+        self._overridden = frozenset(o.rule for o in self.config.overrides)
+        # Each siren's threshold rules; sirens without overrides share one tuple.
+        self._siren_thresholds: dict[str, tuple[tuple[str, ThresholdRule], ...]] = {}
+        self._rule_sets: dict[tuple[tuple[str, int], ...],
+                              tuple[tuple[str, ThresholdRule], ...]] = {}
         self._resolved_flags: dict[tuple[str, str], tuple[bool, str | None]] = {}
         self.evaluations = 0
 
@@ -166,12 +170,11 @@ class AlertEngine:
 
     def _rule_for(self, name: str, rule: ThresholdRule, siren_id: str, zones: list[str]
                   ) -> ThresholdRule | None:
-        """The rule with this siren's zone and siren overrides applied (resolved once: the
-        configuration is fixed while running and this is asked for every sample)."""
-        key = (name, siren_id)
-        if key not in self._resolved_thresholds:
-            self._resolved_thresholds[key] = self._resolve_threshold(name, rule, siren_id, zones)
-        return self._resolved_thresholds[key]
+        """The rule with this siren's zone and siren overrides applied (the per-sample path
+        keeps the result in its per-siren rule list, so this runs once per siren)."""
+        if name not in self._overridden:
+            return rule if rule.enabled else None
+        return self._resolve_threshold(name, rule, siren_id, zones)
 
     def _resolve_threshold(self, name: str, rule: ThresholdRule, siren_id: str,
                            zones: list[str]) -> ThresholdRule | None:
@@ -187,7 +190,10 @@ class AlertEngine:
         return ThresholdRule(**merged)
 
     def _enabled(self, name: str, siren_id: str, zones: list[str]) -> tuple[bool, str | None]:
-        """For non-threshold rules: (enabled, severity override), resolved once per siren."""
+        """For non-threshold rules: (enabled, severity override). Rules that no override names
+        (the usual case) answer at once; others are resolved once per siren."""
+        if name not in self._overridden:
+            return _NO_OVERRIDE
         key = (name, siren_id)
         found = self._resolved_flags.get(key)
         if found is None:
@@ -204,11 +210,12 @@ class AlertEngine:
         return enabled, severity
 
     def _siren_zones(self, siren_id: str) -> list[str] | None:
-        """The siren's zones, or None when it must raise nothing (unknown or inhibited)."""
+        """The siren's zones (its configuration's list: read, never changed), or None when it
+        must raise nothing (unknown or inhibited)."""
         state = self.fleet.states.get(siren_id)
         if state is None or state.config.inhibited:
             return None
-        return list(state.config.zones)
+        return state.config.zones
 
     def _evaluate_sample(self, sample: Sample, now: float) -> None:
         zones = self._siren_zones(sample.siren_id)
@@ -217,9 +224,10 @@ class AlertEngine:
         siren_id = sample.siren_id
         rules = self._siren_thresholds.get(siren_id)
         if rules is None:  # resolved once per siren: this runs for every sample
-            rules = self._siren_thresholds[siren_id] = [
-                (name, rule) for name, base in self.config.thresholds.items()
-                if (rule := self._rule_for(name, base, siren_id, zones)) is not None]
+            own = tuple((name, rule) for name, base in self.config.thresholds.items()
+                        if (rule := self._rule_for(name, base, siren_id, zones)) is not None)
+            rules = self._rule_sets.setdefault(tuple((n, id(r)) for n, r in own), own)
+            self._siren_thresholds[siren_id] = rules
         values = sample.values
         for name, rule in rules:
             value = values.get(rule.point)
@@ -260,32 +268,44 @@ class AlertEngine:
                               else "")
 
     def _evaluate_offline(self, now: float) -> None:
-        """Runs over the whole fleet twice a second: answering sirens with no offline alert are
-        skipped with one float comparison (monotonic clock, no datetimes)."""
+        """Runs over the whole fleet twice a second: an answering siren costs one float
+        comparison (monotonic clock, no datetimes, no key built)."""
         mono = time.monotonic()
         limit = self.config.offline_after_s
-        trackers = self._trackers
-        for siren_id, state in self.fleet.states.items():
-            silent = mono - (state.last_seen_mono or self._started_mono)
-            if silent <= limit and ("offline", siren_id) not in trackers:
+        cutoff = mono - limit
+        started = self._started_mono
+        states = self.fleet.states
+        for state in states.values():
+            if (state.last_seen_mono or started) >= cutoff:
                 continue
-            zones = self._siren_zones(siren_id)
-            if zones is None:
-                continue
-            enabled, override = self._enabled("offline", siren_id, zones)
-            if not enabled:
-                continue
-            condition = silent > limit
-            if not condition:
-                message = ""
-            elif state.last_seen is None:
-                message = f"never answered since the gateway started {silent:.0f} s ago"
-            else:
-                message = (f"no answer for {silent:.0f} s; last answered at "
-                           f"{state.last_seen.isoformat(timespec='seconds')}"
-                           + (f" ({state.last_error})" if state.last_error else ""))
-            self._observe("offline", siren_id, zones, condition, now,
-                          override or self.config.offline_severity, message)
+            self._check_offline(state.config.id, state, mono - (state.last_seen_mono or started),
+                                limit, now)
+        # Sirens with an offline alert that answer again: cleared here.
+        for siren_id in [key[1] for key in self._trackers if key[0] == "offline"]:
+            back = states.get(siren_id) if siren_id is not None else None
+            if back is not None and (back.last_seen_mono or started) >= cutoff:
+                self._check_offline(back.config.id, back, mono - (back.last_seen_mono or started),
+                                    limit, now)
+
+    def _check_offline(self, siren_id: str, state: SirenState, silent: float, limit: float,
+                       now: float) -> None:
+        zones = self._siren_zones(siren_id)
+        if zones is None:
+            return
+        enabled, override = self._enabled("offline", siren_id, zones)
+        if not enabled:
+            return
+        condition = silent > limit
+        if not condition:
+            message = ""
+        elif state.last_seen is None:
+            message = f"never answered since the gateway started {silent:.0f} s ago"
+        else:
+            message = (f"no answer for {silent:.0f} s; last answered at "
+                       f"{state.last_seen.isoformat(timespec='seconds')}"
+                       + (f" ({state.last_error})" if state.last_error else ""))
+        self._observe("offline", siren_id, zones, condition, now,
+                      override or self.config.offline_severity, message)
 
     def _evaluate_result(self, event: SirenResultFinal, now: float) -> None:
         zones = self._siren_zones(event.siren_id)
@@ -346,7 +366,7 @@ class AlertEngine:
 
     def _raise(self, tracker: _Tracker, rule: str, siren_id: str | None, zones: list[str],
                severity: str, message: str, now: float, subject: str | None = None) -> None:
-        alert = Alert(self._next_id, rule, siren_id, zones, severity, message, raised_at=now,
+        alert = Alert(self._next_id, rule, siren_id, list(zones), severity, message, raised_at=now,
                       history=[{"event": "raised", "at": _iso(now), "message": message}],
                       subject=subject)
         self._next_id += 1

@@ -32,7 +32,7 @@ class Reachability(enum.StrEnum):
     OFFLINE = "offline"  # several polls in a row went unanswered
 
 
-@dataclass
+@dataclass(slots=True)  # thousands of them, read on every sweep: no per-instance dict
 class SirenState:
     config: SirenConfig
     sounding_current_threshold: float | None
@@ -52,6 +52,8 @@ class SirenState:
     # Reporting (MQTT) sirens are never asked, so silence is the only sign: offline after this
     # long without a message. 0 for polled sirens, whose failed polls say it.
     offline_after_s: float = 0.0
+    # The sweep has nothing to decide while the silence is shorter than this.
+    quiet_s: float = 0.0
 
     @property
     def faults(self) -> frozenset[str]:
@@ -136,6 +138,7 @@ class Fleet:
             if isinstance(siren.link, MqttLink) and site.config.mqtt is not None:
                 state.offline_after_s = interval * site.config.mqtt.offline_after_intervals
                 state.last_seen_mono = started  # "never reported" counts from our start
+            state.quiet_s = min(state.stale_after_s, state.offline_after_s or state.stale_after_s)
             self.states[siren.id] = state
         # Activations waiting for a siren's next report (earliest truthful confirmation).
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -220,11 +223,12 @@ class Fleet:
         now = time.monotonic()
         online, stale = Reachability.ONLINE, Reachability.STALE
         for state in self.states.values():
+            # The common case first, in one comparison: it answered recently enough.
+            if now - state.last_seen_mono <= state.quiet_s:
+                continue
             reachability = state.reachability
             if reachability is online or reachability is stale:
                 silent = now - state.last_seen_mono
-                if silent <= state.stale_after_s:
-                    continue
                 if state.offline_after_s and silent > state.offline_after_s:
                     self._set_reachability(state, Reachability.OFFLINE, utc_now(),
                                            f"silent for {silent:.0f} s")

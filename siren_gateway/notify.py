@@ -13,16 +13,17 @@ import json
 import logging
 import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
-
-import httpx
 
 from siren_gateway.bus import AlertChanged, Bus, ScheduleEvent, Subscription
 from siren_gateway.config import SEVERITY_RANK, MqttNotifierConfig, WebhookConfig
 from siren_gateway.links import mqtt_client
 from siren_gateway.outbox import Notification, Outbox
 from siren_gateway.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,10 @@ class WebhookNotifier:
             self._wake.set()
 
     async def _send_forever(self) -> None:
+        # Imported by sites that post webhooks only: with its optional command-line extras
+        # installed, httpx brings rich and pygments too (~6 MiB resident).
+        import httpx
+
         async with httpx.AsyncClient(timeout=self.config.timeout_s) as http:
             while True:
                 notification, next_at = await self.outbox.next_due(self.channel)
@@ -90,6 +95,8 @@ class WebhookNotifier:
                 await self._attempt(http, notification)
 
     async def _attempt(self, http: httpx.AsyncClient, notification: Notification) -> None:
+        from httpx import HTTPError
+
         config = self.config
         try:
             response = await http.post(config.url, json=notification.body,
@@ -99,7 +106,7 @@ class WebhookNotifier:
                 await self.outbox.delivered(notification)
                 return
             problem = f"HTTP {response.status_code}"
-        except httpx.HTTPError as exc:
+        except HTTPError as exc:
             problem = type(exc).__name__
         attempt = notification.attempts + 1
         if attempt >= config.max_attempts:

@@ -24,6 +24,7 @@ from siren_gateway.codec import (
     make_decoder,
     scale_decimals,
 )
+from siren_gateway.modbus_decode import StatusDecoder, compile_status_decoder
 from siren_gateway.model import (
     SEQUENCE_POINT,
     Command,
@@ -197,68 +198,37 @@ PointDecoder = Callable[[Sequence[int], dict[str, Value]], None]
 
 
 class CompiledPoint:
-    """A point with its decoder and scaling resolved, ready for the hot path."""
+    """A point with its place in the read plan and its layout resolved.
 
-    __slots__ = ("block_index", "decode_into", "labels", "offset", "spec")
+    `decode_into` is the point's reference decoder: the generated status decoder
+    (modbus_decode) calls it for the shapes it does not write out, and the tests hold the
+    generated code to it."""
+
+    __slots__ = ("block_index", "byte_order", "decimals", "decode_into", "labels", "offset",
+                 "spec", "word_order")
 
     def __init__(self, spec: PointSpec, profile: ProfileSpec, block_index: int, offset: int):
         self.spec = spec
         self.block_index = block_index
         self.offset = offset  # registers from the start of its read block
+        self.byte_order: Order = spec.byte_order or profile.byte_order
+        self.word_order: Order = spec.word_order or profile.word_order
+        self.decimals = scale_decimals(spec.scale)
         if spec.enum == "signal_codes":
             self.labels: dict[int, str] | None = {0: "none"} | {
                 code: name for name, code in profile.signal_codes.items()
             }
         else:
             self.labels = spec.enum
-        self.decode_into: PointDecoder = _point_decoder(spec, profile, offset, self.labels)
+        self.decode_into: PointDecoder = _point_decoder(self)
 
 
-def _point_decoder(spec: PointSpec, profile: ProfileSpec, at: int,
-                   labels: dict[int, str] | None) -> PointDecoder:
-    """One closure per point that writes its decoded value(s) into `out`.
-
-    This runs for every point of every poll, so the common single-register shapes get a
-    specialised closure (one call, no branching); everything else takes the general path.
-    """
-    name, scale, offset = spec.name, spec.scale, spec.offset
-    decimals = scale_decimals(scale)
+def _point_decoder(point: CompiledPoint) -> PointDecoder:
+    """A closure that writes the point's decoded value(s) into `out`: every type and layout."""
+    spec, at, labels = point.spec, point.offset, point.labels
+    name, scale, offset, decimals = spec.name, spec.scale, spec.offset, point.decimals
     scaled = scale != 1.0 or offset != 0.0
-    byte_order = spec.byte_order or profile.byte_order
-    direct_u16 = spec.register_count == 1 and byte_order == "big" and spec.type in ("u16",
-                                                                                   "bitfield")
-    if direct_u16 and spec.bits is not None:
-        bits = [(bit, b.name) for bit, b in spec.bits.items()]
-
-        def bitfield(regs: Sequence[int], out: dict[str, Value]) -> None:
-            word = regs[at]
-            for bit, bit_name in bits:
-                out[bit_name] = bool(word >> bit & 1)
-
-        return bitfield
-    if direct_u16 and labels is not None:
-        lookup = labels.get
-
-        def label(regs: Sequence[int], out: dict[str, Value]) -> None:
-            raw = regs[at]
-            out[name] = lookup(raw) or f"unknown_{raw}"
-
-        return label
-    if direct_u16 and scaled:
-
-        def scaled_u16(regs: Sequence[int], out: dict[str, Value]) -> None:
-            out[name] = round(regs[at] * scale + offset, decimals)
-
-        return scaled_u16
-    if direct_u16:
-
-        def plain_u16(regs: Sequence[int], out: dict[str, Value]) -> None:
-            out[name] = regs[at]
-
-        return plain_u16
-
-    decode = make_decoder(spec.type, spec.register_count, byte_order,
-                          spec.word_order or profile.word_order)
+    decode = make_decoder(spec.type, spec.register_count, point.byte_order, point.word_order)
     bit_names = [(bit, b.name) for bit, b in spec.bits.items()] if spec.bits else None
     is_f32 = spec.type == "f32"
 
@@ -298,6 +268,7 @@ class ModbusProfile:
         self.name = spec.model
         self.blocks, self.points = self._plan_reads(spec)
         self.fault_rules = self._fault_rules(spec)
+        self.decode_status: StatusDecoder = compile_status_decoder(self.points, self.fault_rules)
         self.latched_faults = frozenset(r.fault for r in self.fault_rules if r.latched)
         self.signal_by_code = {code: name for name, code in spec.signal_codes.items()}
         self.kind_by_code = {enc.code: kind for kind, enc in spec.commands.encodings.items()}
@@ -346,13 +317,12 @@ class ModbusProfile:
         return rules
 
     def decode(self, block_registers: Sequence[Sequence[int]]) -> dict[str, Value]:
-        """Decode the registers of every read block (in plan order) into named values."""
-        values: dict[str, Value] = {}
-        for point in self.points:
-            point.decode_into(block_registers[point.block_index], values)
-        return values
+        """Decode the registers of every read block (in plan order) into named values.
+        (The poll path uses `decode_status`, which returns the faults with them.)"""
+        return self.decode_status(block_registers)[0]
 
     def faults(self, values: dict[str, Value]) -> frozenset[str]:
+        """The faults that decoded values show (for values that did not come from registers)."""
         return shared_faults(frozenset(
             rule.fault for rule in self.fault_rules if values.get(rule.point) == rule.when
         ))

@@ -17,9 +17,9 @@ from shapely.geometry import Point, Polygon, box, mapping, shape
 from simulators.sitegen import generate_site
 from siren_gateway.api.routes.metrics import render_metrics
 from siren_gateway.config import ConfigError, Site, load_site
-from siren_gateway.coverage.config import CoverageConfig
+from siren_gateway.coverage.config import CoverageConfig, Source, ZoneArea
 from siren_gateway.coverage.engine import Candidate
-from siren_gateway.coverage.grid import CoverageGrid, Projection, Source, ZoneArea
+from siren_gateway.coverage.grid import CoverageGrid, Projection
 from siren_gateway.gateway import Gateway
 from tests.conftest import StartDistrict, wait_until, with_users
 from tests.test_activation import Api

@@ -15,17 +15,18 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
-import shapely
+from typing import TYPE_CHECKING, Any
 
 from siren_gateway.bus import Bus, CoverageChanged, SampleReceived, StatusChanged, Subscription
 from siren_gateway.config import SirenConfig, Site
-from siren_gateway.coverage.config import zone_area
-from siren_gateway.coverage.grid import CoverageGrid, Source, ZoneArea
+from siren_gateway.coverage.config import Source, ZoneArea, zone_area
 from siren_gateway.fleet import Fleet, Reachability, SirenState
 from siren_gateway.tasks import cancel_and_wait
+
+if TYPE_CHECKING:  # numpy and shapely are imported only where a zone has an area
+    import numpy as np
+
+    from siren_gateway.coverage.grid import CoverageGrid
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,11 @@ class CoverageEngine:
                 if zone.ambient_db is not None else 0.0)
             zones.append(ZoneArea(zone.id, zone_area(zone.area), zone.kind, threshold,
                                   zone.target_share or self.config.target_share))
-        self.grid: CoverageGrid | None = CoverageGrid(zones, self.config) if zones else None
+        self.grid: CoverageGrid | None = None
+        if zones:
+            from siren_gateway.coverage.grid import CoverageGrid
+
+            self.grid = CoverageGrid(zones, self.config)
         self.sources = [Source(s.id, s.location.lat, s.location.lon, self._rated(s))
                         for s in config.sirens]
         self._index = {s.id: i for i, s in enumerate(self.sources)}
@@ -103,6 +108,8 @@ class CoverageEngine:
             return
         self._subscription = self.bus.subscribe("coverage", maxsize=100_000,
                                                 kinds=(SampleReceived, StatusChanged))
+        import numpy as np
+
         on = self._availability()
 
         def initial() -> None:  # a large raster takes a noticeable fraction of a second
@@ -126,6 +133,8 @@ class CoverageEngine:
             self._subscription = None
 
     def _availability(self) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        import numpy as np
+
         states = self.fleet.states
         return np.array([self.can_sound(states[s.id]) for s in self.sources], dtype=bool)
 
@@ -255,6 +264,8 @@ class CoverageEngine:
     def layer(self) -> dict[str, Any]:
         """The raster for the map, sampled down: per cell 0 outside every zone, 1 covered,
         2 not covered (nor when every siren is healthy), 3 lost (covered when all are)."""
+        import numpy as np
+
         grid = self.grid
         if grid is None or self._healthy is None:
             return {"enabled": False}
@@ -350,6 +361,9 @@ class CoverageEngine:
 
     def grid_candidates(self, zone_id: str, spacing_m: float, limit: int) -> list[Candidate]:
         """Points on a square grid over a zone's area (inside it), for siting searches."""
+        import numpy as np
+        import shapely
+
         grid = self.grid
         if grid is None:
             raise LookupError("no zone has an area: coverage is off")

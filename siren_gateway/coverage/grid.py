@@ -18,38 +18,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from siren_gateway.coverage.config import CoverageConfig, ZoneKind
+from siren_gateway.coverage.config import CoverageConfig, Source, ZoneArea
 
 EARTH_RADIUS_M = 6_371_008.8
 NEAR_FIELD_M = 30.0  # ratings are given at 30 m; nearer, the level is taken as the rating
 
 Floats = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True, slots=True)
-class ZoneArea:
-    id: str
-    geometry: BaseGeometry  # lon/lat
-    kind: ZoneKind
-    threshold_db: float
-    target_share: float
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """A siren (or a candidate site) as the model sees it."""
-
-    id: str
-    lat: float
-    lon: float
-    rated_db_c: float
 
 
 class Projection:

@@ -270,14 +270,14 @@ class ModbusSirenLink:
         blocks = await self.endpoint.submit(POLL_PRIORITY, self._read_all)
         received_at = utc_now()
         try:
-            values = self.profile.decode(blocks)
+            values, faults = self.profile.decode_status(blocks)
         except (ValueError, IndexError, UnicodeError) as exc:
             raise LinkError("malformed", f"cannot decode: {exc}") from None
         clock = values.get("device_clock")
         device_time = None
         if isinstance(clock, int | float) and not isinstance(clock, bool) and clock > 0:
             device_time = datetime.fromtimestamp(clock, UTC)
-        return Sample(self.siren_id, received_at, values, self.profile.faults(values), device_time)
+        return Sample(self.siren_id, received_at, values, faults, device_time)
 
     async def send(self, command: Command) -> None:
         address, words = self.profile.encode_command(command)
