@@ -99,11 +99,13 @@ async def _post_raw(port: int, head: bytes, body_chunks: int, chunk: bytes) -> t
             writer.write(chunk)
             await writer.drain()
             sent += len(chunk)
-    except (ConnectionResetError, BrokenPipeError):
-        pass  # the server hung up on us: that is the point
+    except ConnectionError:
+        pass  # the server hung up on us (reset or broken pipe): that is the point
     try:
         answer = await asyncio.wait_for(answered, 10)
-    except (ConnectionResetError, TimeoutError):
+    except (ConnectionError, TimeoutError):
+        # A write that met the hang-up fails the pending read with the same error (a broken
+        # pipe as well as a reset, whichever the kernel reports first).
         answer = b""
     writer.close()
     return answer, sent
