@@ -150,9 +150,24 @@ def _emit_point(src: _Source, point: CompiledPoint,
         labels = src.constant(point.labels)
         src.emit(f"x = {labels}.get(v)")
         src.emit(f"out[{name!r}] = x if x is not None else f'unknown_{{v}}'")
+    elif scaled and (divisor := _decimal_divisor(spec.scale, spec.offset)) is not None:
+        # An integer over a power of ten is already the nearest float to the decimal, which
+        # is what the reference's round() of the product gives: a division instead (~0.3 us).
+        src.emit(f"out[{name!r}] = v / {divisor}")
     elif scaled:
         src.emit(f"out[{name!r}] = round(v * {spec.scale!r} + {spec.offset!r}, "
                  f"{point.decimals})")
     else:
         src.emit(f"out[{name!r}] = v")
     return False
+
+
+def _decimal_divisor(scale: float, offset: float) -> int | None:
+    """10**k when `scale` is exactly the float 10**-k (0.1, 0.01, ...) and there is no
+    offset, else None."""
+    if offset != 0.0 or not 0.0 < scale < 1.0:
+        return None
+    for divisor in (10, 100, 1_000, 10_000, 100_000, 1_000_000):
+        if scale == 1.0 / divisor:
+            return divisor
+    return None

@@ -11,6 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from siren_gateway.codec import scale_decimals
 from siren_gateway.config import DEFAULT_PROFILES_DIR
 from siren_gateway.model import Value
 from siren_gateway.profiles import ModbusProfile, parse_profile
@@ -92,3 +93,13 @@ def test_a_healthy_report_shares_one_empty_fault_set() -> None:
     block = [healthy["input"].get(i, 0) for i in range(profile.blocks[0].count)]
     first = profile.decode_status([block])[1]
     assert first == frozenset() and first is profile.decode_status([block])[1]
+
+
+@pytest.mark.parametrize("scale", [0.1, 0.01, 0.001, 0.0001])
+def test_a_decimal_scale_divides_exactly_as_the_reference_rounds(scale: float) -> None:
+    """The generated code divides by 10**k where the reference rounds the product: the same
+    float for every 16-bit register value, signed or not, and 32-bit values at the edges."""
+    decimals = scale_decimals(scale)
+    divisor = round(1 / scale)
+    raws = [*range(-0x8000, 0x10000), 0x7FFFFFFF, 0xFFFFFFFF, -0x80000000, 123456789]
+    assert all(raw / divisor == round(raw * scale, decimals) for raw in raws)
