@@ -113,6 +113,9 @@ class SirenState:
         }
 
 
+_ONLINE = Reachability.ONLINE
+
+
 def reporting_interval(site: Site, siren: SirenConfig) -> float:
     """How often fresh status is expected: the poll interval, or an MQTT device's report period."""
     link = siren.link
@@ -189,8 +192,9 @@ class Fleet:
         state.consecutive_failures = 0
         state.last_error = None
         state.polls_ok += 1
-        self._set_reachability(state, Reachability.ONLINE, sample.received_at, "answered")
-        if sample.faults != before:
+        if state.reachability is not _ONLINE:
+            self._set_reachability(state, _ONLINE, sample.received_at, "answered")
+        if sample.faults is not before and sample.faults != before:
             self.bus.publish(FaultsChanged(sample.siren_id, sample.faults - before,
                                            before - sample.faults, sample.faults,
                                            sample.received_at))

@@ -33,12 +33,20 @@ STRING_CACHE_SIZE = 64  # distinct contents remembered per string point (bounded
 class _Source:
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self.values: list[tuple[str, str]] = []  # (point name, local holding its value)
+        self.late: list[str] = []  # reference decoders, which write into the dict
         self.namespace: dict[str, Any] = {
             "shared_faults": shared_faults, "NO_FAULTS": NO_FAULTS,
             "pack_words": struct.Struct(">HH").pack, "unpack_f32": struct.Struct(">f").unpack}
 
     def emit(self, line: str, depth: int = 1) -> None:
         self.lines.append("    " * depth + line)
+
+    def value(self, name: str, expression: str) -> None:
+        """A point's value, kept in a local until the dict is built in one go."""
+        local = f"l{len(self.values)}"
+        self.values.append((name, local))
+        self.emit(f"{local} = {expression}")
 
     def constant(self, value: Any) -> str:
         """A name in the function's namespace bound to `value` (for objects, not literals)."""
@@ -54,12 +62,16 @@ def compile_status_decoder(points: Sequence[CompiledPoint], fault_rules: Sequenc
     src.lines.append("def decode(blocks):")
     for index in blocks:
         src.emit(f"r{index} = blocks[{index}]")
-    src.emit("out = {}")
     src.emit("found = None")
     found_from_words: set[str] = set()
     for point in points:
         if _emit_point(src, point, _bit_fault_masks(point, fault_rules)):
             found_from_words |= {b.name for b in (point.spec.bits or {}).values()}
+    # One dict display with constant keys: built at its final size in one step, where 29
+    # insertions into an empty dict resized it three times.
+    src.emit("out = {" + ", ".join(f"{name!r}: {local}" for name, local in src.values) + "}")
+    for line in src.late:
+        src.emit(line)
     for rule in fault_rules:
         if rule.point in found_from_words:
             continue  # found from the word above
@@ -103,7 +115,7 @@ def _emit_point(src: _Source, point: CompiledPoint,
     if spec.type == "bitfield" and big_bytes and spec.bits is not None:
         src.emit(f"w = {regs}[{at}]")
         for bit, bit_spec in spec.bits.items():
-            src.emit(f"out[{bit_spec.name!r}] = (w & {1 << bit}) != 0")
+            src.value(bit_spec.name, f"(w & {1 << bit}) != 0")
         when_set, when_clear, rules = bit_faults
         if rules:
             src.emit(f"if w & {when_set} or ~w & {when_clear}:")
@@ -121,7 +133,7 @@ def _emit_point(src: _Source, point: CompiledPoint,
         src.emit(f"{reference}({regs}, x)", 2)
         src.emit(f"x = x[{name!r}]", 2)
         src.emit(f"if len({cache}) < {STRING_CACHE_SIZE}: {cache}[t] = x", 2)
-        src.emit(f"out[{name!r}] = x")
+        src.value(name, "x")
         return False
     raw: str | None = None
     if spec.type == "f32" and big_bytes and point.labels is None:
@@ -129,8 +141,8 @@ def _emit_point(src: _Source, point: CompiledPoint,
         src.emit(f"v = unpack_f32(pack_words({regs}[{high}], {regs}[{low}]))[0]")
         # float32 carries ~7 significant digits; the rest is noise (as the reference drops it)
         src.emit("v = float(f'{v:.7g}')")
-        src.emit(f"out[{name!r}] = round(v * {spec.scale!r} + {spec.offset!r}, {point.decimals})"
-                 if scaled else f"out[{name!r}] = v")
+        src.value(name, f"round(v * {spec.scale!r} + {spec.offset!r}, {point.decimals})"
+                  if scaled else "v")
         return False
     if spec.type in ("u16", "i16") and big_bytes:
         raw = f"{regs}[{at}]"
@@ -139,7 +151,7 @@ def _emit_point(src: _Source, point: CompiledPoint,
         raw = f"({regs}[{high}] << 16 | {regs}[{low}])"
     if raw is None or (spec.bits is not None):
         reference = src.constant(point.decode_into)
-        src.emit(f"{reference}({regs}, out)")
+        src.late.append(f"{reference}({regs}, out)")
         return False
     src.emit(f"v = {raw}")
     if spec.type == "i16":
@@ -149,16 +161,15 @@ def _emit_point(src: _Source, point: CompiledPoint,
     if point.labels is not None:
         labels = src.constant(point.labels)
         src.emit(f"x = {labels}.get(v)")
-        src.emit(f"out[{name!r}] = x if x is not None else f'unknown_{{v}}'")
+        src.value(name, "x if x is not None else f'unknown_{v}'")
     elif scaled and (divisor := _decimal_divisor(spec.scale, spec.offset)) is not None:
         # An integer over a power of ten is already the nearest float to the decimal, which
         # is what the reference's round() of the product gives: a division instead (~0.3 us).
-        src.emit(f"out[{name!r}] = v / {divisor}")
+        src.value(name, f"v / {divisor}")
     elif scaled:
-        src.emit(f"out[{name!r}] = round(v * {spec.scale!r} + {spec.offset!r}, "
-                 f"{point.decimals})")
+        src.value(name, f"round(v * {spec.scale!r} + {spec.offset!r}, {point.decimals})")
     else:
-        src.emit(f"out[{name!r}] = v")
+        src.value(name, "v")
     return False
 
 

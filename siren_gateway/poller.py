@@ -44,13 +44,19 @@ class _Schedule:
         self.timer: asyncio.TimerHandle | None = None  # waiting for its next poll
 
 
+# Workers kept waiting for the next due poll; one more poll at once starts another task.
+MAX_IDLE_WORKERS = 32
+
+
 class Poller:
-    """Each siren waits for its next poll as one timer on the event loop; a poll runs as a
-    short task of its own, so a slow or dead device only ever delays itself.
+    """Each siren waits for its next poll as one timer on the event loop; when it fires, an
+    idle worker task takes the poll, or a new one starts if none is idle, so a slow or dead
+    device only ever delays itself.
 
     Why timers and not a sleeping task per siren: a sleeping task (its coroutine frames, its
     future and timer) cost ~1.4 kB, a timer ~0.2 kB (bench/memory.py: -6 MiB at 5,000
-    sirens), and only the polls on the wire hold a task.
+    sirens). Why reused workers and not a task per poll: creating and registering a task on
+    every poll cost more CPU than the old sleeping loop (bench/poll_throughput.py).
     """
 
     def __init__(self, fleet: Fleet, links: dict[str, SirenLink], seed: int | None = None) -> None:
@@ -58,7 +64,9 @@ class Poller:
         self.links = links
         self._rng = random.Random(seed)
         self._schedules: list[_Schedule] = []
-        self._polls: set[asyncio.Task[None]] = set()  # polls on the wire now
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle: list[asyncio.Future[_Schedule]] = []  # workers waiting for a poll
+        self._busy = 0  # polls on the wire now
         self._sweeper: asyncio.Task[None] | None = None
         self._running = False
 
@@ -84,22 +92,43 @@ class Poller:
             if schedule.timer is not None:
                 schedule.timer.cancel()
                 schedule.timer = None
-        await cancel_and_wait([*self._polls, *([self._sweeper] if self._sweeper else [])])
-        self._polls.clear()
+        await cancel_and_wait([*self._workers, *([self._sweeper] if self._sweeper else [])])
+        self._workers.clear()
+        self._idle.clear()
         self._schedules.clear()
         self._sweeper = None
 
     def scheduled(self) -> int:
         """Sirens with a poll waiting or on the wire (every polled siren, while running)."""
-        return sum(1 for s in self._schedules if s.timer is not None) + len(self._polls)
+        return sum(1 for s in self._schedules if s.timer is not None) + self._busy
 
     def _fire(self, schedule: _Schedule) -> None:
         schedule.timer = None
         if not self._running:
             return
-        task = asyncio.get_running_loop().create_task(self._poll(schedule), name=schedule.name)
-        self._polls.add(task)
-        task.add_done_callback(self._polls.discard)
+        self._busy += 1
+        while self._idle:
+            waiter = self._idle.pop()
+            if not waiter.done():  # (a worker cancelled while idle leaves a done future)
+                waiter.set_result(schedule)
+                return
+        task = asyncio.get_running_loop().create_task(self._work(schedule),
+                                                      name="poll worker")
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    async def _work(self, schedule: _Schedule) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._poll(schedule)
+            finally:
+                self._busy -= 1
+            if not self._running or len(self._idle) >= MAX_IDLE_WORKERS:
+                return
+            waiter: asyncio.Future[_Schedule] = loop.create_future()
+            self._idle.append(waiter)
+            schedule = await waiter
 
     async def _poll(self, schedule: _Schedule) -> None:
         link = schedule.link
