@@ -1,8 +1,9 @@
 """Polls every polled (Modbus) siren on its own schedule, with jitter and back-off after failures.
 
-Each siren is polled in a task of its own, so a slow or dead device only ever delays itself (on
-a shared RS-485 line it costs its timeout, which the back-off keeps rare). Polls are scheduled on a fixed
-grid rather than "interval after the last answer", so the rate stays true under load.
+A poll on the wire holds a worker task of its own, so a slow or dead device only ever delays
+itself (on a shared RS-485 line it costs its timeout, which the back-off keeps rare). Polls are
+scheduled on a fixed grid rather than "interval after the last answer", so the rate stays true
+under load.
 """
 
 from __future__ import annotations
@@ -33,12 +34,11 @@ def next_delay(interval_s: float, failures: int, polling: PollingConfig, rng: ra
 class _Schedule:
     """One polled siren's place on the timetable."""
 
-    __slots__ = ("due", "first", "interval_s", "link", "name", "timer")
+    __slots__ = ("due", "first", "interval_s", "link", "timer")
 
     def __init__(self, link: SirenLink, interval_s: float) -> None:
         self.link = link
         self.interval_s = interval_s
-        self.name = f"poll {link.siren_id}"
         self.due = 0.0
         self.first = True
         self.timer: asyncio.TimerHandle | None = None  # waiting for its next poll

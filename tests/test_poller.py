@@ -13,6 +13,7 @@ from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
 from siren_gateway.model import Command, Sample, utc_now
 from siren_gateway.poller import Poller, next_delay
+from tests.conftest import wait_until
 
 
 class CancelSwallowingLink:
@@ -65,3 +66,34 @@ def test_back_off_starts_after_the_offline_threshold_and_is_capped() -> None:
     rng = random.Random(0)
     delays = [next_delay(2.0, failures, polling, rng) for failures in range(8)]
     assert delays == [2.0, 2.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+class HangingLink(CancelSwallowingLink):
+    """A device that takes the request and never answers (pymodbus's timeout, made endless)."""
+
+    async def poll(self) -> Sample:
+        self.polls += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_hung_polls_hold_only_their_own_workers(tmp_path: Path) -> None:
+    """More hung devices than idle workers are kept: each holds one worker, the healthy keep
+    their rate, and stop() ends the hung polls too."""
+    site = load_site(write_site(generate_site(50, poll_interval_s=0.05), tmp_path / "s.yaml"))
+    fleet = Fleet(site, Bus())
+    ids = [s.id for s in site.config.sirens]
+    hung = set(ids[:40])
+    links: dict[str, SirenLink] = {
+        i: HangingLink(i) if i in hung else CancelSwallowingLink(i) for i in ids}
+    poller = Poller(fleet, links, seed=1)
+    poller.start()
+    healthy = [links[i] for i in ids if i not in hung]
+
+    await wait_until(lambda: all(link.polls >= 5 for link in healthy)  # type: ignore[attr-defined]
+                     and all(links[i].polls == 1 for i in hung),  # type: ignore[attr-defined]
+                     20, "healthy sirens polled on while the hung ones wait")
+    assert poller.scheduled() == 50  # every siren: a poll waiting or on the wire
+    assert all(links[i].polls == 1 for i in hung)  # type: ignore[attr-defined]
+    await asyncio.wait_for(poller.stop(), timeout=5)
+    assert poller.scheduled() == 0
