@@ -22,11 +22,11 @@ import httpx
 
 from simulators.launcher import start_fleet
 from simulators.sitegen import assign_free_ports, generate_site, write_site
-from siren_gateway.activation import ActivationRequest, Status, Targets
-from siren_gateway.auth import Principal, Role
-from siren_gateway.config import load_site
+from siren_gateway.activation.engine import ActivationRequest, Status, Targets
+from siren_gateway.config.site import load_site
 from siren_gateway.gateway import Gateway
 from siren_gateway.model import Command, CommandKind
+from siren_gateway.security.auth import Principal, Role
 
 
 def percentiles(values: list[float]) -> str:

@@ -28,9 +28,9 @@ from playwright.async_api import async_playwright
 from simulators.launcher import start_fleet
 from simulators.sitegen import assign_free_ports, free_ports, generate_site, write_site
 from siren_gateway.api.app import create_app
-from siren_gateway.auth import hash_password
-from siren_gateway.config import load_site
+from siren_gateway.config.site import load_site
 from siren_gateway.gateway import Gateway
+from siren_gateway.security.auth import hash_password
 
 FAULTS = ["door_open", "mains_loss", "overheat"]
 

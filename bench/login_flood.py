@@ -22,7 +22,7 @@ import httpx
 
 from simulators.processes import start_site
 from simulators.sitegen import generate_site
-from siren_gateway.auth import hash_password
+from siren_gateway.security.auth import hash_password
 
 PASSWORDS = {"viewer": "viewer-flood", "operator": "operator-flood", "admin": "admin-flood"}
 

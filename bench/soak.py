@@ -40,7 +40,7 @@ from bench.common import REPO, parse_metrics
 from simulators.launcher import FleetProcess, start_fleet
 from simulators.processes import GatewayProcess, Mosquitto
 from simulators.sitegen import assign_free_ports, generate_site, write_site
-from siren_gateway.auth import hash_password
+from siren_gateway.security.auth import hash_password
 
 PASSWORD = "soak-operator"
 MODBUS_FAULTS = ["door_open", "amplifier_fault", "no_response", "drop_connection", "overheat",

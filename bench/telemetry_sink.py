@@ -31,11 +31,11 @@ from influxdb_client.domain.write_precision import WritePrecision
 
 from simulators.physics import SimulatedSiren
 from simulators.sitegen import free_ports, generate_site, write_site
-from siren_gateway.bus import Bus, SampleReceived
-from siren_gateway.config import InfluxConfig, Site, load_site
-from siren_gateway.lineprotocol import LineEncoder
+from siren_gateway.config.site import InfluxConfig, Site, load_site
+from siren_gateway.live.bus import Bus, SampleReceived
 from siren_gateway.model import Sample, Value
-from siren_gateway.telemetry_sink import InfluxSink
+from siren_gateway.telemetry.lineprotocol import LineEncoder
+from siren_gateway.telemetry.sink import InfluxSink
 
 MILLISECONDS: Any = WritePrecision.MS  # the library's hints want the class, its values are str
 

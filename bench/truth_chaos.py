@@ -42,8 +42,8 @@ import httpx
 from simulators.launcher import FleetProcess, start_fleet
 from simulators.processes import GatewayProcess, Mosquitto
 from simulators.sitegen import assign_free_ports, generate_site, write_site
-from siren_gateway.activation import sequence_of
-from siren_gateway.auth import hash_password
+from siren_gateway.activation.engine import sequence_of
+from siren_gateway.security.auth import hash_password
 
 PASSWORD = "chaos-operator"
 SIGNAL = "growl_test"  # 4 s of sound: short rounds

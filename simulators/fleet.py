@@ -1,6 +1,6 @@
 """Fleet launcher: runs the sirens of a site file as simulated controllers, with a control API.
 
-    python -m simulators.fleet --config config/demo.yaml --control-port 8081 [--shard 1/4]
+    python -m simulators.fleet --config siren_gateway/data/demo.yaml --control-port 8081 [--shard 1/4]
 
 The control API (HTTP on 127.0.0.1) reports each simulated siren's physical truth and injects
 faults, so tests and benchmarks can compare what the gateway believes with what is real.
@@ -32,7 +32,7 @@ from pymodbus.framer import FramerType
 from simulators.modbus_sim import SimulatedEndpoint, SimulatedUnit
 from simulators.mqtt_sim import SimulatedMqttSiren
 from simulators.physics import SimulatedSiren
-from siren_gateway.config import (
+from siren_gateway.config.site import (
     ModbusRtuOverTcpLink,
     ModbusTcpLink,
     MqttLink,
@@ -41,8 +41,8 @@ from siren_gateway.config import (
     endpoint_key,
     load_site,
 )
-from siren_gateway.fleet import reporting_interval
-from siren_gateway.mqtt_profile import MqttProfile
+from siren_gateway.live.fleet import reporting_interval
+from siren_gateway.profiles.mqtt import MqttProfile
 
 log = logging.getLogger("simulators.fleet")
 

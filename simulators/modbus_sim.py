@@ -21,7 +21,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from simulators.physics import SimulatedSiren
-from siren_gateway.profiles import ModbusProfile, Table
+from siren_gateway.profiles.modbus import ModbusProfile, Table
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from simulators.physics import SimulatedSiren
-from siren_gateway.config import MqttBrokerConfig
+from siren_gateway.config.site import MqttBrokerConfig
 from siren_gateway.links import mqtt_client
 from siren_gateway.model import Command, CommandKind
-from siren_gateway.mqtt_profile import MqttProfile, PayloadError
+from siren_gateway.profiles.mqtt import MqttProfile, PayloadError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from simulators.sitegen import assign_free_ports, free_ports, write_site
 class GatewayProcess:
     """`siren-gateway run --config FILE` in its own process; its log goes to `log_path`.
 
-    `failpoints` (siren_gateway/failpoints.py) make it exit at a named point, for crash tests.
+    `failpoints` (siren_gateway/runtime/failpoints.py) make it exit at a named point, for crash tests.
     """
 
     def __init__(self, config: Path, log_path: Path | None = None, scheme: str = "http",

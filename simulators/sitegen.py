@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from siren_gateway.config import DEFAULT_PROFILES_DIR
+from siren_gateway.data import DEFAULT_PROFILES_DIR
 
 PROFILE = "generic_siren_controller"
 MQTT_PROFILE = "generic_mqtt_siren"

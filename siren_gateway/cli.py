@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from siren_gateway.config import ConfigError, Site, load_site
-from siren_gateway.logs import configure as configure_logging
+from siren_gateway.config.site import ConfigError, Site, load_site
+from siren_gateway.runtime.logs import configure as configure_logging
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -72,7 +72,7 @@ def server_options(site: Site, host: str, port: int) -> dict[str, Any]:
 def _audit_verify(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from siren_gateway.audit import verify_chain
+    from siren_gateway.security.audit import verify_chain
 
     site = _site_or_none(args.config)
     if site is None:
@@ -116,7 +116,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from siren_gateway.auth import hash_password
+    from siren_gateway.security.auth import hash_password
 
     password = sys.stdin.readline().rstrip("\n") if args.stdin else getpass.getpass("Password: ")
     if len(password) < 8:
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="embedded MQTT broker for the MQTT sirens (auto: mosquitto if "
                       "installed, else amqtt)")
     demo.add_argument("--sirens", type=int, default=None,
-                      help="simulate N sirens instead of the 20 of config/demo.yaml")
+                      help="simulate N sirens instead of the 20 of siren_gateway/data/demo.yaml")
     demo.add_argument("--data-dir", type=Path, default=None,
                       help="where the demo writes its site file and database (default: a temp dir)")
     demo.add_argument("--influx-url", default=None,

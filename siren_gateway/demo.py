@@ -17,11 +17,11 @@ from simulators.broker import BrokerKind, BrokerProcess, start_broker
 from simulators.launcher import FleetProcess, start_fleet
 from simulators.sitegen import assign_free_ports, generate_site, write_site
 from siren_gateway.api.app import create_app
-from siren_gateway.config import REPO_DIR, load_site
+from siren_gateway.config.site import load_site
+from siren_gateway.data import DEMO_CONFIG
 from siren_gateway.gateway import Gateway
 
 log = logging.getLogger(__name__)
-DEMO_CONFIG = REPO_DIR / "config" / "demo.yaml"
 SIRENS_PER_SIMULATOR_PROCESS = 1000
 
 

@@ -8,27 +8,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-from siren_gateway.activation import ActivationEngine
-from siren_gateway.alerts import AlertEngine
-from siren_gateway.audit import AuditLog
-from siren_gateway.auth import LoginThrottle, Principal, Role, TokenStore
-from siren_gateway.bus import Bus
-from siren_gateway.config import MqttLink, Site
+from siren_gateway.activation.engine import ActivationEngine
+from siren_gateway.activation.operator import OperatorCommands
+from siren_gateway.alerts.engine import AlertEngine
+from siren_gateway.alerts.notifiers import MqttAlertNotifier, WebhookNotifier
+from siren_gateway.alerts.outbox import Outbox
+from siren_gateway.config.site import MqttLink, Site
 from siren_gateway.coverage.engine import CoverageEngine
-from siren_gateway.credentials import Credentials
-from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
 from siren_gateway.links.modbus import ModbusEndpoint, build_modbus_links
 from siren_gateway.links.mqtt import MqttHub
-from siren_gateway.mqtt_profile import MqttProfile
-from siren_gateway.notify import MqttAlertNotifier, WebhookNotifier
-from siren_gateway.operator_commands import OperatorCommands
-from siren_gateway.outbox import Outbox
-from siren_gateway.poller import Poller
-from siren_gateway.process_stats import raise_descriptor_limit
-from siren_gateway.scheduler import ActivationExecutor, Scheduler
-from siren_gateway.storage import Database, TelemetryStore
-from siren_gateway.telemetry_sink import InfluxSink
+from siren_gateway.links.poller import Poller
+from siren_gateway.live.bus import Bus
+from siren_gateway.live.fleet import Fleet
+from siren_gateway.profiles.mqtt import MqttProfile
+from siren_gateway.runtime.process_stats import raise_descriptor_limit
+from siren_gateway.scheduling.engine import ActivationExecutor, Scheduler
+from siren_gateway.security.audit import AuditLog
+from siren_gateway.security.auth import LoginThrottle, Principal, Role, TokenStore
+from siren_gateway.security.credentials import Credentials
+from siren_gateway.store.database import Database, TelemetryStore
+from siren_gateway.telemetry.sink import InfluxSink
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ from simulators.processes import GatewayProcess, Mosquitto
 
 __all__ = ["Mosquitto"]  # tests import the broker from here
 from simulators.sitegen import assign_free_ports, free_ports, write_site
-from siren_gateway.auth import hash_password
-from siren_gateway.config import DEFAULT_PROFILES_DIR, Site, load_site
+from siren_gateway.config.site import Site, load_site
+from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.gateway import Gateway
+from siren_gateway.security.auth import hash_password
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PASSWORDS = {"viewer": "viewer-pass", "operator": "operator-pass", "admin": "admin-pass"}

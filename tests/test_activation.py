@@ -13,7 +13,7 @@ import pytest
 
 from simulators.sitegen import generate_site
 from siren_gateway.api.app import create_app
-from siren_gateway.config import Site
+from siren_gateway.config.site import Site
 from siren_gateway.gateway import Gateway
 from tests.conftest import PASSWORDS, SimulatedDistrict, StartDistrict, wait_until, with_users
 
@@ -305,12 +305,12 @@ def test_judge_needs_current_not_just_a_sounding_state(tmp_path: Any) -> None:
     from pathlib import Path
 
     from simulators.sitegen import write_site
-    from siren_gateway.activation import Activation, ActivationEngine, Status
-    from siren_gateway.bus import Bus
-    from siren_gateway.config import load_site
-    from siren_gateway.fleet import Fleet
+    from siren_gateway.activation.engine import Activation, ActivationEngine, Status
+    from siren_gateway.config.site import load_site
+    from siren_gateway.live.bus import Bus
+    from siren_gateway.live.fleet import Fleet
     from siren_gateway.model import Sample
-    from siren_gateway.storage import Database
+    from siren_gateway.store.database import Database
 
     site = load_site(write_site(generate_site(1), Path(tmp_path) / "s.yaml"))
     engine = ActivationEngine(site, Fleet(site, Bus()), {}, Database(":memory:"), None)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from simulators.sitegen import free_ports, generate_site
-from siren_gateway.config import Site
+from siren_gateway.config.site import Site
 from siren_gateway.gateway import Gateway
 from tests.conftest import (
     LocalHttpServer,
@@ -353,7 +353,7 @@ async def test_raise_latency_on_the_websocket(
     from websockets.typing import Subprotocol
 
     from siren_gateway.api.app import create_app
-    from siren_gateway.auth import Principal, Role
+    from siren_gateway.security.auth import Principal, Role
 
     interval = 1.0
     site = alert_site()
@@ -393,9 +393,9 @@ async def test_raise_latency_on_the_websocket(
 async def test_cleared_alerts_leave_memory_but_stay_on_disk(
         district: tuple[SimulatedDistrict, Gateway], monkeypatch: pytest.MonkeyPatch) -> None:
     """A gateway running for months holds every active alert and only the newest cleared."""
-    import siren_gateway.alerts
+    import siren_gateway.alerts.engine
 
-    monkeypatch.setattr(siren_gateway.alerts, "KEEP_CLEARED", 1)
+    monkeypatch.setattr(siren_gateway.alerts.engine, "KEEP_CLEARED", 1)
     simulated, gateway = district
     sirens = ["s00001", "s00002", "s00003"]
     for siren in sirens:

@@ -20,11 +20,11 @@ from fastapi import FastAPI
 
 from simulators.sitegen import free_ports, generate_site
 from siren_gateway.api.app import create_app
-from siren_gateway.bus import Bus, SampleReceived
-from siren_gateway.config import Site, StorageConfig
+from siren_gateway.config.site import Site, StorageConfig
 from siren_gateway.gateway import Gateway
+from siren_gateway.live.bus import Bus, SampleReceived
 from siren_gateway.model import Sample
-from siren_gateway.storage import Database, TelemetryStore
+from siren_gateway.store.database import Database, TelemetryStore
 from tests.conftest import PASSWORDS, StartDistrict, wait_until, with_users
 
 REPO = Path(__file__).resolve().parent.parent
@@ -215,8 +215,8 @@ async def test_long_ranges_are_downsampled_not_cut(tmp_path: Path) -> None:
 async def test_an_outbox_key_makes_a_second_put_of_the_same_notification_a_no_op(
         tmp_path: Path) -> None:
     """An alert raised again after a crash lost its unwritten record is not announced twice."""
-    from siren_gateway.outbox import Outbox
-    from siren_gateway.storage import Database
+    from siren_gateway.alerts.outbox import Outbox
+    from siren_gateway.store.database import Database
 
     db = Database(tmp_path / "outbox.db")
     await db.open()

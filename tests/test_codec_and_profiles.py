@@ -10,10 +10,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from siren_gateway.codec import encode_value, make_decoder
-from siren_gateway.config import DEFAULT_PROFILES_DIR, load_profiles
+from siren_gateway.config.site import load_profiles
+from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.model import Command, CommandKind, Value
-from siren_gateway.profiles import ModbusProfile, parse_profile
+from siren_gateway.profiles.codec import encode_value, make_decoder
+from siren_gateway.profiles.modbus import ModbusProfile, parse_profile
 
 GENERIC_FILE = DEFAULT_PROFILES_DIR / "generic-siren-controller.yaml"
 

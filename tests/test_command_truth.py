@@ -21,9 +21,9 @@ import pytest
 
 from simulators.processes import GatewayProcess
 from simulators.sitegen import generate_site
-from siren_gateway.activation import sequence_of
-from siren_gateway.bus import SampleReceived
+from siren_gateway.activation.engine import sequence_of
 from siren_gateway.gateway import Gateway
+from siren_gateway.live.bus import SampleReceived
 from tests.conftest import (
     Mosquitto,
     SimulatedDistrict,

@@ -19,7 +19,8 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from simulators.sitegen import free_ports
 from siren_gateway.api.app import create_app
-from siren_gateway.demo import DEMO_CONFIG, demo_site
+from siren_gateway.data import DEMO_CONFIG
+from siren_gateway.demo import demo_site
 from siren_gateway.gateway import Gateway
 from tests.conftest import Mosquitto, SimulatedDistrict, StartDistrict, wait_until
 from tests.test_activation import StartGateway

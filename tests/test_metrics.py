@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 
 from siren_gateway.api.app import create_app
-from siren_gateway.logs import JsonFormatter
+from siren_gateway.runtime.logs import JsonFormatter
 from tests.test_schedule_api import make_gateway
 
 

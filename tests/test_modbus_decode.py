@@ -11,10 +11,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from siren_gateway.codec import scale_decimals
-from siren_gateway.config import DEFAULT_PROFILES_DIR
+from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.model import Value
-from siren_gateway.profiles import ModbusProfile, parse_profile
+from siren_gateway.profiles.codec import scale_decimals
+from siren_gateway.profiles.modbus import ModbusProfile, parse_profile
 
 GENERIC = yaml.safe_load((DEFAULT_PROFILES_DIR / "generic-siren-controller.yaml")
                          .read_text(encoding="utf-8"))

@@ -12,15 +12,16 @@ import aiomqtt
 import pytest
 
 from simulators.sitegen import generate_site
-from siren_gateway.activation import ActivationRequest, Targets
-from siren_gateway.auth import Principal, Role
-from siren_gateway.bus import StatusChanged
-from siren_gateway.config import DEFAULT_PROFILES_DIR, Site, load_profiles
-from siren_gateway.fleet import Reachability
+from siren_gateway.activation.engine import ActivationRequest, Targets
+from siren_gateway.config.site import Site, load_profiles
+from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.gateway import Gateway
 from siren_gateway.links.mqtt import MqttSirenLink
+from siren_gateway.live.bus import StatusChanged
+from siren_gateway.live.fleet import Reachability
 from siren_gateway.model import Command, CommandKind, LinkError
-from siren_gateway.mqtt_profile import MqttProfile, PayloadError
+from siren_gateway.profiles.mqtt import MqttProfile, PayloadError
+from siren_gateway.security.auth import Principal, Role
 from tests.conftest import Mosquitto, SimulatedDistrict, StartDistrict, wait_until
 
 StartGateway = Callable[[Site], Awaitable[Gateway]]

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from simulators.physics import SimulatedSiren
-from siren_gateway.config import DEFAULT_PROFILES_DIR, load_default_signals, load_profiles
-from siren_gateway.mqtt_profile import MqttProfile, PayloadError
+from siren_gateway.config.site import load_default_signals, load_profiles
+from siren_gateway.data import DEFAULT_PROFILES_DIR
+from siren_gateway.profiles.mqtt import MqttProfile, PayloadError
 
 ODD_VALUES: list[Any] = [None, True, False, 0, 1, -1, 1.5, 2**70, "x", "idle", "", "y" * 300,
                          [], {}, [1], {"a": 1}, 1e308]

@@ -7,12 +7,12 @@ import random
 from pathlib import Path
 
 from simulators.sitegen import generate_site, write_site
-from siren_gateway.bus import Bus
-from siren_gateway.config import PollingConfig, load_site
-from siren_gateway.fleet import Fleet
+from siren_gateway.config.site import PollingConfig, load_site
 from siren_gateway.links.base import SirenLink
+from siren_gateway.links.poller import Poller, next_delay
+from siren_gateway.live.bus import Bus
+from siren_gateway.live.fleet import Fleet
 from siren_gateway.model import Command, Sample, utc_now
-from siren_gateway.poller import Poller, next_delay
 from tests.conftest import wait_until
 
 

@@ -12,18 +12,18 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from simulators.sitegen import generate_site, write_site
-from siren_gateway.audit import AuditLog
-from siren_gateway.auth import Principal, Role
-from siren_gateway.bus import Bus, ScheduleEvent
-from siren_gateway.config import (
+from siren_gateway.config.site import (
     PlanConfig,
     YearlyRule,
     compile_rule,
     load_site,
 )
-from siren_gateway.recurrence import Cron, occurrences
-from siren_gateway.scheduler import Scheduler
-from siren_gateway.storage import Database
+from siren_gateway.live.bus import Bus, ScheduleEvent
+from siren_gateway.scheduling.engine import Scheduler
+from siren_gateway.scheduling.recurrence import Cron, occurrences
+from siren_gateway.security.audit import AuditLog
+from siren_gateway.security.auth import Principal, Role
+from siren_gateway.store.database import Database
 from tests.conftest import wait_until
 
 BERLIN, SHANGHAI = ZoneInfo("Europe/Berlin"), ZoneInfo("Asia/Shanghai")
@@ -155,7 +155,7 @@ class RecordingExecutor:
 
     async def start(self, plan: PlanConfig, occurrence_id: int, step: int, start_at: float,
                     tag: str) -> int:
-        from siren_gateway.scheduler import StepRefused
+        from siren_gateway.scheduling.engine import StepRefused
         if self.refuse:
             raise StepRefused(self.refuse)
         self.started.append({"occurrence": occurrence_id, "step": step, "start_at": start_at,
@@ -382,6 +382,6 @@ async def test_cancelling_a_running_occurrence_stops_its_remaining_steps(
     assert len(h.executor.started) == 1  # the air raid and all-clear steps never came
     assert [e.kind for e in h.drained() if e.kind == "cancelled"] == ["cancelled"]
     # A cancelled occurrence cannot be skipped again.
-    from siren_gateway.scheduler import ScheduleError
+    from siren_gateway.scheduling.engine import ScheduleError
     with pytest.raises(ScheduleError):
         await scheduler.skip(ADMIN, "nine-eighteen", str(running[0]["id"]))

@@ -13,9 +13,9 @@ import aiomqtt
 import pytest
 
 from simulators.sitegen import generate_site, write_site
-from siren_gateway.bus import ScheduleEvent
-from siren_gateway.config import load_site
+from siren_gateway.config.site import load_site
 from siren_gateway.gateway import Gateway
+from siren_gateway.live.bus import ScheduleEvent
 from tests.conftest import Mosquitto, wait_until, with_users
 from tests.test_activation import Api
 

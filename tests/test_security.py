@@ -27,7 +27,7 @@ from websockets.typing import Subprotocol
 from simulators.launcher import REPO_DIR
 from simulators.processes import GatewayProcess
 from simulators.sitegen import generate_site
-from siren_gateway.auth import Principal, Role, TokenStore, hash_password, legacy_scrypt_hash
+from siren_gateway.security.auth import Principal, Role, TokenStore, hash_password, legacy_scrypt_hash
 from tests.conftest import (
     PASSWORDS,
     SimulatedDistrict,
@@ -451,8 +451,8 @@ async def test_out_of_range_input_is_a_422_and_history_is_not_rewritten(
 
 
 def test_the_demo_site_still_loads_with_its_hashes() -> None:
-    from siren_gateway.config import load_site
-    from siren_gateway.demo import DEMO_CONFIG
+    from siren_gateway.config.site import load_site
+    from siren_gateway.data import DEMO_CONFIG
 
     assert load_site(DEMO_CONFIG).config.users
     assert hash_password("x").startswith("$argon2id$")

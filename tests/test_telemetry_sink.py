@@ -19,12 +19,12 @@ import pytest
 from aiohttp import web
 
 from simulators.sitegen import free_ports, generate_site, write_site
-from siren_gateway.bus import Bus, SampleReceived, SpoolOverflow
-from siren_gateway.config import InfluxConfig, Site, load_site
+from siren_gateway.config.site import InfluxConfig, Site, load_site
 from siren_gateway.gateway import Gateway
-from siren_gateway.lineprotocol import LineEncoder, escape_key, field_value
+from siren_gateway.live.bus import Bus, SampleReceived, SpoolOverflow
 from siren_gateway.model import Sample
-from siren_gateway.telemetry_sink import InfluxSink
+from siren_gateway.telemetry.lineprotocol import LineEncoder, escape_key, field_value
+from siren_gateway.telemetry.sink import InfluxSink
 from tests.conftest import LocalHttpServer, StartDistrict, wait_until
 
 VICTORIA = shutil.which("victoria-metrics")

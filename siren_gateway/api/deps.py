@@ -10,8 +10,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer
 
-from siren_gateway.auth import Principal, Role
 from siren_gateway.gateway import Gateway
+from siren_gateway.security.auth import Principal, Role
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/auth/token", auto_error=False)
 # A refused (403) request is audited at most once per user and path in this period.

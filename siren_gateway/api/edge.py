@@ -14,7 +14,7 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from siren_gateway.audit import RequestOrigin, request_origin
+from siren_gateway.security.audit import RequestOrigin, request_origin
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

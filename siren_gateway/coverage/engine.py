@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from siren_gateway.bus import Bus, CoverageChanged, SampleReceived, StatusChanged, Subscription
-from siren_gateway.config import SirenConfig, Site
+from siren_gateway.config.site import SirenConfig, Site
 from siren_gateway.coverage.config import Source, ZoneArea, zone_area
-from siren_gateway.fleet import Fleet, Reachability, SirenState
-from siren_gateway.tasks import cancel_and_wait
+from siren_gateway.live.bus import Bus, CoverageChanged, SampleReceived, StatusChanged, Subscription
+from siren_gateway.live.fleet import Fleet, Reachability, SirenState
+from siren_gateway.runtime.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # numpy and shapely are imported only where a zone has an area
     import numpy as np

@@ -22,14 +22,14 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
-from siren_gateway.config import (
+from siren_gateway.config.site import (
     ModbusRtuOverTcpLink,
     ModbusRtuSerialLink,
     ModbusTcpLink,
     endpoint_key,
 )
 from siren_gateway.model import Command, LinkError, Sample, utc_now
-from siren_gateway.profiles import ModbusProfile
+from siren_gateway.profiles.modbus import ModbusProfile
 
 log = logging.getLogger(__name__)
 

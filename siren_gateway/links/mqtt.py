@@ -23,10 +23,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from siren_gateway.config import MqttBrokerConfig, MqttLink, SirenConfig
-from siren_gateway.fleet import Fleet, Reachability
+from siren_gateway.config.site import MqttBrokerConfig, MqttLink, SirenConfig
 from siren_gateway.links import mqtt_client
-from siren_gateway.logs import RateLimitedLog
+from siren_gateway.live.fleet import Fleet, Reachability
 from siren_gateway.model import (
     SEQUENCE_POINT,
     Command,
@@ -36,8 +35,9 @@ from siren_gateway.model import (
     Value,
     utc_now,
 )
-from siren_gateway.mqtt_profile import Ack, MqttProfile, PayloadError
-from siren_gateway.tasks import cancel_and_wait
+from siren_gateway.profiles.mqtt import Ack, MqttProfile, PayloadError
+from siren_gateway.runtime.logs import RateLimitedLog
+from siren_gateway.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from siren_gateway.fleet import Fleet
 from siren_gateway.links.base import SirenLink
+from siren_gateway.live.fleet import Fleet
 from siren_gateway.model import LinkError, Sample
 
 

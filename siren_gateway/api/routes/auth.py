@@ -15,8 +15,8 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from siren_gateway.api.deps import Admin, BearerToken, GatewayDep, Viewer, client_address
-from siren_gateway.auth import MAX_PASSWORD, MAX_USERNAME, Principal, Role
-from siren_gateway.bus import SecurityEvent
+from siren_gateway.live.bus import SecurityEvent
+from siren_gateway.security.auth import MAX_PASSWORD, MAX_USERNAME, Principal, Role
 
 router = APIRouter(tags=["auth"])
 

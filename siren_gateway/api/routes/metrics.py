@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 
 from siren_gateway.api.deps import GatewayDep, Viewer
 from siren_gateway.gateway import Gateway
-from siren_gateway.process_stats import open_descriptors, resident_bytes, task_count
+from siren_gateway.runtime.process_stats import open_descriptors, resident_bytes, task_count
 
 router = APIRouter(tags=["metrics"])
 

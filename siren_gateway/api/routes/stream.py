@@ -11,16 +11,16 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from siren_gateway.auth import Role
-from siren_gateway.bus import (
+from siren_gateway.gateway import Gateway
+from siren_gateway.live.bus import (
     AlertChanged,
     FaultsChanged,
     ScheduleEvent,
     SirenResultFinal,
     StatusChanged,
 )
-from siren_gateway.gateway import Gateway
-from siren_gateway.tasks import cancel_and_wait
+from siren_gateway.runtime.tasks import cancel_and_wait
+from siren_gateway.security.auth import Role
 
 router = APIRouter(tags=["stream"])
 STREAMED = (AlertChanged, StatusChanged, FaultsChanged, SirenResultFinal, ScheduleEvent)

@@ -13,14 +13,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from siren_gateway.activation import ActivationEngine, ActivationError, Targets
-from siren_gateway.audit import AuditLog
-from siren_gateway.auth import Principal
-from siren_gateway.config import Site
-from siren_gateway.fleet import Fleet
+from siren_gateway.activation.engine import ActivationEngine, ActivationError, Targets
+from siren_gateway.config.site import Site
 from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
+from siren_gateway.live.fleet import Fleet
 from siren_gateway.model import Command, CommandKind, LinkError
+from siren_gateway.security.audit import AuditLog
+from siren_gateway.security.auth import Principal
 
 OPERATOR_COMMANDS = (CommandKind.RESET_FAULTS, CommandKind.ARM, CommandKind.DISARM)
 

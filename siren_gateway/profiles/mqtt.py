@@ -21,7 +21,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from siren_gateway.codec import scale_decimals
 from siren_gateway.model import (
     SEQUENCE_POINT,
     Command,
@@ -30,7 +29,8 @@ from siren_gateway.model import (
     check_sequence_readback,
     shared_faults,
 )
-from siren_gateway.mqtt_decode import MAX_STRING, TelemetryDecoder
+from siren_gateway.profiles.codec import scale_decimals
+from siren_gateway.profiles.mqtt_decode import MAX_STRING, TelemetryDecoder
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 TopicSuffix = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")]

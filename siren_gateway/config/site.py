@@ -19,8 +19,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from siren_gateway.coverage.config import CoverageConfig, ZoneKind, zone_area
-from siren_gateway.profiles import DeviceProfile, ModbusProfile, parse_profile
-from siren_gateway.recurrence import (
+from siren_gateway.data import DEFAULT_PROFILES_DIR, DEFAULT_SIGNALS_FILE
+from siren_gateway.profiles.modbus import DeviceProfile, ModbusProfile, parse_profile
+from siren_gateway.scheduling.recurrence import (
     WEEKDAYS,
     Cron,
     MonthlyNthWeekday,
@@ -28,11 +29,6 @@ from siren_gateway.recurrence import (
     Yearly,
     parse_time_of_day,
 )
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-REPO_DIR = PACKAGE_DIR.parent
-DEFAULT_PROFILES_DIR = REPO_DIR / "devices"
-DEFAULT_SIGNALS_FILE = PACKAGE_DIR / "default_signals.yaml"
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 MAX_LIST = 50_000  # sirens named in one request or plan (a province has tens of thousands)
@@ -556,7 +552,7 @@ def plan_problems(plan: PlanConfig, signals: dict[str, SignalConfig], siren_ids:
 
 class SiteConfig(_Strict):
     site: SiteInfo
-    profiles_dir: str | None = None  # relative to the config file; default: the repo's devices/
+    profiles_dir: str | None = None  # relative to the config file; default: the shipped siren_gateway/data/devices
     zones: list[ZoneConfig] = []
     sirens: list[SirenConfig] = Field(min_length=1)
     signals: list[SignalConfig] | None = None  # None: the shipped defaults

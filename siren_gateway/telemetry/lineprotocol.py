@@ -13,7 +13,7 @@ counts whole seconds and may be wrong, which is what the field checks for).
 
 from __future__ import annotations
 
-from siren_gateway.config import Site
+from siren_gateway.config.site import Site
 from siren_gateway.model import Sample, Value
 
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})

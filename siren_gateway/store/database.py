@@ -19,8 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from siren_gateway.bus import Bus, SampleReceived, Subscription
-from siren_gateway.config import StorageConfig
+from siren_gateway.config.site import StorageConfig
+from siren_gateway.live.bus import Bus, SampleReceived, Subscription
 from siren_gateway.model import Sample, Value
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from siren_gateway.bus import AlertChanged, Bus, ScheduleEvent, Subscription
-from siren_gateway.config import SEVERITY_RANK, MqttNotifierConfig, WebhookConfig
+from siren_gateway.alerts.outbox import Notification, Outbox
+from siren_gateway.config.site import SEVERITY_RANK, MqttNotifierConfig, WebhookConfig
 from siren_gateway.links import mqtt_client
-from siren_gateway.outbox import Notification, Outbox
-from siren_gateway.tasks import cancel_and_wait
+from siren_gateway.live.bus import AlertChanged, Bus, ScheduleEvent, Subscription
+from siren_gateway.runtime.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     import httpx

@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from siren_gateway.storage import Database
+from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 

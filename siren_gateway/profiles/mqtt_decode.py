@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from siren_gateway.codec import scale_decimals
 from siren_gateway.model import Value, shared_faults
+from siren_gateway.profiles.codec import scale_decimals
 
 if TYPE_CHECKING:
-    from siren_gateway.mqtt_profile import JsonPointSpec
+    from siren_gateway.profiles.mqtt import JsonPointSpec
 
 MAX_STRING = 256  # longest string point or ack reason accepted
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from siren_gateway.auth import Principal
-from siren_gateway.storage import Database
-from siren_gateway.tasks import cancel_and_wait
+from siren_gateway.runtime.tasks import cancel_and_wait
+from siren_gateway.security.auth import Principal
+from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 # (at, username, role, action, target, details, outcome, source, user_agent)

@@ -1,6 +1,6 @@
 """Device profiles: the declarative description of one controller model.
 
-A profile is YAML (devices/*.yaml), validated here into typed objects and compiled once into
+A profile is YAML (siren_gateway/data/devices/*.yaml), validated here into typed objects and compiled once into
 what the hot path needs: a read plan (few, large requests) and one decoder per point. The same
 compiled profile drives the simulator, so a register's address, type and scale have one home.
 """
@@ -15,16 +15,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from siren_gateway.codec import (
-    REGISTER_COUNT,
-    DataType,
-    Order,
-    RawValue,
-    encode_value,
-    make_decoder,
-    scale_decimals,
-)
-from siren_gateway.modbus_decode import StatusDecoder, compile_status_decoder
 from siren_gateway.model import (
     SEQUENCE_POINT,
     Command,
@@ -33,7 +23,17 @@ from siren_gateway.model import (
     check_sequence_readback,
     shared_faults,
 )
-from siren_gateway.mqtt_profile import MqttProfile, parse_mqtt_profile
+from siren_gateway.profiles.codec import (
+    REGISTER_COUNT,
+    DataType,
+    Order,
+    RawValue,
+    encode_value,
+    make_decoder,
+    scale_decimals,
+)
+from siren_gateway.profiles.modbus_decode import StatusDecoder, compile_status_decoder
+from siren_gateway.profiles.mqtt import MqttProfile, parse_mqtt_profile
 
 Table = Literal["input", "holding"]
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]

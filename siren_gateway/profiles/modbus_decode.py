@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from siren_gateway.model import Value, shared_faults
 
 if TYPE_CHECKING:
-    from siren_gateway.profiles import CompiledPoint, FaultRule
+    from siren_gateway.profiles.modbus import CompiledPoint, FaultRule
 
 StatusDecoder = Callable[[Sequence[Sequence[int]]], tuple[dict[str, Value], frozenset[str]]]
 NO_FAULTS: frozenset[str] = shared_faults(frozenset())

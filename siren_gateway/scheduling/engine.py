@@ -31,13 +31,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
-from siren_gateway.audit import AuditLog
-from siren_gateway.auth import Principal
-from siren_gateway.bus import Bus, ScheduleEvent
-from siren_gateway.config import PlanConfig, Site, compile_rule
-from siren_gateway.recurrence import occurrences
-from siren_gateway.storage import Database
-from siren_gateway.tasks import cancel_and_wait
+from siren_gateway.config.site import PlanConfig, Site, compile_rule
+from siren_gateway.live.bus import Bus, ScheduleEvent
+from siren_gateway.runtime.tasks import cancel_and_wait
+from siren_gateway.scheduling.recurrence import occurrences
+from siren_gateway.security.audit import AuditLog
+from siren_gateway.security.auth import Principal
+from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -746,7 +746,7 @@ class ActivationExecutor:
 
     async def start(self, plan: PlanConfig, occurrence_id: int, step: int, start_at: float,
                     tag: str) -> int:
-        from siren_gateway.activation import ActivationError, ActivationRequest, Targets
+        from siren_gateway.activation.engine import ActivationError, ActivationRequest, Targets
 
         spec = plan.steps[step]
         request = ActivationRequest(

@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from siren_gateway.audit import AuditLog
-from siren_gateway.auth import Principal
-from siren_gateway.bus import (
+from siren_gateway.config.site import SEVERITY_RANK, AlertsConfig, Site, ThresholdRule
+from siren_gateway.live.bus import (
     AlertChanged,
     Bus,
     CoverageChanged,
@@ -33,11 +32,12 @@ from siren_gateway.bus import (
     SpoolOverflow,
     Subscription,
 )
-from siren_gateway.config import SEVERITY_RANK, AlertsConfig, Site, ThresholdRule
-from siren_gateway.fleet import Fleet, SirenState
+from siren_gateway.live.fleet import Fleet, SirenState
 from siren_gateway.model import Sample
-from siren_gateway.storage import Database
-from siren_gateway.tasks import cancel_and_wait
+from siren_gateway.runtime.tasks import cancel_and_wait
+from siren_gateway.security.audit import AuditLog
+from siren_gateway.security.auth import Principal
+from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 

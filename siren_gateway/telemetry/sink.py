@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from siren_gateway.bus import Bus, SampleReceived, SpoolOverflow, Subscription
-from siren_gateway.config import InfluxConfig, Site
-from siren_gateway.influx import InfluxWriter, WriteDeferred, WriteRejected
-from siren_gateway.lineprotocol import LineEncoder
+from siren_gateway.config.site import InfluxConfig, Site
+from siren_gateway.live.bus import Bus, SampleReceived, SpoolOverflow, Subscription
 from siren_gateway.model import utc_now
-from siren_gateway.spool import DiskSpool
+from siren_gateway.telemetry.influx import InfluxWriter, WriteDeferred, WriteRejected
+from siren_gateway.telemetry.lineprotocol import LineEncoder
+from siren_gateway.telemetry.spool import DiskSpool
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import asyncio
 import logging
 import random
 
-from siren_gateway.config import PollingConfig
-from siren_gateway.fleet import Fleet
+from siren_gateway.config.site import PollingConfig
 from siren_gateway.links.base import SirenLink
+from siren_gateway.live.fleet import Fleet
 from siren_gateway.model import LinkError
-from siren_gateway.tasks import cancel_and_wait
+from siren_gateway.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import logging
 import sqlite3
 import time
 
-from siren_gateway.auth import DUMMY_HASH, hash_password, needs_rehash, verify_password
-from siren_gateway.config import UserConfig
-from siren_gateway.storage import Database
+from siren_gateway.config.site import UserConfig
+from siren_gateway.security.auth import DUMMY_HASH, hash_password, needs_rehash, verify_password
+from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 

@@ -39,14 +39,11 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from siren_gateway.audit import AuditLog
-from siren_gateway.auth import Principal
-from siren_gateway.bus import Bus, SirenResultFinal
-from siren_gateway.config import ActivationConfig, Site
-from siren_gateway.failpoints import failpoint
-from siren_gateway.fleet import Fleet, Reachability
+from siren_gateway.config.site import ActivationConfig, Site
 from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
+from siren_gateway.live.bus import Bus, SirenResultFinal
+from siren_gateway.live.fleet import Fleet, Reachability
 from siren_gateway.model import (
     CERTAINLY_NOT_DELIVERED,
     SEQUENCE_POINT,
@@ -56,8 +53,11 @@ from siren_gateway.model import (
     Sample,
     new_command_id,
 )
-from siren_gateway.storage import Database
-from siren_gateway.tasks import cancel_and_wait
+from siren_gateway.runtime.failpoints import failpoint
+from siren_gateway.runtime.tasks import cancel_and_wait
+from siren_gateway.security.audit import AuditLog
+from siren_gateway.security.auth import Principal
+from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 

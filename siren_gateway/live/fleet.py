@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from siren_gateway.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
-from siren_gateway.config import MqttLink, PollingConfig, SirenConfig, Site
-from siren_gateway.logs import RateLimitedLog
+from siren_gateway.config.site import MqttLink, PollingConfig, SirenConfig, Site
+from siren_gateway.live.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
 from siren_gateway.model import LinkError, Sample, utc_now
-from siren_gateway.mqtt_profile import MqttProfile
+from siren_gateway.profiles.mqtt import MqttProfile
+from siren_gateway.runtime.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
 # Reachability changes at INFO: up to 20 lines per 10 s for each new state, then a count.
