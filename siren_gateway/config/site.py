@@ -552,7 +552,7 @@ def plan_problems(plan: PlanConfig, signals: dict[str, SignalConfig], siren_ids:
 
 class SiteConfig(_Strict):
     site: SiteInfo
-    profiles_dir: str | None = None  # relative to the config file; default: the shipped siren_gateway/data/devices
+    profiles_dir: str | None = None  # relative to the site file; default: siren_gateway/data/devices
     zones: list[ZoneConfig] = []
     sirens: list[SirenConfig] = Field(min_length=1)
     signals: list[SignalConfig] | None = None  # None: the shipped defaults

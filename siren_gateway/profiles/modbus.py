@@ -1,8 +1,9 @@
 """Device profiles: the declarative description of one controller model.
 
-A profile is YAML (siren_gateway/data/devices/*.yaml), validated here into typed objects and compiled once into
-what the hot path needs: a read plan (few, large requests) and one decoder per point. The same
-compiled profile drives the simulator, so a register's address, type and scale have one home.
+A profile is YAML (siren_gateway/data/devices/*.yaml), validated here into typed objects and
+compiled once into what the hot path needs: a read plan (few, large requests) and one decoder
+per point. The same compiled profile drives the simulator, so a register's address, type and
+scale have one home.
 """
 
 from __future__ import annotations
