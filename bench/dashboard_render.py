@@ -28,7 +28,7 @@ from playwright.async_api import async_playwright
 from simulators.launcher import start_fleet
 from simulators.sitegen import assign_free_ports, free_ports, generate_site, write_site
 from siren_gateway.api.app import create_app
-from siren_gateway.config.site import load_site
+from siren_gateway.config.loading import load_site
 from siren_gateway.gateway import Gateway
 from siren_gateway.security.auth import hash_password
 

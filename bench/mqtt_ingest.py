@@ -47,7 +47,7 @@ async def measure(counter: Callable[[], int], warmup_s: float, duration_s: float
 
 
 async def run_gateway(config: Path, warmup_s: float, duration_s: float) -> dict[str, float]:
-    from siren_gateway.config.site import load_site
+    from siren_gateway.config.loading import load_site
     from siren_gateway.gateway import Gateway
 
     gateway = Gateway(load_site(config))
@@ -113,7 +113,8 @@ def _publish_packet(topic: bytes, payload: bytes) -> bytes:
 def run_publisher(config: Path, port: int, rate: float, index: int, count: int) -> None:
     """Publish telemetry for this shard of the site's devices at `rate` msg/s until killed."""
     from simulators.physics import SimulatedSiren
-    from siren_gateway.config.site import MqttLink, load_site
+    from siren_gateway.config.links import MqttLink
+    from siren_gateway.config.loading import load_site
     from siren_gateway.profiles.mqtt import MqttProfile
 
     site = load_site(config)

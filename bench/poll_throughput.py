@@ -39,7 +39,7 @@ async def measure(counter: Callable[[], tuple[int, int]], warmup_s: float, durat
 async def run_gateway(config: Path, warmup_s: float, duration_s: float) -> dict[str, float]:
     import logging
 
-    from siren_gateway.config.site import load_site
+    from siren_gateway.config.loading import load_site
     from siren_gateway.gateway import Gateway
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -64,7 +64,8 @@ async def run_bare(config: Path, warmup_s: float, duration_s: float) -> dict[str
     from pymodbus.client import AsyncModbusTcpClient
     from pymodbus.framer import FramerType
 
-    from siren_gateway.config.site import ModbusRtuOverTcpLink, ModbusTcpLink, endpoint_key, load_site
+    from siren_gateway.config.links import ModbusRtuOverTcpLink, ModbusTcpLink, endpoint_key
+    from siren_gateway.config.loading import load_site
 
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     site = load_site(config)

@@ -31,7 +31,9 @@ from influxdb_client.domain.write_precision import WritePrecision
 
 from simulators.physics import SimulatedSiren
 from simulators.sitegen import free_ports, generate_site, write_site
-from siren_gateway.config.site import InfluxConfig, Site, load_site
+from siren_gateway.config.loading import load_site
+from siren_gateway.config.site import Site
+from siren_gateway.config.telemetry import InfluxConfig
 from siren_gateway.live.bus import Bus, SampleReceived
 from siren_gateway.model import Sample, Value
 from siren_gateway.telemetry.lineprotocol import LineEncoder

@@ -32,15 +32,9 @@ from pymodbus.framer import FramerType
 from simulators.modbus_sim import SimulatedEndpoint, SimulatedUnit
 from simulators.mqtt_sim import SimulatedMqttSiren
 from simulators.physics import SimulatedSiren
-from siren_gateway.config.site import (
-    ModbusRtuOverTcpLink,
-    ModbusTcpLink,
-    MqttLink,
-    SirenConfig,
-    Site,
-    endpoint_key,
-    load_site,
-)
+from siren_gateway.config.links import ModbusRtuOverTcpLink, ModbusTcpLink, MqttLink, endpoint_key
+from siren_gateway.config.loading import load_site
+from siren_gateway.config.site import SirenConfig, Site
 from siren_gateway.live.fleet import reporting_interval
 from siren_gateway.profiles.mqtt import MqttProfile
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simulators.physics import SimulatedSiren
-from siren_gateway.config.site import MqttBrokerConfig
+from siren_gateway.config.links import MqttBrokerConfig
 from siren_gateway.links import mqtt_client
 from siren_gateway.model import Command, CommandKind
 from siren_gateway.profiles.mqtt import MqttProfile, PayloadError

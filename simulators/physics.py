@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from siren_gateway.config.site import SignalConfig
+from siren_gateway.config.signals import SignalConfig
 from siren_gateway.model import Command, CommandKind, Value
 
 AMPLIFIERS = 4

@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from siren_gateway.config.site import ConfigError, Site, load_site
+from siren_gateway.config.common import ConfigError
+from siren_gateway.config.loading import load_site
+from siren_gateway.config.site import Site
 from siren_gateway.runtime.logs import configure as configure_logging
 
 

@@ -13,7 +13,8 @@ from siren_gateway.activation.operator import OperatorCommands
 from siren_gateway.alerts.engine import AlertEngine
 from siren_gateway.alerts.notifiers import MqttAlertNotifier, WebhookNotifier
 from siren_gateway.alerts.outbox import Outbox
-from siren_gateway.config.site import MqttLink, Site
+from siren_gateway.config.links import MqttLink
+from siren_gateway.config.site import Site
 from siren_gateway.coverage.engine import CoverageEngine
 from siren_gateway.links.base import SirenLink
 from siren_gateway.links.modbus import ModbusEndpoint, build_modbus_links

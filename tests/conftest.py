@@ -18,7 +18,8 @@ from simulators.processes import GatewayProcess, Mosquitto
 
 __all__ = ["Mosquitto"]  # tests import the broker from here
 from simulators.sitegen import assign_free_ports, free_ports, write_site
-from siren_gateway.config.site import Site, load_site
+from siren_gateway.config.loading import load_site
+from siren_gateway.config.site import Site
 from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.gateway import Gateway
 from siren_gateway.security.auth import hash_password

@@ -306,7 +306,7 @@ def test_judge_needs_current_not_just_a_sounding_state(tmp_path: Any) -> None:
 
     from simulators.sitegen import write_site
     from siren_gateway.activation.engine import Activation, ActivationEngine, Status
-    from siren_gateway.config.site import load_site
+    from siren_gateway.config.loading import load_site
     from siren_gateway.live.bus import Bus
     from siren_gateway.live.fleet import Fleet
     from siren_gateway.model import Sample

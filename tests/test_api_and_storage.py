@@ -20,7 +20,8 @@ from fastapi import FastAPI
 
 from simulators.sitegen import free_ports, generate_site
 from siren_gateway.api.app import create_app
-from siren_gateway.config.site import Site, StorageConfig
+from siren_gateway.config.site import Site
+from siren_gateway.config.telemetry import StorageConfig
 from siren_gateway.gateway import Gateway
 from siren_gateway.live.bus import Bus, SampleReceived
 from siren_gateway.model import Sample

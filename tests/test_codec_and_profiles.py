@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from siren_gateway.config.site import load_profiles
+from siren_gateway.config.loading import load_profiles
 from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.model import Command, CommandKind, Value
 from siren_gateway.profiles.codec import encode_value, make_decoder

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from siren_gateway.cli import main
-from siren_gateway.config.site import ConfigError, load_site
+from siren_gateway.config.common import ConfigError
+from siren_gateway.config.loading import load_site
 from siren_gateway.data import DEFAULT_PROFILES_DIR
 
 DEMO = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"

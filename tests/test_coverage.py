@@ -16,7 +16,9 @@ from shapely.geometry import Point, Polygon, box, mapping, shape
 
 from simulators.sitegen import generate_site
 from siren_gateway.api.routes.metrics import render_metrics
-from siren_gateway.config.site import ConfigError, Site, load_site
+from siren_gateway.config.common import ConfigError
+from siren_gateway.config.loading import load_site
+from siren_gateway.config.site import Site
 from siren_gateway.coverage.config import CoverageConfig, Source, ZoneArea
 from siren_gateway.coverage.engine import Candidate
 from siren_gateway.coverage.grid import CoverageGrid, Projection

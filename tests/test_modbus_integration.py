@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from simulators.sitegen import generate_site
-from siren_gateway.config.site import ModbusRtuOverTcpLink, Site
+from siren_gateway.config.links import ModbusRtuOverTcpLink
+from siren_gateway.config.site import Site
 from siren_gateway.gateway import Gateway
 from siren_gateway.links.modbus import COMMAND_PRIORITY, POLL_PRIORITY, ModbusEndpoint, ModbusSirenLink
 from siren_gateway.live.fleet import Reachability
@@ -183,7 +184,7 @@ async def test_serial_rtu_link_reads_a_line_through_pyserial(
     site = district.site()
     tcp = site.config.sirens[1].link
     assert isinstance(tcp, ModbusRtuOverTcpLink)
-    from siren_gateway.config.site import ModbusRtuSerialLink
+    from siren_gateway.config.links import ModbusRtuSerialLink
 
     serial = ModbusRtuSerialLink(type="modbus_rtu", device=f"socket://127.0.0.1:{tcp.port}",
                                  unit_id=2, timeout_s=1.0)

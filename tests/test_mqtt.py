@@ -13,7 +13,8 @@ import pytest
 
 from simulators.sitegen import generate_site
 from siren_gateway.activation.engine import ActivationRequest, Targets
-from siren_gateway.config.site import Site, load_profiles
+from siren_gateway.config.loading import load_profiles
+from siren_gateway.config.site import Site
 from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.gateway import Gateway
 from siren_gateway.links.mqtt import MqttSirenLink

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from simulators.physics import SimulatedSiren
-from siren_gateway.config.site import load_default_signals, load_profiles
+from siren_gateway.config.loading import load_default_signals, load_profiles
 from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.profiles.mqtt import MqttProfile, PayloadError
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from simulators.physics import SimulatedSiren
-from siren_gateway.config.site import load_default_signals
+from siren_gateway.config.loading import load_default_signals
 from siren_gateway.model import Command, CommandKind
 
 T0 = 1_790_000_000.0

@@ -7,7 +7,8 @@ import random
 from pathlib import Path
 
 from simulators.sitegen import generate_site, write_site
-from siren_gateway.config.site import PollingConfig, load_site
+from siren_gateway.config.loading import load_site
+from siren_gateway.config.site import PollingConfig
 from siren_gateway.links.base import SirenLink
 from siren_gateway.links.poller import Poller, next_delay
 from siren_gateway.live.bus import Bus

@@ -12,12 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from simulators.sitegen import generate_site, write_site
-from siren_gateway.config.site import (
-    PlanConfig,
-    YearlyRule,
-    compile_rule,
-    load_site,
-)
+from siren_gateway.config.loading import load_site
+from siren_gateway.config.plans import PlanConfig, YearlyRule, compile_rule
 from siren_gateway.live.bus import Bus, ScheduleEvent
 from siren_gateway.scheduling.engine import Scheduler
 from siren_gateway.scheduling.recurrence import Cron, occurrences

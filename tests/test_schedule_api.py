@@ -13,7 +13,7 @@ import aiomqtt
 import pytest
 
 from simulators.sitegen import generate_site, write_site
-from siren_gateway.config.site import load_site
+from siren_gateway.config.loading import load_site
 from siren_gateway.gateway import Gateway
 from siren_gateway.live.bus import ScheduleEvent
 from tests.conftest import Mosquitto, wait_until, with_users

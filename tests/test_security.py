@@ -451,7 +451,7 @@ async def test_out_of_range_input_is_a_422_and_history_is_not_rewritten(
 
 
 def test_the_demo_site_still_loads_with_its_hashes() -> None:
-    from siren_gateway.config.site import load_site
+    from siren_gateway.config.loading import load_site
     from siren_gateway.data import DEMO_CONFIG
 
     assert load_site(DEMO_CONFIG).config.users

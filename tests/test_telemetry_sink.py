@@ -19,7 +19,9 @@ import pytest
 from aiohttp import web
 
 from simulators.sitegen import free_ports, generate_site, write_site
-from siren_gateway.config.site import InfluxConfig, Site, load_site
+from siren_gateway.config.loading import load_site
+from siren_gateway.config.site import Site
+from siren_gateway.config.telemetry import InfluxConfig
 from siren_gateway.gateway import Gateway
 from siren_gateway.live.bus import Bus, SampleReceived, SpoolOverflow
 from siren_gateway.model import Sample

@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from siren_gateway.config.site import ActivationConfig, Site
+from siren_gateway.config.activation import ActivationConfig
+from siren_gateway.config.site import Site
 from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
 from siren_gateway.live.bus import Bus, SirenResultFinal

@@ -19,7 +19,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from siren_gateway.config.site import SEVERITY_RANK, AlertsConfig, Site, ThresholdRule
+from siren_gateway.config.alerts import AlertsConfig, ThresholdRule
+from siren_gateway.config.common import SEVERITY_RANK
+from siren_gateway.config.site import Site
 from siren_gateway.live.bus import (
     AlertChanged,
     Bus,

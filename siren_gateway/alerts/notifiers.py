@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from siren_gateway.alerts.outbox import Notification, Outbox
-from siren_gateway.config.site import SEVERITY_RANK, MqttNotifierConfig, WebhookConfig
+from siren_gateway.config.alerts import MqttNotifierConfig, WebhookConfig
+from siren_gateway.config.common import SEVERITY_RANK
 from siren_gateway.links import mqtt_client
 from siren_gateway.live.bus import AlertChanged, Bus, ScheduleEvent, Subscription
 from siren_gateway.runtime.tasks import cancel_and_wait

@@ -22,12 +22,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 
-from siren_gateway.config.site import (
-    ModbusRtuOverTcpLink,
-    ModbusRtuSerialLink,
-    ModbusTcpLink,
-    endpoint_key,
-)
+from siren_gateway.config.links import ModbusRtuOverTcpLink, ModbusRtuSerialLink, ModbusTcpLink, endpoint_key
 from siren_gateway.model import Command, LinkError, Sample, utc_now
 from siren_gateway.profiles.modbus import ModbusProfile
 

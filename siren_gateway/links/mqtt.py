@@ -23,7 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from siren_gateway.config.site import MqttBrokerConfig, MqttLink, SirenConfig
+from siren_gateway.config.links import MqttBrokerConfig, MqttLink
+from siren_gateway.config.site import SirenConfig
 from siren_gateway.links import mqtt_client
 from siren_gateway.live.fleet import Fleet, Reachability
 from siren_gateway.model import (

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from siren_gateway.config.site import MqttLink, PollingConfig, SirenConfig, Site
+from siren_gateway.config.links import MqttLink
+from siren_gateway.config.site import PollingConfig, SirenConfig, Site
 from siren_gateway.live.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
 from siren_gateway.model import LinkError, Sample, utc_now
 from siren_gateway.profiles.mqtt import MqttProfile

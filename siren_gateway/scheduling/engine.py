@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
-from siren_gateway.config.site import PlanConfig, Site, compile_rule
+from siren_gateway.config.plans import PlanConfig, compile_rule
+from siren_gateway.config.site import Site
 from siren_gateway.live.bus import Bus, ScheduleEvent
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.scheduling.recurrence import occurrences

@@ -14,7 +14,7 @@ import logging
 import sqlite3
 import time
 
-from siren_gateway.config.site import UserConfig
+from siren_gateway.config.api import UserConfig
 from siren_gateway.security.auth import DUMMY_HASH, hash_password, needs_rehash, verify_password
 from siren_gateway.store.database import Database
 

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from siren_gateway.config.site import InfluxConfig, Site
+from siren_gateway.config.site import Site
+from siren_gateway.config.telemetry import InfluxConfig
 from siren_gateway.live.bus import Bus, SampleReceived, SpoolOverflow, Subscription
 from siren_gateway.model import utc_now
 from siren_gateway.telemetry.influx import InfluxWriter, WriteDeferred, WriteRejected
