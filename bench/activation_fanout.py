@@ -22,7 +22,7 @@ import httpx
 
 from simulators.launcher import start_fleet
 from simulators.sitegen import assign_free_ports, generate_site, write_site
-from siren_gateway.activation.engine import ActivationRequest, Status, Targets
+from siren_gateway.activation.model import ActivationRequest, Status, Targets
 from siren_gateway.config.loading import load_site
 from siren_gateway.gateway import Gateway
 from siren_gateway.model import Command, CommandKind

@@ -42,7 +42,7 @@ import httpx
 from simulators.launcher import FleetProcess, start_fleet
 from simulators.processes import GatewayProcess, Mosquitto
 from simulators.sitegen import assign_free_ports, generate_site, write_site
-from siren_gateway.activation.engine import sequence_of
+from siren_gateway.activation.model import sequence_of
 from siren_gateway.security.auth import hash_password
 
 PASSWORD = "chaos-operator"

@@ -24,7 +24,8 @@ from siren_gateway.live.bus import Bus
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.profiles.mqtt import MqttProfile
 from siren_gateway.runtime.process_stats import raise_descriptor_limit
-from siren_gateway.scheduling.engine import ActivationExecutor, Scheduler
+from siren_gateway.scheduling.engine import Scheduler
+from siren_gateway.scheduling.executor import ActivationExecutor
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import LoginThrottle, Principal, Role, TokenStore
 from siren_gateway.security.credentials import Credentials
@@ -64,7 +65,7 @@ class Gateway:
         self.coverage = CoverageEngine(site, self.fleet, self.bus)
         self.scheduler = Scheduler(
             site, self.db, self.bus, self.audit,
-            ActivationExecutor(self.activations, self.db,
+            ActivationExecutor(self.activations,
                                lambda tag: Principal(tag, Role.OPERATOR)))
         alert_config = site.config.alerts
         self.outbox = Outbox(self.db)

@@ -305,7 +305,8 @@ def test_judge_needs_current_not_just_a_sounding_state(tmp_path: Any) -> None:
     from pathlib import Path
 
     from simulators.sitegen import write_site
-    from siren_gateway.activation.engine import Activation, ActivationEngine, Status
+    from siren_gateway.activation.engine import ActivationEngine
+    from siren_gateway.activation.model import Activation, Status
     from siren_gateway.config.loading import load_site
     from siren_gateway.live.bus import Bus
     from siren_gateway.live.fleet import Fleet

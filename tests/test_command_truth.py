@@ -21,7 +21,7 @@ import pytest
 
 from simulators.processes import GatewayProcess
 from simulators.sitegen import generate_site
-from siren_gateway.activation.engine import sequence_of
+from siren_gateway.activation.model import sequence_of
 from siren_gateway.gateway import Gateway
 from siren_gateway.live.bus import SampleReceived
 from tests.conftest import (

@@ -12,7 +12,7 @@ import aiomqtt
 import pytest
 
 from simulators.sitegen import generate_site
-from siren_gateway.activation.engine import ActivationRequest, Targets
+from siren_gateway.activation.model import ActivationRequest, Targets
 from siren_gateway.config.loading import load_profiles
 from siren_gateway.config.site import Site
 from siren_gateway.data import DEFAULT_PROFILES_DIR

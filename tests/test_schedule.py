@@ -151,7 +151,7 @@ class RecordingExecutor:
 
     async def start(self, plan: PlanConfig, occurrence_id: int, step: int, start_at: float,
                     tag: str) -> int:
-        from siren_gateway.scheduling.engine import StepRefused
+        from siren_gateway.scheduling.model import StepRefused
         if self.refuse:
             raise StepRefused(self.refuse)
         self.started.append({"occurrence": occurrence_id, "step": step, "start_at": start_at,
@@ -378,6 +378,6 @@ async def test_cancelling_a_running_occurrence_stops_its_remaining_steps(
     assert len(h.executor.started) == 1  # the air raid and all-clear steps never came
     assert [e.kind for e in h.drained() if e.kind == "cancelled"] == ["cancelled"]
     # A cancelled occurrence cannot be skipped again.
-    from siren_gateway.scheduling.engine import ScheduleError
+    from siren_gateway.scheduling.model import ScheduleError
     with pytest.raises(ScheduleError):
         await scheduler.skip(ADMIN, "nine-eighteen", str(running[0]["id"]))

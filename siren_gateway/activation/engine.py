@@ -27,7 +27,6 @@ is sent it while its start is ahead or within the late-start allowance; one that
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
 import math
@@ -35,10 +34,26 @@ import random
 import secrets
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
+from siren_gateway.activation.model import (
+    ALWAYS_ALLOWED_SIGNALS,
+    EXCLUSION_REASONS,
+    FINAL,
+    MAX_START_AHEAD_S,
+    Activation,
+    ActivationClass,
+    ActivationError,
+    ActivationRequest,
+    Delivery,
+    SirenResult,
+    Status,
+    Targets,
+    describe_request,
+    sequence_of,
+)
 from siren_gateway.config.activation import ActivationConfig
 from siren_gateway.config.site import Site
 from siren_gateway.links import status
@@ -54,6 +69,7 @@ from siren_gateway.model import (
     Sample,
     new_command_id,
 )
+from siren_gateway.runtime.clock import iso_utc
 from siren_gateway.runtime.failpoints import failpoint
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
@@ -61,149 +77,6 @@ from siren_gateway.security.auth import Principal
 from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
-
-ActivationClass = Literal["emergency", "exercise", "test"]
-Action = Literal["sound", "silent_test"]
-ALWAYS_ALLOWED_SIGNALS = frozenset({"all_clear"})
-EXCLUSION_REASONS = {"inhibited": "inhibited (maintenance)",
-                     "disarmed": "disarmed by an operator (maintenance)"}
-MAX_START_AHEAD_S = 24 * 3600
-
-
-class Status(enum.StrEnum):
-    PENDING = "pending"
-    ACCEPTED = "accepted"
-    SOUNDED = "sounded"
-    PASSED = "passed"
-    FAILED = "failed"
-    NO_FEEDBACK = "no_feedback"
-    EXCLUDED = "excluded"
-    PREEMPTED = "preempted"
-    CANCELLED = "cancelled"
-
-
-FINAL = frozenset({Status.SOUNDED, Status.PASSED, Status.FAILED, Status.NO_FEEDBACK,
-                   Status.EXCLUDED, Status.PREEMPTED, Status.CANCELLED})
-
-
-class ActivationError(Exception):
-    """A refused request: the HTTP status and a sentence that says why."""
-
-    def __init__(self, status_code: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.extra = extra
-
-
-@dataclass(frozen=True)
-class Targets:
-    sirens: tuple[str, ...] = ()
-    zones: tuple[str, ...] = ()
-    all: bool = False
-
-
-@dataclass(frozen=True)
-class ActivationRequest:
-    targets: Targets
-    klass: ActivationClass
-    action: Action = "sound"
-    signal: str | None = None
-    start_at: datetime | None = None
-    confirmation_token: str | None = None
-
-
-@dataclass(slots=True)  # one per siren and activation: thousands held at once
-class SirenResult:
-    siren_id: str
-    status: Status = Status.PENDING
-    reason: str = ""
-    planned_start: float | None = None  # epoch seconds, the moment it should sound
-    sent_at: float | None = None
-    accepted_at: float | None = None
-    confirmed_at: float | None = None
-    clock_skew_s: float | None = None
-    started_by_gateway: bool = False  # clock out of tolerance: commanded at the moment
-    activation_id: int = 0
-    klass: str = ""
-    # Kept across re-sends and restarts: an MQTT device acts on one id once.
-    command_id: str = ""
-    sends: int = 0  # how often the command was put on the wire (re-sends after read-back)
-    # What was last written to disk, so a flush writes only the results that changed.
-    written: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
-
-    def record(self) -> dict[str, Any]:
-        """The stored form (also what `SirenResult(**record)` reads back)."""
-        out = {name: getattr(self, name) for name in RESULT_FIELDS}
-        out["status"] = self.status.value
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        out = self.record()
-        for key in ("planned_start", "sent_at", "accepted_at", "confirmed_at"):
-            value = out[key]
-            out[key] = datetime.fromtimestamp(value, UTC).isoformat() if value else None
-        if self.confirmed_at and self.planned_start:
-            out["confirm_latency_s"] = round(self.confirmed_at - self.planned_start, 3)
-        return out
-
-
-RESULT_FIELDS = tuple(f.name for f in fields(SirenResult) if f.name != "written")
-
-
-@dataclass
-class Activation:
-    id: int
-    created_at: float
-    requested_by: str
-    klass: ActivationClass
-    action: Action
-    signal: str | None
-    start_at: float
-    sirens: list[str]
-    results: dict[str, SirenResult]
-    state: str = "running"  # running, completed, cancelled, interrupted
-    ended_at: float | None = None
-    interrupted_at: float | None = None
-    all_accepted_at: float | None = None
-    preempted_by: list[int] = field(default_factory=list)
-    repeat_of: int | None = None  # an emergency sent again on purpose while its twin ran
-    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, repr=False)
-
-    def counts(self) -> dict[str, int]:
-        out = {s.value: 0 for s in Status}
-        for result in self.results.values():
-            out[result.status.value] += 1
-        return out
-
-    def report(self, with_sirens: bool = True) -> dict[str, Any]:
-        counts = self.counts()
-        commanded = len(self.results) - counts[Status.EXCLUDED]
-        confirmed = counts[Status.SOUNDED] + counts[Status.PASSED]
-        iso = _iso
-        out: dict[str, Any] = {
-            "id": self.id,
-            "class": self.klass,
-            "action": self.action,
-            "signal": self.signal,
-            "requested_by": self.requested_by,
-            "created_at": iso(self.created_at),
-            "start_at": iso(self.start_at),
-            "state": self.state,
-            "ended_at": iso(self.ended_at),
-            "interrupted_at": iso(self.interrupted_at),
-            "all_accepted_at": iso(self.all_accepted_at),
-            "preempted_by": list(self.preempted_by),
-            "repeat_of": self.repeat_of,
-            "counts": counts,
-            "targeted": len(self.results),
-            "commanded": commanded,
-            # The share of commanded sirens that proved they sounded (鸣响率).
-            "sounding_rate": round(confirmed / commanded, 4) if commanded else None,
-        }
-        if with_sirens:
-            out["sirens"] = [self.results[s].as_dict() for s in self.sirens]
-        return out
 
 
 @dataclass
@@ -226,23 +99,10 @@ def _clock_skew(sample: Sample | None) -> float | None:
     return sample.device_time.timestamp() - sample.received_at.timestamp()
 
 
-class Delivery(enum.Enum):
-    """What a read-back says about a command whose reply was lost."""
-
-    TAKEN = "taken"  # the device reports the command's sequence
-    NOT_TAKEN = "not taken"  # the device answered with another sequence: it never got it
-    UNKNOWN = "unknown"  # no answer: it may or may not have it
-
-
 # Results after which a siren is free again unless the device itself reports it sounding.
 _FREEING = FINAL
 _SOUNDING_STATES = frozenset({"sounding", "start_pending"})
 _RESEND_PAUSE_S = 0.25
-
-
-def sequence_of(activation_id: int) -> int:
-    """The 16-bit sequence an activation's commands carry (never 0, which means none)."""
-    return activation_id & 0xFFFF or 1
 
 
 class ActivationEngine:
@@ -410,7 +270,7 @@ class ActivationEngine:
             sirens, excluded = self.resolve(request.targets)
         except ActivationError as exc:
             await self.audit.record(who, "activation.preview", f"refused: {exc.message}",
-                                    request=_describe(request))
+                                    request=describe_request(request))
             raise
         now = time.time()
         self._confirmations = {k: v for k, v in self._confirmations.items() if v.expires_at > now}
@@ -429,7 +289,7 @@ class ActivationEngine:
             out["confirmation_token"] = token
             out["confirmation_expires_at"] = datetime.fromtimestamp(
                 now + self.config.confirmation_ttl_s, UTC).isoformat()
-        await self.audit.record(who, "activation.preview", "ok", request=_describe(request),
+        await self.audit.record(who, "activation.preview", "ok", request=describe_request(request),
                                 sirens=len(sirens), excluded=len(excluded))
         return out
 
@@ -499,7 +359,7 @@ class ActivationEngine:
                 activation, preempted = self._admit(who, request)
             except ActivationError as exc:
                 await self.audit.record(who, "activation.create", f"refused: {exc.message}",
-                                        request=_describe(request))
+                                        request=describe_request(request))
                 raise
             # On disk before a single command leaves: a crash mid-send leaves a record. If
             # the disk refuses, an emergency goes out anyway (the record waits in memory and
@@ -510,12 +370,12 @@ class ActivationEngine:
                 self._take_back(activation)
                 error = self._storage_refusal()
                 await self.audit.record(who, "activation.create", f"refused: {error.message}",
-                                        request=_describe(request))
+                                        request=describe_request(request))
                 raise error
             failpoint("activation.recorded")
             await self.audit.record(who, "activation.create", "accepted",
                                     target=f"activation {activation.id}",
-                                    request=_describe(request), sirens=len(activation.sirens),
+                                    request=describe_request(request), sirens=len(activation.sirens),
                                     preempted=sorted(preempted), repeat_of=activation.repeat_of)
             for siren_id, result in activation.results.items():
                 if result.status is Status.EXCLUDED:
@@ -526,7 +386,7 @@ class ActivationEngine:
             self._watch(activation, "completed")
         log.info("activation %d started: %s %s %s on %d sirens at %s by %s%s", activation.id,
                  activation.klass, activation.action, activation.signal or "",
-                 len(activation.tasks), _iso(activation.start_at), who.username,
+                 len(activation.tasks), iso_utc(activation.start_at), who.username,
                  f" (repeat of {activation.repeat_of})" if activation.repeat_of else "")
         return activation
 
@@ -1042,6 +902,19 @@ class ActivationEngine:
             result.written = key
         return True
 
+    async def find_by_requester(self, requested_by: str) -> int | None:
+        """The activation a requester (a schedule step's tag) made, in memory or on disk."""
+        for activation in self.activations.values():
+            if activation.requested_by == requested_by:
+                return activation.id
+
+        def lookup(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT id FROM activations WHERE json_extract(data, "
+                               "'$.requested_by') = ?", (requested_by,)).fetchone()
+            return int(row[0]) if row else None
+
+        return await self.db.run(lookup)
+
     async def get(self, activation_id: int) -> Activation | None:
         """An activation, from memory or (finished long ago, pruned) from the database."""
         activation = self.activations.get(activation_id)
@@ -1107,18 +980,7 @@ def _select_activations(conn: sqlite3.Connection, clause: str, params: tuple[Any
             for activation_id, data in rows]
 
 
-def _iso(moment: float | None) -> str | None:
-    return datetime.fromtimestamp(moment, UTC).isoformat() if moment else None
-
-
 async def _sleep_until(moment: float) -> None:
     delay = moment - time.time()
     if delay > 0:
         await asyncio.sleep(delay)
-
-
-def _describe(request: ActivationRequest) -> dict[str, Any]:
-    return {"class": request.klass, "action": request.action, "signal": request.signal,
-            "targets": asdict(request.targets),
-            "start_at": request.start_at.isoformat() if request.start_at else None,
-            "with_confirmation_token": request.confirmation_token is not None}

@@ -13,7 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from siren_gateway.activation.engine import ActivationEngine, ActivationError, Targets
+from siren_gateway.activation.engine import ActivationEngine
+from siren_gateway.activation.model import ActivationError, Targets
 from siren_gateway.config.site import Site
 from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink

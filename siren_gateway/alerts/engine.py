@@ -16,7 +16,6 @@ import logging
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from siren_gateway.config.alerts import AlertsConfig, ThresholdRule
@@ -36,6 +35,7 @@ from siren_gateway.live.bus import (
 )
 from siren_gateway.live.fleet import Fleet, SirenState
 from siren_gateway.model import Sample
+from siren_gateway.runtime.clock import iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
@@ -53,10 +53,6 @@ CREATE TABLE IF NOT EXISTS alerts (
 SPOOL_QUIET_S = 600.0  # a spool overflow alert clears after this long without another
 ATTACK_QUIET_S = 900.0  # a login_attack alert clears after this long without a failure
 BATCH_PAUSE_S = 0.1
-
-
-def _iso(moment: float | None) -> str | None:
-    return datetime.fromtimestamp(moment, UTC).isoformat() if moment else None
 
 
 @dataclass(slots=True)  # hundreds held (every active one and the recent cleared ones)
@@ -79,9 +75,9 @@ class Alert:
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "rule": self.rule, "siren_id": self.siren_id, "zones": self.zones,
                 "severity": self.severity, "message": self.message, "state": self.state,
-                "raised_at": _iso(self.raised_at), "acknowledged_at": _iso(self.acknowledged_at),
+                "raised_at": iso_utc(self.raised_at), "acknowledged_at": iso_utc(self.acknowledged_at),
                 "acknowledged_by": self.acknowledged_by, "comment": self.comment,
-                "cleared_at": _iso(self.cleared_at), "history": list(self.history),
+                "cleared_at": iso_utc(self.cleared_at), "history": list(self.history),
                 "subject": self.subject}
 
 
@@ -369,7 +365,7 @@ class AlertEngine:
     def _raise(self, tracker: _Tracker, rule: str, siren_id: str | None, zones: list[str],
                severity: str, message: str, now: float, subject: str | None = None) -> None:
         alert = Alert(self._next_id, rule, siren_id, list(zones), severity, message, raised_at=now,
-                      history=[{"event": "raised", "at": _iso(now), "message": message}],
+                      history=[{"event": "raised", "at": iso_utc(now), "message": message}],
                       subject=subject)
         self._next_id += 1
         tracker.alert = alert
@@ -379,7 +375,7 @@ class AlertEngine:
 
     def _clear(self, alert: Alert, now: float) -> None:
         alert.state, alert.cleared_at = "cleared", now
-        alert.history.append({"event": "cleared", "at": _iso(now)})
+        alert.history.append({"event": "cleared", "at": iso_utc(now)})
         self._changed(alert, "cleared")
 
     def _changed(self, alert: Alert, change: str) -> None:
@@ -399,7 +395,7 @@ class AlertEngine:
         now = time.time()
         alert.state, alert.acknowledged_at = "acknowledged", now
         alert.acknowledged_by, alert.comment = who.username, comment
-        alert.history.append({"event": "acknowledged", "at": _iso(now), "by": who.username,
+        alert.history.append({"event": "acknowledged", "at": iso_utc(now), "by": who.username,
                               "comment": comment})
         self._changed(alert, "acknowledged")
         await self._flush()

@@ -26,16 +26,25 @@ import math
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from siren_gateway.config.plans import PlanConfig, compile_rule
 from siren_gateway.config.site import Site
 from siren_gateway.live.bus import Bus, ScheduleEvent
+from siren_gateway.runtime.clock import Clock, SystemClock, iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
+from siren_gateway.scheduling.model import (
+    PENDING,
+    Occurrence,
+    ScheduleError,
+    StepExecutor,
+    StepRefused,
+    spoken_duration,
+    step_tag,
+)
 from siren_gateway.scheduling.recurrence import occurrences
+from siren_gateway.scheduling.reports import build_report
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
 from siren_gateway.store.database import Database
@@ -65,96 +74,12 @@ CREATE TABLE IF NOT EXISTS schedule_occurrences (
     UNIQUE (plan_id, kind, scheduled_at)
 );
 """
-
-PENDING = ("scheduled", "notified")
-FINAL = ("done", "missed", "skipped", "cancelled")
 MAX_CATCH_UP = 20  # past occurrences recorded as missed after a long outage, per plan
 IDLE_WAKE_S = 30.0
 
 
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-    async def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    def now(self) -> float:
-        return time.time()
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds))
-
-
-class StepRefused(Exception):
-    """The activation engine would not start a step (an emergency holds the sirens, ...)."""
-
-
-class StepExecutor(Protocol):
-    """What the scheduler needs from activations; the real one wraps the ActivationEngine."""
-
-    async def start(self, plan: PlanConfig, occurrence_id: int, step: int, start_at: float,
-                    tag: str) -> int: ...
-
-    async def find(self, tag: str) -> int | None: ...
-
-    async def finished(self, activation_ids: list[int]) -> bool: ...
-
-    async def cancel(self, activation_ids: list[int]) -> None: ...
-
-    async def reports(self, activation_ids: list[int]) -> dict[int, dict[str, Any]]: ...
-
-
-@dataclass
-class Occurrence:
-    id: int
-    plan_id: str
-    kind: str
-    scheduled_at: float
-    local_date: str
-    state: str
-    notices: list[float] = field(default_factory=list)
-    fired_at: float | None = None
-    base_at: float | None = None
-    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
-    ended_at: float | None = None
-    note: str = ""
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Occurrence:
-        (id_, plan_id, kind, scheduled_at, local_date, state, notices, fired_at, base_at, steps,
-         ended_at, note) = row
-        return cls(id_, plan_id, kind, scheduled_at, local_date, state, json.loads(notices),
-                   fired_at, base_at, json.loads(steps), ended_at, note)
-
-    def public(self, plan: PlanConfig | None) -> dict[str, Any]:
-        zone = plan.zone if plan else UTC
-        return {
-            "id": self.id, "plan_id": self.plan_id, "kind": self.kind, "state": self.state,
-            "scheduled_at": _iso(self.scheduled_at),
-            "scheduled_local": datetime.fromtimestamp(self.scheduled_at, zone).isoformat(),
-            "local_date": self.local_date, "notices_sent_s": self.notices,
-            "fired_at": _iso(self.fired_at), "started_at": _iso(self.base_at),
-            "late_s": round(self.base_at - self.scheduled_at, 3) if self.base_at else None,
-            "steps": [self.steps[k] for k in sorted(self.steps, key=int)],
-            "ended_at": _iso(self.ended_at), "note": self.note,
-        }
-
-
 _COLUMNS = ("id, plan_id, kind, scheduled_at, local_date, state, notices, fired_at, base_at, "
             "steps, ended_at, note")
-
-
-class ScheduleError(Exception):
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-
-
-def step_tag(occurrence_id: int, step: int) -> str:
-    """Written on the step's activation (as its requester): how a restart finds it again."""
-    return f"schedule:occurrence-{occurrence_id}:step-{step}"
 
 
 class Scheduler:
@@ -335,7 +260,7 @@ class Scheduler:
         await self._update(occ.id, "state IN ('scheduled', 'notified')",
                            state="notified", notices=json.dumps(notices))
         occ.notices, occ.state = notices, "notified"
-        self._publish(occ, "notice", f"{plan.name} in {_duration(occ.scheduled_at - now)}",
+        self._publish(occ, "notice", f"{plan.name} in {spoken_duration(occ.scheduled_at - now)}",
                       lead_s=send)
         return next_due
 
@@ -377,7 +302,7 @@ class Scheduler:
             found = await self.executor.find(tag)
             if found is not None:  # created just before a crash: never again
                 await self._record_step(occ, index, {"activation_id": found,
-                                                     "start_at": _iso(base + step.offset_s)})
+                                                     "start_at": iso_utc(base + step.offset_s)})
                 continue
             start_at = base + step.offset_s
             now = self.clock.now()
@@ -396,7 +321,7 @@ class Scheduler:
                 continue
             self.fired.append((occ.id, index, base + step.offset_s, time.time()))
             await self._record_step(occ, index, {"activation_id": activation_id,
-                                                 "start_at": _iso(start_at)})
+                                                 "start_at": iso_utc(start_at)})
         ids = [int(s["activation_id"]) for s in occ.steps.values() if "activation_id" in s]
         while not await self.executor.finished(ids):
             await self.clock.sleep(0.5)
@@ -556,7 +481,7 @@ class Scheduler:
         occ.state = new_state
         await self.audit.record(who, f"schedule.{'skip' if new_state == 'skipped' else 'cancel'}",
                                 "accepted", target=f"occurrence {occ.id}", plan=plan_id,
-                                scheduled_at=_iso(occ.scheduled_at))
+                                scheduled_at=iso_utc(occ.scheduled_at))
         self._publish(occ, new_state, f"by {who.username}")
         self.wake()
         return occ.public(plan)
@@ -632,163 +557,3 @@ class Scheduler:
 
     def stats(self) -> dict[str, Any]:
         return {"plans": len(self.plans), "running": len(self._runners)}
-
-
-def build_report(occ: Occurrence, plan: PlanConfig | None, reports: dict[int, dict[str, Any]],
-                 site: Site) -> dict[str, Any]:
-    """Per siren and step the result, and the sounding rate per zone and overall (鸣响率)."""
-    sirens = {s.id: s for s in site.config.sirens}
-    steps_out: list[dict[str, Any]] = []
-    warnings: list[str] = []
-    per_siren: dict[str, dict[str, Any]] = {}
-    for key in sorted(occ.steps, key=int):
-        record = occ.steps[key]
-        step_plan = plan.steps[int(key)] if plan and int(key) < len(plan.steps) else None
-        report = reports.get(int(record.get("activation_id", -1)))
-        step_out: dict[str, Any] = {
-            "step": int(key), "signal": step_plan.signal if step_plan else None,
-            "action": step_plan.action if step_plan else None,
-            "activation_id": record.get("activation_id"), "error": record.get("error"),
-            "counts": report["counts"] if report else None,
-            "sounding_rate": report["sounding_rate"] if report else None,
-            "targeted": report["targeted"] if report else None,
-            "commanded": report["commanded"] if report else None}
-        if report is not None:
-            confirmed = report["counts"]["sounded"] + report["counts"]["passed"]
-            step_out["confirmed"] = confirmed
-            # A step that sounded on fewer sirens than it commanded is said so, whatever the
-            # occurrence's state: "done" means it ran, not that every siren sounded.
-            step_out["complete"] = confirmed == report["commanded"]
-            if confirmed < report["commanded"]:
-                warnings.append(f"step {int(key) + 1} ({step_out['signal'] or step_out['action']})"
-                                f" sounded on {confirmed} of {report['commanded']} commanded "
-                                "sirens")
-        elif record.get("error"):
-            step_out["complete"] = False
-            warnings.append(f"step {int(key) + 1} did not run: {record['error']}")
-        steps_out.append(step_out)
-        for result in (report or {}).get("sirens", []):
-            entry = per_siren.setdefault(result["siren_id"], {"steps": []})
-            entry["steps"].append({"step": int(key), "status": result["status"],
-                                   "reason": result["reason"]})
-    ok = {"sounded", "passed"}
-    zones: dict[str, dict[str, int]] = {}
-    for siren_id, entry in per_siren.items():
-        statuses = [s["status"] for s in entry["steps"]]
-        if all(s == "excluded" for s in statuses):
-            overall = "excluded"
-        elif all(s in ok for s in statuses):
-            overall = "sounded"
-        else:
-            first_bad = next(s for s in entry["steps"] if s["status"] not in ok)
-            overall = first_bad["status"]
-            entry["reason"] = first_bad["reason"]
-        entry["result"] = overall
-        cfg = sirens.get(siren_id)
-        entry["name"] = cfg.name if cfg else siren_id
-        entry["zones"] = list(cfg.zones) if cfg else []
-        for zone in entry["zones"] or ["(none)"]:
-            counts = zones.setdefault(zone, {"commanded": 0, "sounded": 0})
-            if overall != "excluded":
-                counts["commanded"] += 1
-                counts["sounded"] += overall == "sounded"
-    commanded = sum(1 for e in per_siren.values() if e["result"] != "excluded")
-    sounded = sum(1 for e in per_siren.values() if e["result"] == "sounded")
-    totals = {status: sum(1 for e in per_siren.values() if e["result"] == status)
-              for status in ("sounded", "failed", "no_feedback", "excluded", "preempted",
-                             "cancelled")}
-    return {
-        "occurrence": occ.public(plan),
-        "plan": {"id": occ.plan_id, "name": plan.name if plan else occ.plan_id,
-                 "class": plan.klass if plan else None},
-        "steps": steps_out,
-        "complete": not warnings and bool(steps_out),
-        "warnings": warnings,
-        "counts": totals,
-        "commanded": commanded,
-        "sounding_rate": round(sounded / commanded, 4) if commanded else None,
-        "zones": {zone: c | {"sounding_rate": round(c["sounded"] / c["commanded"], 4)
-                             if c["commanded"] else None} for zone, c in sorted(zones.items())},
-        "sirens": [{"siren_id": sid} | per_siren[sid] for sid in sorted(per_siren)],
-    }
-
-
-def report_csv_rows(report: dict[str, Any]) -> list[list[str]]:
-    rows = [["occurrence", "plan", "scheduled_local", "siren_id", "name", "zones", "result",
-             "step", "step_status", "reason"]]
-    occ = report["occurrence"]
-    for siren in report["sirens"]:
-        for step in siren["steps"]:
-            rows.append([str(occ["id"]), report["plan"]["id"], occ["scheduled_local"],
-                         siren["siren_id"], siren["name"], " ".join(siren["zones"]),
-                         siren["result"], str(step["step"]), step["status"], step["reason"]])
-    return rows
-
-
-def _iso(moment: float | None) -> str | None:
-    return datetime.fromtimestamp(moment, UTC).isoformat() if moment else None
-
-
-def _duration(seconds: float) -> str:
-    if seconds >= 86400:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} hours"
-    return f"{max(0.0, seconds) / 60:.0f} minutes"
-
-
-# The executor the gateway uses: steps are activations.
-class ActivationExecutor:
-    def __init__(self, engine: Any, db: Database,
-                 principal_for: Callable[[str], Principal]) -> None:
-        self.engine = engine
-        self.db = db
-        self.principal_for = principal_for
-
-    async def start(self, plan: PlanConfig, occurrence_id: int, step: int, start_at: float,
-                    tag: str) -> int:
-        from siren_gateway.activation.engine import ActivationError, ActivationRequest, Targets
-
-        spec = plan.steps[step]
-        request = ActivationRequest(
-            Targets(tuple(plan.targets.sirens), tuple(plan.targets.zones), plan.targets.all),
-            plan.klass, action=spec.action, signal=spec.signal,
-            start_at=datetime.fromtimestamp(start_at, UTC))
-        try:
-            activation = await self.engine.activate(self.principal_for(tag), request)
-        except ActivationError as exc:
-            raise StepRefused(exc.message) from None
-        return int(activation.id)
-
-    async def find(self, tag: str) -> int | None:
-        for activation in self.engine.activations.values():
-            if activation.requested_by == tag:
-                return int(activation.id)
-
-        def lookup(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute("SELECT id FROM activations WHERE json_extract(data, "
-                               "'$.requested_by') = ?", (tag,)).fetchone()
-            return int(row[0]) if row else None
-
-        return await self.db.run(lookup)
-
-    async def finished(self, activation_ids: list[int]) -> bool:
-        for activation_id in activation_ids:
-            activation = self.engine.activations.get(activation_id)
-            if activation is not None and activation.state == "running":
-                return False
-        return True
-
-    async def cancel(self, activation_ids: list[int]) -> None:
-        for activation_id in activation_ids:
-            activation = self.engine.activations.get(activation_id)
-            if activation is not None and activation.state == "running":
-                await self.engine.cancel(self.principal_for("schedule:cancel"), activation_id)
-
-    async def reports(self, activation_ids: list[int]) -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {}
-        for activation_id in activation_ids:
-            activation = await self.engine.get(activation_id)
-            if activation is not None:
-                out[activation_id] = activation.report()
-        return out

@@ -13,7 +13,8 @@ from siren_gateway.api.deps import Admin, GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import Name, OccurrenceKey, RowId
 from siren_gateway.config.plans import PlanConfig, plan_problems
 from siren_gateway.gateway import Gateway
-from siren_gateway.scheduling.engine import ScheduleError, report_csv_rows
+from siren_gateway.scheduling.model import ScheduleError
+from siren_gateway.scheduling.reports import report_csv_rows
 
 router = APIRouter(tags=["schedules"])
 

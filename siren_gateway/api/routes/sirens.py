@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from siren_gateway.activation.engine import ActivationError, Targets
+from siren_gateway.activation.model import ActivationError, Targets
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import Name
 from siren_gateway.api.routes.activations import TargetsBody
