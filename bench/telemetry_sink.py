@@ -84,8 +84,7 @@ async def via_sink(site: Site, url: str, samples: list[Sample], batch: int, spoo
                           queue_size=len(samples) + 1000)
     bus = Bus()
     sink = InfluxSink(site, bus, config, spool)
-    await sink.open()
-    sink.start()
+    await sink.start()
     c0, t0 = cpu(), time.perf_counter()
     for s in samples:
         bus.publish(SampleReceived(s))

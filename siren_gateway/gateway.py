@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,13 @@ from siren_gateway.config.links import MqttLink
 from siren_gateway.config.site import Site
 from siren_gateway.coverage.engine import CoverageEngine
 from siren_gateway.links.base import SirenLink
-from siren_gateway.links.modbus import ModbusEndpoint, build_modbus_links
+from siren_gateway.links.modbus import ModbusLinks
 from siren_gateway.links.mqtt import MqttHub
 from siren_gateway.links.poller import Poller
 from siren_gateway.live.bus import Bus
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.profiles.mqtt import MqttProfile
-from siren_gateway.runtime.process_stats import raise_descriptor_limit
+from siren_gateway.runtime.lifecycle import Service, running
 from siren_gateway.scheduling.engine import Scheduler
 from siren_gateway.scheduling.executor import ActivationExecutor
 from siren_gateway.security.audit import AuditLog
@@ -50,9 +51,21 @@ class Gateway:
         if site.config.influx is not None:
             spool = path.parent / site.config.influx.spool_dir
             self.influx = InfluxSink(site, self.bus, site.config.influx, spool)
-        self.endpoints: list[ModbusEndpoint] = []
         self.links: dict[str, SirenLink] = {}
+        modbus, mqtt = [], []
+        for siren in site.config.sirens:
+            profile = site.profiles[siren.profile]
+            if isinstance(siren.link, MqttLink):
+                assert isinstance(profile, MqttProfile)  # load_site checked the pairing
+                mqtt.append((siren, profile))
+            else:
+                assert not isinstance(profile, MqttProfile)
+                modbus.append((siren.id, siren.link, profile))
+        self.modbus = ModbusLinks(modbus, self.links)
         self.mqtt: MqttHub | None = None
+        if mqtt and site.config.mqtt is not None:
+            self.mqtt = MqttHub(site.config.mqtt, self.fleet, mqtt)
+            self.links.update(self.mqtt.links)
         self.poller = Poller(self.fleet, self.links)
         self.audit = AuditLog(self.db)
         # One command exchange per siren at a time, across activations and operator commands.
@@ -65,13 +78,13 @@ class Gateway:
         self.coverage = CoverageEngine(site, self.fleet, self.bus)
         self.scheduler = Scheduler(
             site, self.db, self.bus, self.audit,
-            ActivationExecutor(self.activations,
-                               lambda tag: Principal(tag, Role.OPERATOR)))
+            ActivationExecutor(self.activations, lambda tag: Principal(tag, Role.OPERATOR)))
         alert_config = site.config.alerts
         self.outbox = Outbox(self.db)
         self.webhooks = [WebhookNotifier(self.bus, hook, self.outbox)
                          for hook in alert_config.webhooks]
-        self.mqtt_alerts = (MqttAlertNotifier(self.bus, alert_config.mqtt, self.outbox)
+        self.mqtt_alerts = (MqttAlertNotifier(self.bus, alert_config.mqtt, self.outbox,
+                                              self.alerts.query)
                             if alert_config.mqtt else None)
         api = site.config.api
         self.users = {u.username: u for u in site.config.users}
@@ -85,75 +98,60 @@ class Gateway:
             login.free_failures, login.base_delay_s, login.max_delay_s,
             window_s=login.window_s)
         self.started_at: float | None = None
+        self._running: AsyncExitStack | None = None
+
+    def parts(self) -> list[tuple[str, Service]]:
+        """Every long-lived part, in start order; they stop in exact reverse order.
+
+        Storage first and last; the links before what reads the fleet; alerts before coverage
+        (its first count may already be low) and before the notifiers that publish them; the
+        poller, then activations (which resume what a restart interrupted), then the scheduler
+        (which resumes the steps those activations belong to).
+        """
+        parts: list[tuple[str, Service]] = [
+            ("database", self.db), ("audit log", self.audit), ("outbox", self.outbox),
+            ("credentials", self.credentials)]
+        if self.influx is not None:
+            parts.append(("influx sink", self.influx))
+        parts += [("telemetry store", self.telemetry), ("modbus links", self.modbus)]
+        if self.mqtt is not None:
+            parts.append(("mqtt hub", self.mqtt))
+        parts += [("alert engine", self.alerts), ("coverage engine", self.coverage)]
+        parts += [(f"webhook {hook.config.url}", hook) for hook in self.webhooks]
+        if self.mqtt_alerts is not None:
+            parts.append(("mqtt alert notifier", self.mqtt_alerts))
+        parts += [("poller", self.poller), ("activation engine", self.activations),
+                  ("scheduler", self.scheduler)]
+        return parts
 
     async def start(self) -> None:
-        await self.db.open()
-        await self.outbox.open()
-        await self.credentials.open()
-        if self.influx is not None:
-            await self.influx.open()
-        # Clients are made here, inside the running loop (pymodbus binds them to it).
-        modbus, mqtt = [], []
-        for siren in self.site.config.sirens:
-            profile = self.site.profiles[siren.profile]
-            if isinstance(siren.link, MqttLink):
-                assert isinstance(profile, MqttProfile)  # load_site checked the pairing
-                mqtt.append((siren, profile))
-            else:
-                assert not isinstance(profile, MqttProfile)
-                modbus.append((siren.id, siren.link, profile))
-        links, self.endpoints = build_modbus_links(modbus)
-        self.links.update(links)
-        # One socket per endpoint, plus the database, the broker, the API's clients.
-        needed = len(self.endpoints) + 512
-        if raise_descriptor_limit(needed) < needed:
-            log.warning("open-file limit is below the %d this site needs (%d Modbus "
-                        "endpoints): raise it (ulimit -n, LimitNOFILE=)", needed,
-                        len(self.endpoints))
-        if mqtt and self.site.config.mqtt is not None:
-            self.mqtt = MqttHub(self.site.config.mqtt, self.fleet, mqtt)
-            self.links.update(self.mqtt.links)
-            self.mqtt.start()
-        self.telemetry.start()
-        if self.influx is not None:
-            self.influx.start()
-        await self.activations.start()
-        await self.alerts.start()
-        await self.coverage.start()  # after alerts: its first count may already be low
-        await self.scheduler.start()  # after activations: it resumes steps they recovered
-        for webhook in self.webhooks:
-            webhook.start()
-        if self.mqtt_alerts is not None:
-            self.mqtt_alerts.seed(self.alerts.query())
-            self.mqtt_alerts.start()
-        self.poller.start()
+        """Start every part in order; if one fails, stop the ones already started (in reverse)
+        and raise."""
+        if self._running is not None:
+            raise RuntimeError("the gateway is already running")
+        stack = AsyncExitStack()
+        try:
+            for name, part in self.parts():
+                await stack.enter_async_context(running(name, part))
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._running = stack
         self.started_at = time.time()
         log.info("gateway started: %d sirens, %d Modbus endpoints, %d over MQTT",
-                 len(self.fleet.states), len(self.endpoints), len(mqtt))
+                 len(self.fleet.states), len(self.modbus.endpoints),
+                 len(self.mqtt.links) if self.mqtt is not None else 0)
 
     async def stop(self) -> None:
-        await self.scheduler.stop()
-        await self.activations.stop()
-        await self.poller.stop()
-        if self.mqtt is not None:
-            await self.mqtt.stop()
-        await self.coverage.stop()
-        await self.alerts.stop()
-        for webhook in self.webhooks:
-            await webhook.stop()
-        if self.mqtt_alerts is not None:
-            await self.mqtt_alerts.stop()
-        for endpoint in self.endpoints:
-            await endpoint.close()
-        await self.telemetry.stop()
-        await self.audit.close()
-        if self.influx is not None:
-            await self.influx.stop()
-        await self.db.close()
+        running_parts, self._running = self._running, None
+        if running_parts is None:
+            return
+        await running_parts.aclose()
+        self.started_at = None
         log.info("gateway stopped")
 
     def health(self) -> dict[str, Any]:
-        endpoints = self.endpoints
+        endpoints = self.modbus.endpoints
         polls_ok = sum(s.polls_ok for s in self.fleet.states.values())
         polls_failed = sum(s.polls_failed for s in self.fleet.states.values())
         reasons: dict[str, int] = {}

@@ -91,9 +91,9 @@ def sample(siren_id: str, at: datetime, battery: float, state: str = "idle") -> 
 async def test_store_thins_numbers_but_keeps_every_discrete_change(tmp_path: Path) -> None:
     bus = Bus()
     db = Database(tmp_path / "t.db")
-    await db.open()
+    await db.start()
     store = TelemetryStore(db, bus, StorageConfig(telemetry_min_interval_s=60), flush_interval_s=0)
-    store.start()
+    await store.start()
     t0 = datetime.now(UTC)
     for i in range(10):  # ten polls two seconds apart, nothing discrete changes
         bus.publish(SampleReceived(sample("a", t0 + timedelta(seconds=2 * i), 27.0 - i / 100)))
@@ -105,7 +105,7 @@ async def test_store_thins_numbers_but_keeps_every_discrete_change(tmp_path: Pat
     assert [(h["values"]["state"], h["values"]["battery_voltage"]) for h in history] == [
         ("idle", 27.0), ("sounding", 26.9), ("sounding", 26.8)]
     await store.stop()
-    await db.close()
+    await db.stop()
 
 
 async def test_samples_survive_a_restart_and_retention_drops_only_old_ones(
@@ -115,24 +115,24 @@ async def test_samples_survive_a_restart_and_retention_drops_only_old_ones(
     now = datetime.now(UTC)
     for battery in (26.0, 26.1):  # the second round reopens the same file
         bus, db = Bus(), Database(path)
-        await db.open()
+        await db.start()
         store = TelemetryStore(db, bus, config, flush_interval_s=0)
-        store.start()
+        await store.start()
         bus.publish(SampleReceived(sample("a", now + timedelta(seconds=battery), battery)))
         await wait_until(lambda s=store: s.written == 1, 3, "written")  # type: ignore[misc]
         await store.stop()
-        await db.close()
+        await db.stop()
     old = (now - timedelta(days=3)).timestamp()
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO telemetry VALUES ('a', ?, NULL, '[]', '{\"battery_voltage\": 20}')",
                      (old,))
     db = Database(path)
-    await db.open()
+    await db.start()
     store = TelemetryStore(db, Bus(), config)
     assert await store.apply_retention() == 1
     history = await store.history("a", now - timedelta(days=10), 100)
     assert [h["values"]["battery_voltage"] for h in history] == [26.0, 26.1]
-    await db.close()
+    await db.stop()
 
 
 @pytest.mark.parametrize("broker", ["auto", "amqtt"])
@@ -188,9 +188,9 @@ def test_demo_rejects_a_bad_size(args: list[str]) -> None:
 
 async def test_long_ranges_are_downsampled_not_cut(tmp_path: Path) -> None:
     bus, db = Bus(), Database(tmp_path / "t.db")
-    await db.open()
+    await db.start()
     store = TelemetryStore(db, bus, StorageConfig(telemetry_min_interval_s=0), flush_interval_s=0)
-    store.start()
+    await store.start()
     now = datetime.now(UTC)
     start = now - timedelta(hours=10)
     for minute in range(600):  # ten hours, one sample a minute, battery falling steadily
@@ -210,7 +210,7 @@ async def test_long_ranges_are_downsampled_not_cut(tmp_path: Path) -> None:
     assert len(hourly) in (10, 11) and hourly[0]["bucket_s"] == 3600
     assert any(b["values"]["state"] == "idle" for b in hourly)
     await store.stop()
-    await db.close()
+    await db.stop()
 
 
 async def test_an_outbox_key_makes_a_second_put_of_the_same_notification_a_no_op(
@@ -220,10 +220,10 @@ async def test_an_outbox_key_makes_a_second_put_of_the_same_notification_a_no_op
     from siren_gateway.store.database import Database
 
     db = Database(tmp_path / "outbox.db")
-    await db.open()
+    await db.start()
     try:
         outbox = Outbox(db)
-        await outbox.open()
+        await outbox.start()
         first = await outbox.put("webhook:x", {"n": 1}, key="alert 7 mains_lost s1 raised")
         again = await outbox.put("webhook:x", {"n": 2}, key="alert 7 mains_lost s1 raised")
         other = await outbox.put("webhook:x", {"n": 3}, key="alert 7 mains_lost s1 cleared")
@@ -231,4 +231,4 @@ async def test_an_outbox_key_makes_a_second_put_of_the_same_notification_a_no_op
         rows = await db.run(lambda conn: conn.execute("SELECT id, body FROM outbox").fetchall())
         assert len(rows) == 2 and '"n": 1' in dict(rows)[first]
     finally:
-        await db.close()
+        await db.stop()

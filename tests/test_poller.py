@@ -53,7 +53,7 @@ async def test_stop_finishes_even_when_a_cancellation_is_swallowed(tmp_path: Pat
     fleet = Fleet(site, Bus())
     links: dict[str, SirenLink] = {s.id: CancelSwallowingLink(s.id) for s in site.config.sirens}
     poller = Poller(fleet, links, seed=1)
-    poller.start()
+    await poller.start()
     await asyncio.sleep(0.3)
     await asyncio.wait_for(poller.stop(), timeout=5)
     assert sum(link.swallowed for link in links.values()) >= 1  # type: ignore[attr-defined]
@@ -88,7 +88,7 @@ async def test_hung_polls_hold_only_their_own_workers(tmp_path: Path) -> None:
     links: dict[str, SirenLink] = {
         i: HangingLink(i) if i in hung else CancelSwallowingLink(i) for i in ids}
     poller = Poller(fleet, links, seed=1)
-    poller.start()
+    await poller.start()
     healthy = [links[i] for i in ids if i not in hung]
 
     await wait_until(lambda: all(link.polls >= 5 for link in healthy)  # type: ignore[attr-defined]

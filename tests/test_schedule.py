@@ -196,7 +196,7 @@ class Harness:
 
     async def start(self) -> Scheduler:
         if self.db._conn is None:
-            await self.db.open()
+            await self.db.start()
         self.scheduler = Scheduler(self.site, self.db, self.bus, AuditLog(self.db),
                                    self.executor, clock=self.clock, prepare_s=3.0)
         await self.scheduler.start()
@@ -231,7 +231,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Callable[..., Harness]]:
         if h.scheduler is not None:
             await h.scheduler.stop()
         if h.db._conn is not None:
-            await h.db.close()
+            await h.db.stop()
 
 
 async def occurrence_states(scheduler: Scheduler) -> list[tuple[str, str]]:

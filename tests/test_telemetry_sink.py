@@ -174,8 +174,7 @@ async def test_an_outage_under_load_loses_nothing_and_duplicates_nothing(
         victoria: Victoria, site: Site, tmp_path: Path) -> None:
     bus = Bus()
     sink = InfluxSink(site, bus, influx_config(victoria.url), tmp_path / "spool")
-    await sink.open()
-    sink.start()
+    await sink.start()
     start = datetime.now(UTC).replace(microsecond=0)
     sent = 0
 
@@ -241,8 +240,7 @@ async def run_sink(site: Site, url: str, spool: Path, samples: list[Sample],
                    **config: Any) -> InfluxSink:
     bus = Bus()
     sink = InfluxSink(site, bus, influx_config(url, **config), spool)
-    await sink.open()
-    sink.start()
+    await sink.start()
     for s in samples:
         bus.publish(SampleReceived(s))
     return sink
@@ -301,8 +299,7 @@ async def test_a_full_spool_drops_the_oldest_and_says_so(site: Site, tmp_path: P
     overflow = bus.subscribe("alerts", kinds=(SpoolOverflow,))
     sink = InfluxSink(site, bus, influx_config(server.url, spool_max_mb=0.002, batch_size=10,
                                                retry_max_s=0.2), tmp_path / "spool")
-    await sink.open()
-    sink.start()
+    await sink.start()
     for s in batch(100):
         bus.publish(SampleReceived(s))
         await asyncio.sleep(0.002)

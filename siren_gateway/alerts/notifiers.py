@@ -13,6 +13,7 @@ import json
 import logging
 import ssl
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,7 +57,7 @@ class WebhookNotifier:
             return False
         return not self.config.zones or bool(set(self.config.zones) & set(alert["zones"]))
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._wake.set()  # whatever the outbox holds from before a restart goes first
         self._tasks = [asyncio.create_task(self._collect(), name="webhook collect"),
                        asyncio.create_task(self._send_forever(), name="webhook send")]
@@ -143,9 +144,11 @@ class MqttAlertNotifier:
 
     CHANNEL = "mqtt:schedule"
 
-    def __init__(self, bus: Bus, config: MqttNotifierConfig, outbox: Outbox) -> None:
+    def __init__(self, bus: Bus, config: MqttNotifierConfig, outbox: Outbox,
+                 current_alerts: Callable[[], list[dict[str, Any]]]) -> None:
         self.config = config
         self.outbox = outbox
+        self._current_alerts = current_alerts  # read at start: the alerts reloaded from disk
         self._subscription: Subscription = bus.subscribe(
             "mqtt alerts", maxsize=10_000, kinds=(AlertChanged, ScheduleEvent))
         self._current: dict[int, dict[str, Any]] = {}
@@ -156,11 +159,8 @@ class MqttAlertNotifier:
         self.published = 0
         self.connect_failures = 0
 
-    def seed(self, alerts: list[dict[str, Any]]) -> None:
-        """The alerts that are not cleared when the gateway starts (reloaded from disk)."""
-        self._current = {a["id"]: a for a in alerts if a["state"] != "cleared"}
-
-    def start(self) -> None:
+    async def start(self) -> None:
+        self._current = {a["id"]: a for a in self._current_alerts() if a["state"] != "cleared"}
         self._changed.set()  # publish the state we start with
         self._tasks = [asyncio.create_task(self._collect(), name="mqtt alerts collect"),
                        asyncio.create_task(self._publish_forever(), name="mqtt alerts publish")]

@@ -60,8 +60,11 @@ class Outbox:
         self.held_dropped = 0
         self._writing = asyncio.Lock()  # one writer of the held rows at a time
 
-    async def open(self) -> None:
+    async def start(self) -> None:
         await self.db.run(lambda conn: conn.executescript(SCHEMA))
+
+    async def stop(self) -> None:
+        """Nothing to release: what is undelivered stays on disk for the next start."""
 
     async def put(self, channel: str, body: dict[str, Any], key: str | None = None) -> str:
         """Store a notification for delivery; its id (also placed in the body).

@@ -23,8 +23,10 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.framer import FramerType
 
 from siren_gateway.config.links import ModbusRtuOverTcpLink, ModbusRtuSerialLink, ModbusTcpLink, endpoint_key
+from siren_gateway.links.base import SirenLink
 from siren_gateway.model import Command, LinkError, Sample, utc_now
 from siren_gateway.profiles.modbus import ModbusProfile
+from siren_gateway.runtime.process_stats import raise_descriptor_limit
 
 log = logging.getLogger(__name__)
 
@@ -301,3 +303,31 @@ def build_modbus_links(
         for siren_id, link, profile in members:
             links[siren_id] = ModbusSirenLink(siren_id, endpoint, link.unit_id, profile)
     return links, endpoints
+
+
+class ModbusLinks:
+    """The site's Modbus sirens as one long-lived part: their links are made at start (pymodbus
+    binds a client to the running loop) and put into the shared registry; stop closes every
+    endpoint and takes the links out again."""
+
+    def __init__(self, sirens: list[tuple[str, ModbusLinkConfig, ModbusProfile]],
+                 registry: dict[str, SirenLink]) -> None:
+        self._sirens = sirens
+        self._registry = registry
+        self.endpoints: list[ModbusEndpoint] = []
+
+    async def start(self) -> None:
+        links, self.endpoints = build_modbus_links(self._sirens)
+        self._registry.update(links)
+        # One socket per endpoint, plus the database, the broker, the API's clients.
+        needed = len(self.endpoints) + 512
+        if raise_descriptor_limit(needed) < needed:
+            log.warning("open-file limit is below the %d this site needs (%d Modbus "
+                        "endpoints): raise it (ulimit -n, LimitNOFILE=)", needed,
+                        len(self.endpoints))
+
+    async def stop(self) -> None:
+        for endpoint in self.endpoints:
+            await endpoint.close()
+        for siren_id, _link, _profile in self._sirens:
+            self._registry.pop(siren_id, None)

@@ -310,7 +310,7 @@ class MqttHub:
         self._running = False
         self._warn = RateLimitedLog(log)
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._running = True
         self._task = asyncio.create_task(self._run(), name="mqtt hub")
 

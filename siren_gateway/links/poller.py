@@ -70,7 +70,7 @@ class Poller:
         self._sweeper: asyncio.Task[None] | None = None
         self._running = False
 
-    def start(self) -> None:
+    async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._running = True
         now = loop.time()

@@ -141,7 +141,10 @@ class AuditLog:
             self.db.health.succeeded()
             log.info("audit journal: %d held entries written", len(batch))
 
-    async def close(self) -> None:
+    async def start(self) -> None:
+        """Entries are written as they come; nothing to start."""
+
+    async def stop(self) -> None:
         """Write what the journal holds, if storage lets us, and stop retrying."""
         if self._retrier is not None:
             await cancel_and_wait([self._retrier])

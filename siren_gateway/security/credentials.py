@@ -41,7 +41,7 @@ class Credentials:
         self._upgrades: dict[str, tuple[str, str]] = {}  # username -> (replaces, new hash)
         self.upgraded = 0
 
-    async def open(self) -> None:
+    async def start(self) -> None:
         def load(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
             conn.executescript(SCHEMA)
             return conn.execute(
@@ -50,6 +50,9 @@ class Credentials:
 
         for username, replaces, new_hash in await self.db.run(load):
             self._upgrades[username] = (replaces, new_hash)
+
+    async def stop(self) -> None:
+        """Nothing held open: upgrades are written as they happen."""
 
     def stored_hash(self, username: str) -> str | None:
         user = self.users.get(username)

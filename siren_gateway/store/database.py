@@ -113,7 +113,7 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
 
-    async def open(self) -> None:
+    async def start(self) -> None:
         await self._call(self._open)
 
     def _open(self) -> None:
@@ -140,7 +140,7 @@ class Database:
 
         return await self._call(call)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         if self._conn is not None:
             await self._call(self._conn.close)
             self._conn = None
@@ -230,7 +230,7 @@ class TelemetryStore:
         self.thinned = 0
         self.write_errors = 0
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="telemetry store")
 
     async def stop(self) -> None:

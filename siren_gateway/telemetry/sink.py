@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 class TelemetrySink(Protocol):
     name: str
 
-    def start(self) -> None: ...
+    async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
@@ -95,10 +95,10 @@ class InfluxSink:
     @property
     def writer(self) -> Writer:
         if self._writer is None:
-            raise RuntimeError("InfluxSink.open() has not run")
+            raise RuntimeError("InfluxSink.start() has not run")
         return self._writer
 
-    async def open(self) -> None:
+    async def start(self) -> None:
         if self._writer is None:
             config = self.config
             self._writer = InfluxWriter(config.url, config.token, config.org, config.bucket,
@@ -106,8 +106,6 @@ class InfluxSink:
         await self.spool.open()
         if not self.spool.empty:
             log.info("telemetry spool holds %d lines from before the restart", self.spool.lines)
-
-    def start(self) -> None:
         self._running = True
         self._tasks = [asyncio.create_task(self._batch_forever(), name=BATCH_TASK),
                        asyncio.create_task(self._replay_forever(), name=REPLAY_TASK)]
