@@ -4,12 +4,17 @@
 Needs only Python >= 3.11 and git. Creates .venv, installs the project with its dev extras
 (again whenever pyproject.toml changes), then runs the demo or the checks. Extra arguments are
 passed on: `python3 dev.py demo --sirens 500`, `python3 dev.py test -k modbus`.
+
+`test` also installs the servers and browser the integration tests drive (Debian packages:
+mosquitto, victoria-metrics, chromium) when they are missing and it can: as root with apt-get.
+Otherwise it says which are missing, and the tests that need them are skipped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -41,7 +46,31 @@ def ensure_environment() -> None:
     STAMP.write_text(digest)
 
 
+# The Debian packages the tests start or drive, each found by one of its commands.
+TEST_PACKAGES = {"mosquitto": ("mosquitto", "/usr/sbin/mosquitto"),
+                 "victoria-metrics": ("victoria-metrics",),
+                 "chromium": ("chromium",)}
+
+
+def ensure_test_servers() -> None:
+    missing = [package for package, commands in TEST_PACKAGES.items()
+               if not any(shutil.which(c) or os.access(c, os.X_OK) for c in commands)]
+    if not missing:
+        return
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
+        print(f"not installed (their tests will be skipped): {', '.join(missing)}; "
+              f"install them with apt-get as root, or run this as root", flush=True)
+        return
+    print(f"installing: {', '.join(missing)}", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if (subprocess.call(["apt-get", "update", "-qq"], env=env) != 0
+            or subprocess.call(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                                *missing], env=env) != 0):
+        print("apt-get failed: the tests that need these will be skipped", flush=True)
+
+
 def test(args: list[str]) -> int:
+    ensure_test_servers()
     steps: list[tuple[str, list[str | Path]]] = [
         ("ruff", [BIN / "ruff", "check", "."]),
         ("mypy", [BIN / "mypy"]),

@@ -128,7 +128,7 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="siren-gateway",
                                      description="Monitor and control outdoor warning sirens.")
     parser.add_argument("--log-level", default="INFO")
@@ -176,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     hasher.add_argument("--stdin", action="store_true", help="read the password from stdin")
     hasher.set_defaults(handler=_hash_password)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format == "json")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we count and report link errors
     handler = args.handler
