@@ -12,9 +12,9 @@ import yaml
 from siren_gateway.cli import main
 from siren_gateway.config.common import ConfigError
 from siren_gateway.config.loading import load_site
-from siren_gateway.data import DEFAULT_PROFILES_DIR
+from siren_gateway.data import DEFAULT_PROFILES_DIR, DEMO_CONFIG
 
-DEMO = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+DEMO = DEMO_CONFIG
 
 
 def demo_data() -> dict[str, Any]:
