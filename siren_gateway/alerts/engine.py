@@ -44,13 +44,6 @@ from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS alerts (
-    id       INTEGER PRIMARY KEY,
-    state    TEXT NOT NULL,
-    data     TEXT NOT NULL
-);
-"""
 SPOOL_QUIET_S = 600.0  # a spool overflow alert clears after this long without another
 ATTACK_QUIET_S = 900.0  # a login_attack alert clears after this long without a failure
 BATCH_PAUSE_S = 0.1
@@ -104,7 +97,6 @@ class AlertEngine:
 
     async def start(self) -> None:
         def load(conn: sqlite3.Connection) -> tuple[list[str], int]:
-            conn.executescript(SCHEMA)
             rows = conn.execute("SELECT data FROM alerts WHERE state != 'cleared'").fetchall()
             top = conn.execute("SELECT max(id) FROM alerts").fetchone()[0] or 0
             return [r[0] for r in rows], int(top)

@@ -23,19 +23,6 @@ from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
-    id         TEXT NOT NULL UNIQUE,  -- the notification id receivers deduplicate on
-    channel    TEXT NOT NULL,         -- e.g. webhook:<url>, mqtt:schedule
-    body       TEXT NOT NULL,         -- JSON
-    created_at REAL NOT NULL,
-    attempts   INTEGER NOT NULL DEFAULT 0,
-    next_at    REAL NOT NULL,
-    state      TEXT NOT NULL          -- pending, delivered, failed
-);
-CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (channel, state, seq);
-"""
 MEMORY_MAX = 10_000
 KEEP_DELIVERED_S = 7 * 86400
 
@@ -61,7 +48,7 @@ class Outbox:
         self._writing = asyncio.Lock()  # one writer of the held rows at a time
 
     async def start(self) -> None:
-        await self.db.run(lambda conn: conn.executescript(SCHEMA))
+        """Its table is made by the store's migrations; nothing to load."""
 
     async def stop(self) -> None:
         """Nothing to release: what is undelivered stays on disk for the next start."""

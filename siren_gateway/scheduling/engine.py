@@ -51,29 +51,6 @@ from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS schedules (
-    id         TEXT PRIMARY KEY,
-    source     TEXT NOT NULL,      -- config (the site file) or api
-    data       TEXT NOT NULL,      -- the plan, JSON
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS schedule_occurrences (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    plan_id      TEXT NOT NULL,
-    kind         TEXT NOT NULL,    -- planned, or run_now
-    scheduled_at REAL NOT NULL,    -- UTC epoch seconds of the plan's start
-    local_date   TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    notices      TEXT NOT NULL DEFAULT '[]',
-    fired_at     REAL,
-    base_at      REAL,             -- the start actually used (later than planned if fired late)
-    steps        TEXT NOT NULL DEFAULT '{}',
-    ended_at     REAL,
-    note         TEXT NOT NULL DEFAULT '',
-    UNIQUE (plan_id, kind, scheduled_at)
-);
-"""
 MAX_CATCH_UP = 20  # past occurrences recorded as missed after a long outage, per plan
 IDLE_WAKE_S = 30.0
 
@@ -113,7 +90,6 @@ class Scheduler:
         now = self.clock.now()
 
         def load(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
-            conn.executescript(SCHEMA)
             stored = {r[0]: (r[1], r[2]) for r in conn.execute(
                 "SELECT id, data, updated_at FROM schedules WHERE source = 'config'")}
             with conn:

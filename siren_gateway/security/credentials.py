@@ -20,16 +20,6 @@ from siren_gateway.store.database import Database
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS password_upgrades (
-    username        TEXT PRIMARY KEY,
-    replaces_sha256 TEXT NOT NULL,  -- sha256 of the site file's hash this one replaces
-    password_hash   TEXT NOT NULL,
-    upgraded_at     REAL NOT NULL
-);
-"""
-
-
 def _fingerprint(stored: str) -> str:
     return hashlib.sha256(stored.encode()).hexdigest()
 
@@ -43,7 +33,6 @@ class Credentials:
 
     async def start(self) -> None:
         def load(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-            conn.executescript(SCHEMA)
             return conn.execute(
                 "SELECT username, replaces_sha256, password_hash FROM password_upgrades"
             ).fetchall()

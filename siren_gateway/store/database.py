@@ -22,54 +22,10 @@ from typing import Any, TypeVar
 from siren_gateway.config.telemetry import StorageConfig
 from siren_gateway.live.bus import Bus, SampleReceived, Subscription
 from siren_gateway.model import Sample, Value
+from siren_gateway.store.schema import migrate
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS telemetry (
-    siren_id  TEXT NOT NULL,
-    ts        REAL NOT NULL,      -- gateway receive time, seconds since epoch (UTC)
-    device_ts REAL,               -- the controller's clock, if reported
-    faults    TEXT NOT NULL,      -- JSON list
-    data      TEXT NOT NULL       -- JSON object of point name -> value
-);
-CREATE INDEX IF NOT EXISTS telemetry_by_siren ON telemetry (siren_id, ts);
-CREATE INDEX IF NOT EXISTS telemetry_by_time ON telemetry (ts);
-
-CREATE TABLE IF NOT EXISTS audit (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    at       REAL NOT NULL,
-    username TEXT NOT NULL,
-    role     TEXT,
-    action   TEXT NOT NULL,
-    target   TEXT,
-    details  TEXT NOT NULL,     -- JSON
-    outcome  TEXT NOT NULL,
-    source   TEXT,              -- the client's address (or "gateway" for its own actions)
-    user_agent TEXT,
-    prev_hash TEXT,             -- the previous entry's hash: a chain (audit.py)
-    hash     TEXT
-);
-CREATE TRIGGER IF NOT EXISTS audit_is_append_only_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_is_append_only_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-
-CREATE TABLE IF NOT EXISTS activations (
-    id         INTEGER PRIMARY KEY,
-    data       TEXT NOT NULL,   -- JSON: request, class, signal, times, state
-    state      TEXT NOT NULL,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS activation_results (
-    activation_id INTEGER NOT NULL,
-    siren_id      TEXT NOT NULL,
-    data          TEXT NOT NULL, -- JSON: status, reason, timings
-    PRIMARY KEY (activation_id, siren_id)
-);
-"""
-
 
 class StorageHealth:
     """Whether the state database takes writes now (disk full, read-only, locked...).
@@ -122,9 +78,7 @@ class Database:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(SCHEMA)
-        _add_missing_columns(conn, "audit", {"source": "TEXT", "user_agent": "TEXT",
-                                             "prev_hash": "TEXT", "hash": "TEXT"})
+        migrate(conn)
         self._conn = conn
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -145,14 +99,6 @@ class Database:
             await self._call(self._conn.close)
             self._conn = None
         self._executor.shutdown(wait=True)
-
-
-def _add_missing_columns(conn: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
-    """Bring a table made by an earlier version up to date (new columns are nullable)."""
-    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-    for name, kind in columns.items():
-        if name not in present:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 class _DiscreteSignature:
