@@ -27,12 +27,10 @@ is sent it while its start is ahead or within the late-start allowance; one that
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import random
 import secrets
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -74,7 +72,9 @@ from siren_gateway.runtime.failpoints import failpoint
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
+from siren_gateway.store.activations import ActivationStore
 from siren_gateway.store.database import Database
+from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,8 @@ class ActivationEngine:
         self.bus = bus
         self.fleet = fleet
         self.links = links
-        self.db = db
+        self.db = db  # its health: whether storage takes writes now
+        self.store = ActivationStore(db)
         self.audit = audit
         self.config: ActivationConfig = site.config.activation
         self.activations: dict[int, Activation] = {}
@@ -156,14 +157,7 @@ class ActivationEngine:
     async def _recover(self) -> None:
         """Bring activations that were running when the gateway stopped to a truthful state."""
 
-        def load(conn: sqlite3.Connection) -> tuple[list[Activation], int]:
-            found = _select_activations(
-                conn, "WHERE state = 'running' OR id IN (SELECT id FROM activations "
-                "ORDER BY id DESC LIMIT ?) ORDER BY id DESC", (self.config.keep_in_memory,))
-            top = conn.execute("SELECT max(id) FROM activations").fetchone()[0] or 0
-            return found, int(top)
-
-        found, top = await self.db.run(load)
+        found, top = await self.store.recent_and_running(self.config.keep_in_memory)
         self._next_id = top + 1
         now = time.time()
         for activation in reversed(found):
@@ -866,39 +860,28 @@ class ActivationEngine:
         if not self._dirty:
             return True
         dirty, self._dirty = self._dirty, set()
-        rows, results = [], []
-        for activation_id in dirty:
-            a = self.activations[activation_id]
-            data = {k: getattr(a, k) for k in ("id", "created_at", "requested_by", "klass",
-                                                "action", "signal", "start_at", "sirens", "state",
-                                                "ended_at", "interrupted_at", "all_accepted_at",
-                                                "preempted_by")}
-            data["repeat_of"] = a.repeat_of
-            rows.append((a.id, json.dumps(data), a.state, a.created_at))
+        changed = [self.activations[activation_id] for activation_id in dirty]
+        records: list[tuple[int, str, dict[str, Any]]] = []
+        written: list[tuple[SirenResult, tuple[Any, ...]]] = []
+        for a in changed:
             for r in a.results.values():
                 # Only what changed: a 1,000-siren activation is otherwise serialised whole
                 # every half second, which showed as a 100 ms stall in the fan-out bench.
                 raw = r.record()
                 key = tuple(raw.values())
                 if key != r.written:
-                    results.append((a.id, r.siren_id, json.dumps(raw), r, key))
-
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.executemany("INSERT OR REPLACE INTO activations VALUES (?, ?, ?, ?)", rows)
-                conn.executemany("INSERT OR REPLACE INTO activation_results VALUES (?, ?, ?)",
-                                 [row[:3] for row in results])
-
+                    records.append((a.id, r.siren_id, raw))
+                    written.append((r, key))
         try:
-            await self.db.run(write)
-        except sqlite3.Error as exc:
+            await self.store.write(changed, records)
+        except StorageError as exc:
             self.db.health.failed(exc)
             log.warning("activations %s held in memory until storage works: %s",
                         sorted(dirty)[:10], exc)
             self._dirty |= dirty  # try again at the next flush
             return False
         self.db.health.succeeded()
-        for _, _, _, result, key in results:
+        for result, key in written:
             result.written = key
         return True
 
@@ -907,29 +890,20 @@ class ActivationEngine:
         for activation in self.activations.values():
             if activation.requested_by == requested_by:
                 return activation.id
-
-        def lookup(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute("SELECT id FROM activations WHERE json_extract(data, "
-                               "'$.requested_by') = ?", (requested_by,)).fetchone()
-            return int(row[0]) if row else None
-
-        return await self.db.run(lookup)
+        return await self.store.find_by_requester(requested_by)
 
     async def get(self, activation_id: int) -> Activation | None:
         """An activation, from memory or (finished long ago, pruned) from the database."""
         activation = self.activations.get(activation_id)
         if activation is not None:
             return activation
-        found = await self.db.run(lambda conn: _select_activations(conn, "WHERE id = ?",
-                                                                   (activation_id,)))
-        return found[0] if found else None
+        return await self.store.get(activation_id)
 
     async def list(self, limit: int = 100) -> list[dict[str, Any]]:
         newest = sorted(self.activations.values(), key=lambda a: a.id, reverse=True)[:limit]
         if len(newest) < limit:  # older ones were pruned from memory: read them back
             below = newest[-1].id if newest else self._next_id
-            older = await self.db.run(lambda conn: _select_activations(
-                conn, "WHERE id < ? ORDER BY id DESC LIMIT ?", (below, limit - len(newest))))
+            older = await self.store.older(below, limit - len(newest))
             newest += [a for a in older if a.id not in self.activations]
         return [a.report(with_sirens=False) for a in newest]
 
@@ -958,26 +932,6 @@ class ActivationEngine:
             if len(self.activations) <= keep and held <= budget:
                 break
             held -= len(self.activations.pop(activation_id).results)
-
-
-def _select_activations(conn: sqlite3.Connection, clause: str, params: tuple[Any, ...]
-                        ) -> list[Activation]:
-    """Activations (with their per-siren results) from the database, in `clause`'s order."""
-    rows = conn.execute(f"SELECT id, data FROM activations {clause}", params).fetchall()
-    ids = [r[0] for r in rows]
-    by_activation: dict[int, dict[str, SirenResult]] = {}
-    for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters
-        chunk = ids[start:start + 500]
-        for activation_id, data in conn.execute(
-                f"SELECT activation_id, data FROM activation_results WHERE activation_id IN "
-                f"({','.join('?' * len(chunk))})", chunk):
-            raw = json.loads(data)
-            raw["status"] = Status(raw["status"])
-            result = SirenResult(**raw)
-            result.written = tuple(result.record().values())  # as on disk
-            by_activation.setdefault(activation_id, {})[raw["siren_id"]] = result
-    return [Activation(results=by_activation.get(activation_id, {}), **json.loads(data))
-            for activation_id, data in rows]
 
 
 async def _sleep_until(moment: float) -> None:
