@@ -11,11 +11,9 @@ restart never raises them again as new.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import sqlite3
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from siren_gateway.alerts.model import Alert, AlertError
@@ -40,7 +38,9 @@ from siren_gateway.runtime.clock import iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
+from siren_gateway.store.alerts import AlertStore
 from siren_gateway.store.database import Database
+from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class AlertEngine:
         self.site = site
         self.fleet = fleet
         self.bus = bus
-        self.db = db
+        self.db = db  # its health: whether storage takes writes now
+        self.store = AlertStore(db)
         self.audit = audit
         self.config: AlertsConfig = site.config.alerts
         self.alerts: dict[int, Alert] = {}
@@ -96,15 +97,9 @@ class AlertEngine:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        def load(conn: sqlite3.Connection) -> tuple[list[str], int]:
-            rows = conn.execute("SELECT data FROM alerts WHERE state != 'cleared'").fetchall()
-            top = conn.execute("SELECT max(id) FROM alerts").fetchone()[0] or 0
-            return [r[0] for r in rows], int(top)
-
-        rows, top = await self.db.run(load)
+        reloaded, top = await self.store.not_cleared()
         self._next_id = top + 1
-        for data in rows:
-            alert = Alert(**json.loads(data))
+        for alert in reloaded:
             self.alerts[alert.id] = alert
             # Reloaded as raised: a condition that still holds keeps this alert, never a new one.
             key = alert.siren_id if alert.siren_id is not None else alert.subject
@@ -472,18 +467,9 @@ class AlertEngine:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
-        rows = []
-        for alert_id in dirty:
-            alert = self.alerts[alert_id]
-            rows.append((alert.id, alert.state, json.dumps(asdict(alert), ensure_ascii=False)))
-
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.executemany("INSERT OR REPLACE INTO alerts VALUES (?, ?, ?)", rows)
-
         try:
-            await self.db.run(write)
-        except sqlite3.Error as exc:
+            await self.store.write([self.alerts[alert_id] for alert_id in dirty])
+        except StorageError as exc:
             self.db.health.failed(exc)  # kept in memory and written when storage returns
             self._dirty |= dirty
         else:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import sqlite3
 import time
 
 from siren_gateway.config.api import UserConfig
 from siren_gateway.security.auth import DUMMY_HASH, hash_password, needs_rehash, verify_password
+from siren_gateway.store.credentials import PasswordUpgradeStore
 from siren_gateway.store.database import Database
+from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +28,13 @@ def _fingerprint(stored: str) -> str:
 class Credentials:
     def __init__(self, users: list[UserConfig], db: Database) -> None:
         self.users = {u.username: u for u in users}
-        self.db = db
+        self.db = db  # its health: whether storage takes writes now
+        self.store = PasswordUpgradeStore(db)
         self._upgrades: dict[str, tuple[str, str]] = {}  # username -> (replaces, new hash)
         self.upgraded = 0
 
     async def start(self) -> None:
-        def load(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-            return conn.execute(
-                "SELECT username, replaces_sha256, password_hash FROM password_upgrades"
-            ).fetchall()
-
-        for username, replaces, new_hash in await self.db.run(load):
+        for username, replaces, new_hash in await self.store.all():
             self._upgrades[username] = (replaces, new_hash)
 
     async def stop(self) -> None:
@@ -66,15 +63,9 @@ class Credentials:
     async def _upgrade(self, user: UserConfig, password: str) -> None:
         new_hash = await asyncio.to_thread(hash_password, password)
         replaces = _fingerprint(user.password_hash)
-        row = (user.username, replaces, new_hash, time.time())
-
-        def store(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("INSERT OR REPLACE INTO password_upgrades VALUES (?, ?, ?, ?)", row)
-
         try:
-            await self.db.run(store)
-        except sqlite3.Error as exc:  # the login stands; the upgrade waits for the next one
+            await self.store.put(user.username, replaces, new_hash, time.time())
+        except StorageError as exc:  # the login stands; the upgrade waits for the next one
             self.db.health.failed(exc)
             return
         self._upgrades[user.username] = (replaces, new_hash)

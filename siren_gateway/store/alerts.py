@@ -1,0 +1,40 @@
+"""Alerts on disk: every alert as it changes; the ones not cleared reloaded at start."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict
+
+from siren_gateway.alerts.model import Alert
+from siren_gateway.store.database import Database
+from siren_gateway.store.errors import StorageError
+
+
+class AlertStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def not_cleared(self) -> tuple[list[Alert], int]:
+        """The alerts still active or acknowledged, and the highest id ever given."""
+
+        def load(conn: sqlite3.Connection) -> tuple[list[str], int]:
+            rows = conn.execute("SELECT data FROM alerts WHERE state != 'cleared'").fetchall()
+            top = conn.execute("SELECT max(id) FROM alerts").fetchone()[0] or 0
+            return [r[0] for r in rows], int(top)
+
+        rows, top = await self.db.run(load)
+        return [Alert(**json.loads(data)) for data in rows], top
+
+    async def write(self, alerts: list[Alert]) -> None:
+        """Raises StorageError; nothing is written then."""
+        rows = [(a.id, a.state, json.dumps(asdict(a), ensure_ascii=False)) for a in alerts]
+
+        def write(conn: sqlite3.Connection) -> None:
+            with conn:
+                conn.executemany("INSERT OR REPLACE INTO alerts VALUES (?, ?, ?)", rows)
+
+        try:
+            await self.db.run(write)
+        except sqlite3.Error as exc:
+            raise StorageError(str(exc)) from exc
