@@ -74,7 +74,7 @@ def server_options(site: Site, host: str, port: int) -> dict[str, Any]:
 def _audit_verify(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from siren_gateway.security.audit import verify_chain
+    from siren_gateway.store.audit import verify_chain
 
     site = _site_or_none(args.config)
     if site is None:

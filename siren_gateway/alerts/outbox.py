@@ -13,18 +13,18 @@ import hashlib
 import json
 import logging
 import secrets
-import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 from siren_gateway.store.database import Database
+from siren_gateway.store.errors import StorageError
+from siren_gateway.store.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
 
 MEMORY_MAX = 10_000
-KEEP_DELIVERED_S = 7 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,8 @@ def new_notification_id() -> str:
 
 class Outbox:
     def __init__(self, db: Database) -> None:
-        self.db = db
+        self.db = db  # its health: whether storage takes writes now
+        self.store = OutboxStore(db)
         self._held: deque[tuple[str, str, str, float]] = deque()  # not yet on disk
         self.held_dropped = 0
         self._writing = asyncio.Lock()  # one writer of the held rows at a time
@@ -79,15 +80,9 @@ class Outbox:
         if not self._held:
             return True
         rows = list(self._held)
-
-        def insert(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.executemany("INSERT OR IGNORE INTO outbox (id, channel, body, created_at, "
-                                 "next_at, state) VALUES (?, ?, ?, ?, ?4, 'pending')", rows)
-
         try:
-            await self.db.run(insert)
-        except sqlite3.Error as exc:
+            await self.store.add(rows)
+        except StorageError as exc:
             self.db.health.failed(exc)
             return False
         written = {row[0] for row in rows}  # by id: put() may have trimmed meanwhile
@@ -101,16 +96,9 @@ class Outbox:
         happened, even across retries and restarts."""
         await self._write_held()
         now = time.time()
-
-        def query(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-            row: tuple[Any, ...] | None = conn.execute(
-                "SELECT seq, id, channel, body, attempts, next_at FROM outbox WHERE channel = ? "
-                "AND state = 'pending' ORDER BY seq LIMIT 1", (channel,)).fetchone()
-            return row
-
         try:
-            row = await self.db.run(query)
-        except sqlite3.Error as exc:
+            row = await self.store.oldest_pending(channel)
+        except StorageError as exc:
             self.db.health.failed(exc)
             return None, now + 1.0
         if row is None:
@@ -121,40 +109,26 @@ class Outbox:
         return Notification(seq, notification_id, chan, json.loads(body), attempts), now
 
     async def delivered(self, notification: Notification) -> None:
-        await self._set(notification, "UPDATE outbox SET state = 'delivered', attempts = "
-                        "attempts + 1 WHERE seq = ?", (notification.seq,))
+        await self._set(notification, "delivered")
 
     async def retry(self, notification: Notification, delay_s: float) -> None:
-        await self._set(notification, "UPDATE outbox SET attempts = attempts + 1, next_at = ? "
-                        "WHERE seq = ?", (time.time() + delay_s, notification.seq))
+        await self._set(notification, "pending", time.time() + delay_s)
 
     async def give_up(self, notification: Notification) -> None:
-        await self._set(notification, "UPDATE outbox SET state = 'failed', attempts = "
-                        "attempts + 1 WHERE seq = ?", (notification.seq,))
+        await self._set(notification, "failed")
 
-    async def _set(self, notification: Notification, sql: str, params: tuple[Any, ...]) -> None:
-        cutoff = time.time() - KEEP_DELIVERED_S
-
-        def update(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute(sql, params)
-                conn.execute("DELETE FROM outbox WHERE state != 'pending' AND created_at < ?",
-                             (cutoff,))
-
+    async def _set(self, notification: Notification, state: str,
+                   next_at: float | None = None) -> None:
         try:
-            await self.db.run(update)
-        except sqlite3.Error as exc:
+            await self.store.attempted(notification.seq, time.time(), state, next_at)
+        except StorageError as exc:
             # Delivered but not marked: it may be sent again, which its id makes harmless.
             self.db.health.failed(exc)
             log.warning("outbox: could not record notification %s: %s", notification.id, exc)
 
     async def counts(self) -> dict[str, int]:
-        def query(conn: sqlite3.Connection) -> dict[str, int]:
-            return dict(conn.execute(
-                "SELECT state, count(*) FROM outbox GROUP BY state"))
-
         try:
-            out = await self.db.run(query)
-        except sqlite3.Error:
+            out = await self.store.counts()
+        except StorageError:
             out = {}
         return out | {"held_in_memory": len(self._held), "held_dropped": self.held_dropped}

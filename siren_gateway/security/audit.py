@@ -1,9 +1,7 @@
 """The append-only audit log: who asked for what, from where, when, and what came of it.
 
-SQLite triggers refuse UPDATE and DELETE on the table, so not even a bug in this process can
-rewrite history; and each entry carries a SHA-256 over its own content and the previous
-entry's hash, so a copy edited with the triggers dropped is caught by `verify_chain`
-(`siren-gateway audit-verify`): the first entry that does not verify is named.
+The store keeps it append-only and hash-chained (store/audit.py): not even a bug in this
+process can rewrite history, and an edited copy is caught by `siren-gateway audit-verify`.
 
 A failing disk must never stop an alarm because its audit line cannot be written: entries that
 cannot be stored wait in a bounded journal, in order, and are written when storage returns.
@@ -15,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
-import hashlib
 import json
 import logging
-import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,16 +23,15 @@ from typing import Any
 
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.auth import Principal
+from siren_gateway.store.audit import AuditRow, AuditStore
 from siren_gateway.store.database import Database
+from siren_gateway.store.errors import DatabaseClosed, StorageError
 
 log = logging.getLogger(__name__)
-# (at, username, role, action, target, details, outcome, source, user_agent)
-AuditRow = tuple[float, str, str | None, str, str | None, str, str, str, str]
 JOURNAL_MAX = 10_000
 RETRY_S = 1.0
 MAX_DETAILS = 8192  # characters of JSON kept per entry; longer details are cut (and say so)
 MAX_FIELD = 200
-GENESIS = "0" * 64
 
 
 @dataclass(frozen=True)
@@ -51,11 +45,6 @@ request_origin: contextvars.ContextVar[RequestOrigin | None] = contextvars.Conte
     "request_origin", default=None)
 
 
-def entry_hash(prev_hash: str, row: AuditRow) -> str:
-    canonical = json.dumps([prev_hash, *row], ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
 class AuditLog:
     def __init__(self, db: Database, journal_max: int = JOURNAL_MAX) -> None:
         self.db = db
@@ -63,7 +52,7 @@ class AuditLog:
         self.journal_max = journal_max
         self.journal_dropped = 0
         self._retrier: asyncio.Task[None] | None = None
-        self._last_hash: str | None = None  # only touched on the database thread
+        self.store = AuditStore(db)
 
     async def record(self, who: Principal | str, action: str, outcome: str,
                      target: str | None = None, *, source: str | None = None,
@@ -86,36 +75,13 @@ class AuditLog:
             self._hold(row)
             return 0
         try:
-            ids = await self.db.run(functools.partial(self._insert, rows=[row]))
-        except sqlite3.Error as exc:
+            ids = await self.store.append([row])
+        except StorageError as exc:
             self.db.health.failed(exc)
             self._hold(row)
             return 0
         self.db.health.succeeded()
         return ids
-
-    def _insert(self, conn: sqlite3.Connection, rows: list[AuditRow]) -> int:
-        """On the database thread: append rows to the chain in one transaction."""
-        prev = self._last_hash
-        if prev is None:
-            found = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-            prev = (found[0] if found else None) or GENESIS
-        last = 0
-        try:
-            with conn:
-                for row in rows:
-                    digest = entry_hash(prev, row)
-                    cursor = conn.execute(
-                        "INSERT INTO audit (at, username, role, action, target, details, "
-                        "outcome, source, user_agent, prev_hash, hash) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, prev, digest))
-                    last = int(cursor.lastrowid or 0)
-                    prev = digest
-        except sqlite3.Error:
-            self._last_hash = None  # rolled back: read the chain's end again next time
-            raise
-        self._last_hash = prev
-        return last
 
     def _hold(self, row: AuditRow) -> None:
         if len(self.journal) >= self.journal_max:
@@ -130,12 +96,12 @@ class AuditLog:
             await asyncio.sleep(RETRY_S)
             batch = list(self.journal)
             try:
-                await self.db.run(functools.partial(self._insert, rows=batch))
-            except sqlite3.Error as exc:
+                await self.store.append(batch)
+            except DatabaseClosed:  # stopped under us: the journal is written at our stop
+                return
+            except StorageError as exc:
                 self.db.health.failed(exc)
                 continue
-            except RuntimeError:  # the database was closed under us: nothing more to do
-                return
             for _ in batch:
                 self.journal.popleft()
             self.db.health.succeeded()
@@ -151,9 +117,9 @@ class AuditLog:
         if self.journal:
             batch = list(self.journal)
             try:
-                await self.db.run(functools.partial(self._insert, rows=batch))
+                await self.store.append(batch)
                 self.journal.clear()
-            except (sqlite3.Error, RuntimeError):
+            except StorageError:
                 log.error("audit journal: %d entries could not be written before stopping",
                           len(self.journal))
 
@@ -162,60 +128,8 @@ class AuditLog:
 
     async def entries(self, limit: int = 100, before_id: int | None = None,
                       action: str | None = None) -> list[dict[str, Any]]:
-        where: list[str] = []
-        params: list[int | str] = []
-        if before_id is not None:
-            where.append("id < ?")
-            params.append(before_id)
-        if action is not None:
-            where.append("action = ?")
-            params.append(action)
-        sql = ("SELECT id, at, username, role, action, target, details, outcome, source, "
-               "user_agent, hash FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY id DESC LIMIT ?")
-
-        def query(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(sql, (*params, limit)).fetchall()
-
+        rows = await self.store.newest(limit, before_id, action)
         return [{"id": r[0], "at": datetime.fromtimestamp(r[1], UTC).isoformat(),
                  "username": r[2], "role": r[3], "action": r[4], "target": r[5],
                  "details": json.loads(r[6]), "outcome": r[7], "source": r[8],
-                 "user_agent": r[9], "hash": r[10]} for r in await self.db.run(query)]
-
-
-@dataclass(frozen=True)
-class ChainReport:
-    entries: int  # entries checked
-    unchained: int  # older entries from before the chain existed (no hash)
-    first_bad_id: int | None
-    problem: str
-
-    @property
-    def ok(self) -> bool:
-        return self.first_bad_id is None
-
-
-def verify_chain(conn: sqlite3.Connection) -> ChainReport:
-    """Recompute every entry's hash in order; name the first one that does not verify."""
-    prev: str | None = None
-    checked = unchained = 0
-    rows = conn.execute("SELECT id, at, username, role, action, target, details, outcome, "
-                        "source, user_agent, prev_hash, hash FROM audit ORDER BY id")
-    for entry_id, *content, prev_hash, digest in rows:
-        if digest is None:
-            if prev is not None:
-                return ChainReport(checked, unchained, entry_id, "entry has no hash after "
-                                   "the chain began (inserted by hand?)")
-            unchained += 1
-            continue
-        expected_prev = prev if prev is not None else GENESIS
-        row: AuditRow = tuple(content)
-        if prev_hash != expected_prev:
-            return ChainReport(checked, unchained, entry_id, "does not follow the previous "
-                               "entry (an entry before it was removed or changed)")
-        if entry_hash(expected_prev, row) != digest:
-            return ChainReport(checked, unchained, entry_id, "content does not match its hash "
-                               "(edited)")
-        prev = digest
-        checked += 1
-    return ChainReport(checked, unchained, None, "")
+                 "user_agent": r[9], "hash": r[10]} for r in rows]

@@ -9,7 +9,6 @@ from typing import Any
 
 from siren_gateway.activation.model import Activation, SirenResult, Status
 from siren_gateway.store.database import Database
-from siren_gateway.store.errors import StorageError
 
 # The activation's own fields kept on disk (its results are rows of their own).
 _FIELDS = ("id", "created_at", "requested_by", "klass", "action", "signal", "start_at", "sirens",
@@ -47,10 +46,7 @@ class ActivationStore:
                 conn.executemany("INSERT OR REPLACE INTO activation_results VALUES (?, ?, ?)",
                                  result_rows)
 
-        try:
-            await self.db.run(write)
-        except sqlite3.Error as exc:
-            raise StorageError(str(exc)) from exc
+        await self.db.run(write)
 
     async def find_by_requester(self, requested_by: str) -> int | None:
         def lookup(conn: sqlite3.Connection) -> int | None:

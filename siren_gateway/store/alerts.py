@@ -8,7 +8,6 @@ from dataclasses import asdict
 
 from siren_gateway.alerts.model import Alert
 from siren_gateway.store.database import Database
-from siren_gateway.store.errors import StorageError
 
 
 class AlertStore:
@@ -27,14 +26,11 @@ class AlertStore:
         return [Alert(**json.loads(data)) for data in rows], top
 
     async def write(self, alerts: list[Alert]) -> None:
-        """Raises StorageError; nothing is written then."""
+        """Nothing is written when it raises (StorageError)."""
         rows = [(a.id, a.state, json.dumps(asdict(a), ensure_ascii=False)) for a in alerts]
 
         def write(conn: sqlite3.Connection) -> None:
             with conn:
                 conn.executemany("INSERT OR REPLACE INTO alerts VALUES (?, ?, ?)", rows)
 
-        try:
-            await self.db.run(write)
-        except sqlite3.Error as exc:
-            raise StorageError(str(exc)) from exc
+        await self.db.run(write)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 
 from siren_gateway.store.database import Database
-from siren_gateway.store.errors import StorageError
 
 
 class PasswordUpgradeStore:
@@ -19,14 +18,11 @@ class PasswordUpgradeStore:
 
     async def put(self, username: str, replaces_sha256: str, password_hash: str,
                   at: float) -> None:
-        """Raises StorageError; nothing is written then."""
+        """Nothing is written when it raises (StorageError)."""
 
         def store(conn: sqlite3.Connection) -> None:
             with conn:
                 conn.execute("INSERT OR REPLACE INTO password_upgrades VALUES (?, ?, ?, ?)",
                              (username, replaces_sha256, password_hash, at))
 
-        try:
-            await self.db.run(store)
-        except sqlite3.Error as exc:
-            raise StorageError(str(exc)) from exc
+        await self.db.run(store)

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from siren_gateway.config.telemetry import StorageConfig
 from siren_gateway.live.bus import Bus, SampleReceived, Subscription
 from siren_gateway.model import Sample, Value
+from siren_gateway.store.errors import DatabaseClosed, StorageError
 from siren_gateway.store.schema import migrate
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,16 @@ class Database:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(connection)` on the database thread."""
+        """Run `fn(connection)` on the database thread. What the database refuses (disk full,
+        read-only, locked, not open) is raised as StorageError, whatever the backend."""
 
         def call() -> T:
             if self._conn is None:
-                raise RuntimeError("database is not open")
-            return fn(self._conn)
+                raise DatabaseClosed("database is not open")
+            try:
+                return fn(self._conn)
+            except sqlite3.Error as exc:
+                raise StorageError(str(exc)) from exc
 
         return await self._call(call)
 
@@ -240,7 +245,7 @@ class TelemetryStore:
         try:
             await self.db.run(insert)
             self.written += len(rows)
-        except sqlite3.Error:
+        except StorageError:
             self.write_errors += 1
             log.exception("could not store %d telemetry samples", len(rows))
 

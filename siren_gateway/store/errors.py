@@ -8,3 +8,7 @@ class StorageError(Exception):
 
     Callers keep what they could not write and try again; the database's health says whether
     storage works now."""
+
+
+class DatabaseClosed(StorageError):
+    """The database is not open (not yet started, or stopped)."""
