@@ -23,10 +23,9 @@ import asyncio
 import json
 import logging
 import math
-import sqlite3
 import time
 from collections import deque
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from siren_gateway.config.plans import PlanConfig, compile_rule
@@ -48,6 +47,7 @@ from siren_gateway.scheduling.reports import build_report
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
 from siren_gateway.store.database import Database
+from siren_gateway.store.schedules import ScheduleStore
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ MAX_CATCH_UP = 20  # past occurrences recorded as missed after a long outage, pe
 IDLE_WAKE_S = 30.0
 
 
-_COLUMNS = ("id, plan_id, kind, scheduled_at, local_date, state, notices, fired_at, base_at, "
-            "steps, ended_at, note")
 
 
 class Scheduler:
@@ -64,7 +62,7 @@ class Scheduler:
                  executor: StepExecutor, clock: Clock | None = None,
                  prepare_s: float | None = None) -> None:
         self.site = site
-        self.db = db
+        self.store = ScheduleStore(db)
         self.bus = bus
         self.audit = audit
         self.executor = executor
@@ -89,22 +87,10 @@ class Scheduler:
         config_plans = {p.id: p for p in self.site.config.schedules}
         now = self.clock.now()
 
-        def load(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
-            stored = {r[0]: (r[1], r[2]) for r in conn.execute(
-                "SELECT id, data, updated_at FROM schedules WHERE source = 'config'")}
-            with conn:
-                # The site file is the truth for its own plans; API plans live only here. An
-                # unchanged plan keeps its date, so an outage's missed occurrences are found.
-                conn.execute("DELETE FROM schedules WHERE source = 'config'")
-                for plan in config_plans.values():
-                    data = plan.model_dump_json(by_alias=True)
-                    old = stored.get(plan.id)
-                    since = old[1] if old is not None and old[0] == data else now
-                    conn.execute("INSERT OR REPLACE INTO schedules VALUES (?, 'config', ?, ?)",
-                                 (plan.id, data, since))
-            return conn.execute("SELECT id, source, data, updated_at FROM schedules").fetchall()
-
-        for plan_id, source, data, since in await self.db.run(load):
+        # The site file is the truth for its own plans; API plans live only in the store.
+        stored = await self.store.replace_config_plans(
+            {plan.id: plan.model_dump_json(by_alias=True) for plan in config_plans.values()}, now)
+        for plan_id, source, data, since in stored:
             try:
                 self.plans[plan_id] = PlanConfig.model_validate_json(data)
                 self.sources[plan_id] = source
@@ -149,7 +135,7 @@ class Scheduler:
         for plan in list(self.plans.values()):
             if plan.enabled:
                 await self._materialize(plan, now)
-        for occ in await self._query("state IN ('scheduled', 'notified', 'running')"):
+        for occ in await self.store.unfinished():
             owner = self.plans.get(occ.plan_id)
             if owner is None:
                 continue
@@ -169,26 +155,14 @@ class Scheduler:
     async def _materialize(self, plan: PlanConfig, now: float) -> None:
         """Keep the plan's next occurrence on disk (and record what an outage made us miss)."""
 
-        def last(conn: sqlite3.Connection) -> tuple[float | None, int, set[float]]:
-            past = conn.execute("SELECT max(scheduled_at) FROM schedule_occurrences WHERE "
-                                "plan_id = ? AND kind = 'planned' AND scheduled_at <= ?",
-                                (plan.id, now)).fetchone()[0]
-            pending = conn.execute("SELECT count(*) FROM schedule_occurrences WHERE plan_id = ? "
-                                   "AND kind = 'planned' AND state IN ('scheduled', 'notified')",
-                                   (plan.id,)).fetchone()[0]
-            ahead = {r[0] for r in conn.execute(
-                "SELECT scheduled_at FROM schedule_occurrences WHERE plan_id = ? AND kind = "
-                "'planned' AND scheduled_at > ?", (plan.id, now))}
-            return past, int(pending), ahead
-
-        past, pending, ahead = await self.db.run(last)
+        past, pending, ahead = await self.store.planned_around(plan.id, now)
         if pending:
             return
         # Catch up from the last occurrence we knew of, but never from before the plan took its
         # present form: an edited plan has no "missed" occurrences under its new rule.
         since = self.baselines.get(plan.id, now)
         after = datetime.fromtimestamp(max(past, since) if past is not None else since, UTC)
-        rows: list[tuple[Any, ...]] = []
+        rows: list[tuple[str, float, str, str, str]] = []
         missed = 0
         exclusions = set(plan.exclusions)
         for local_date, instant in occurrences(compile_rule(plan.recurrence), plan.zone, after):
@@ -207,19 +181,13 @@ class Scheduler:
             rows.append((plan.id, at, local_date.isoformat(), "scheduled", ""))
             break
 
-        def insert(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO schedule_occurrences (plan_id, kind, scheduled_at, "
-                    "local_date, state, note) VALUES (?, 'planned', ?, ?, ?, ?)", rows)
-
         if rows:
-            await self.db.run(insert)
+            await self.store.add_planned(rows)
             for plan_id, at, _, state, note in rows:
                 if state == "missed":
-                    occ = (await self._query("plan_id = ? AND kind = 'planned' AND "
-                                             "scheduled_at = ?", (plan_id, at)))[0]
-                    self._publish(occ, "missed", note)
+                    occ = await self.store.planned_at(plan_id, at)
+                    if occ is not None:
+                        self._publish(occ, "missed", note)
 
     async def _notify(self, occ: Occurrence, plan: PlanConfig, now: float) -> float:
         """Send the notices that are due; returns when the next one is."""
@@ -233,7 +201,7 @@ class Scheduler:
         # After an outage several may be due at once: announce the nearest only.
         send = min(due)
         notices = sorted({*occ.notices, *due}, reverse=True)
-        await self._update(occ.id, "state IN ('scheduled', 'notified')",
+        await self.store.transition(occ.id, PENDING,
                            state="notified", notices=json.dumps(notices))
         occ.notices, occ.state = notices, "notified"
         self._publish(occ, "notice", f"{plan.name} in {spoken_duration(occ.scheduled_at - now)}",
@@ -243,7 +211,7 @@ class Scheduler:
     async def _fire(self, occ: Occurrence, plan: PlanConfig, now: float) -> None:
         if now > occ.scheduled_at + plan.grace_s:
             note = f"not started within the grace period ({plan.grace_s:g} s); not sounded late"
-            if await self._update(occ.id, "state IN ('scheduled', 'notified')", state="missed",
+            if await self.store.transition(occ.id, PENDING, state="missed",
                                   ended_at=now, note=note):
                 occ.state, occ.note = "missed", note
                 self._publish(occ, "missed", occ.note)
@@ -254,7 +222,7 @@ class Scheduler:
         base = occ.scheduled_at
         if now > base - self.prepare_s + 1.0:
             base = math.ceil(now + self.prepare_s)
-        claimed = await self._update(occ.id, "state IN ('scheduled', 'notified')",
+        claimed = await self.store.transition(occ.id, PENDING,
                                      state="running", fired_at=now, base_at=base)
         if not claimed:
             return  # someone (a previous pass) already did: exactly once
@@ -303,7 +271,7 @@ class Scheduler:
             await self.clock.sleep(0.5)
         failed_steps = [s for s in occ.steps.values() if "error" in s]
         note = f"{len(failed_steps)} step(s) not sounded" if failed_steps else ""
-        if await self._update(occ.id, "state = 'running'", state="done",
+        if await self.store.transition(occ.id, ("running",), state="done",
                               ended_at=self.clock.now(), note=note):
             occ.state = "done"
             self._publish(occ, "done", note)
@@ -311,33 +279,7 @@ class Scheduler:
 
     async def _record_step(self, occ: Occurrence, index: int, record: dict[str, Any]) -> None:
         occ.steps[str(index)] = {"step": index} | record
-        await self._update(occ.id, "1", steps=json.dumps(occ.steps))
-
-    # -- storage helpers -------------------------------------------------------------------
-
-    async def _update(self, occurrence_id: int, condition: str, **values: Any) -> bool:
-        """Set columns where the row still satisfies `condition`; True if it did (atomic)."""
-        columns = ", ".join(f"{name} = ?" for name in values)
-        sql = (f"UPDATE schedule_occurrences SET {columns} WHERE id = ? AND ({condition})")
-
-        def write(conn: sqlite3.Connection) -> int:
-            with conn:
-                return conn.execute(sql, (*values.values(), occurrence_id)).rowcount
-
-        return await self.db.run(write) == 1
-
-    async def _query(self, where: str, params: tuple[Any, ...] = (), limit: int = 1000,
-                     newest: bool = False) -> list[Occurrence]:
-        """Matching occurrences in time order: the first `limit`, or with `newest` the last."""
-        order = "scheduled_at DESC, id DESC" if newest else "scheduled_at, id"
-        sql = (f"SELECT {_COLUMNS} FROM schedule_occurrences WHERE {where} "
-               f"ORDER BY {order} LIMIT {int(limit)}")
-
-        def read(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(sql, params).fetchall()
-
-        rows = [Occurrence.from_row(row) for row in await self.db.run(read)]
-        return rows[::-1] if newest else rows
+        await self.store.transition(occ.id, None, steps=json.dumps(occ.steps))
 
     def _publish(self, occ: Occurrence, kind: str, message: str, lead_s: float | None = None
                  ) -> None:
@@ -372,15 +314,14 @@ class Scheduler:
 
     async def occurrences(self, plan_id: str | None = None, limit: int = 100
                           ) -> list[dict[str, Any]]:
-        where, params = ("plan_id = ?", (plan_id,)) if plan_id else ("1", ())
-        rows = await self._query(where, params, limit=limit, newest=True)
+        rows = await self.store.newest(plan_id, limit)
         return [o.public(self.plans.get(o.plan_id)) for o in rows]
 
     async def occurrence(self, occurrence_id: int) -> Occurrence:
-        rows = await self._query("id = ?", (occurrence_id,))
-        if not rows:
+        found = await self.store.get(occurrence_id)
+        if found is None:
             raise ScheduleError(404, f"no occurrence {occurrence_id}")
-        return rows[0]
+        return found
 
     async def save_plan(self, who: Principal, plan: PlanConfig, create: bool) -> PlanConfig:
         if create and plan.id in self.plans:
@@ -392,15 +333,7 @@ class Scheduler:
                                 "change it there")
         now = self.clock.now()
 
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("INSERT OR REPLACE INTO schedules VALUES (?, 'api', ?, ?)",
-                             (plan.id, plan.model_dump_json(by_alias=True), now))
-                # Future occurrences follow the new plan: drop the ones computed from the old.
-                conn.execute("DELETE FROM schedule_occurrences WHERE plan_id = ? AND kind = "
-                             "'planned' AND state IN ('scheduled', 'notified')", (plan.id,))
-
-        await self.db.run(write)
+        await self.store.save_api_plan(plan.id, plan.model_dump_json(by_alias=True), now)
         self.plans[plan.id], self.sources[plan.id], self.baselines[plan.id] = plan, "api", now
         await self.audit.record(who, "schedule.create" if create else "schedule.update",
                                 "accepted", target=f"schedule {plan.id}",
@@ -413,15 +346,8 @@ class Scheduler:
         if self.sources.get(plan_id) == "config":
             raise ScheduleError(409, f"schedule {plan_id!r} is defined in the site file")
 
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("DELETE FROM schedules WHERE id = ?", (plan_id,))
-                conn.execute("UPDATE schedule_occurrences SET state = 'cancelled', note = "
-                             "'schedule deleted' WHERE plan_id = ? AND state IN "
-                             "('scheduled', 'notified')", (plan_id,))
-
         plan = self.plans[plan_id]
-        await self.db.run(write)
+        await self.store.delete_plan(plan_id)
         del self.plans[plan_id]
         self.sources.pop(plan_id, None)
         # The deleted plan's content stays in the audit log: what was planned is history too.
@@ -437,12 +363,12 @@ class Scheduler:
             raise ScheduleError(409, f"occurrence {occ.id} is in the past: history is not "
                                 "rewritten")
         if occ.state in PENDING:
-            changed = await self._update(occ.id, "state IN ('scheduled', 'notified')",
+            changed = await self.store.transition(occ.id, PENDING,
                                          state="skipped", ended_at=now,
                                          note=f"skipped by {who.username}")
             new_state = "skipped"
         elif occ.state == "running":
-            changed = await self._update(occ.id, "state = 'running'", state="cancelled",
+            changed = await self.store.transition(occ.id, ("running",), state="cancelled",
                                          ended_at=now, note=f"cancelled by {who.username}")
             new_state = "cancelled"
             runner = self._runners.pop(occ.id, None)
@@ -483,25 +409,18 @@ class Scheduler:
             raise ScheduleError(422, "that start time is out of range") from None
         if at < self.clock.now():
             raise ScheduleError(409, "that occurrence is in the past: history is not rewritten")
-        rows = await self._query("plan_id = ? AND kind = 'planned' AND scheduled_at = ?",
-                                 (plan.id, at))
-        if rows:
-            return rows[0]
+        found = await self.store.planned_at(plan.id, at)
+        if found is not None:
+            return found
         # Not on disk yet (further ahead than the next one): it must be a real occurrence.
         for local_date, instant in occurrences(compile_rule(plan.recurrence), plan.zone,
                                                datetime.fromtimestamp(at - 1, UTC)):
             if instant.timestamp() != at:
                 break
-
-            def insert(conn: sqlite3.Connection, day: date = local_date) -> None:
-                with conn:
-                    conn.execute("INSERT OR IGNORE INTO schedule_occurrences (plan_id, kind, "
-                                 "scheduled_at, local_date, state) VALUES (?, 'planned', ?, ?, "
-                                 "'scheduled')", (plan.id, at, day.isoformat()))
-
-            await self.db.run(insert)
-            return (await self._query("plan_id = ? AND kind = 'planned' AND scheduled_at = ?",
-                                      (plan.id, at)))[0]
+            await self.store.add_planned([(plan.id, at, local_date.isoformat(), "scheduled", "")])
+            added = await self.store.planned_at(plan.id, at)
+            if added is not None:
+                return added
         raise ScheduleError(404, f"{key} is not an occurrence of {plan.id!r}")
 
     async def run_now(self, who: Principal, plan_id: str) -> dict[str, Any]:
@@ -510,15 +429,8 @@ class Scheduler:
         at = math.ceil(now + self.prepare_s)
         local = datetime.fromtimestamp(at, plan.zone).date().isoformat()
 
-        def insert(conn: sqlite3.Connection) -> int:
-            with conn:
-                cursor = conn.execute(
-                    "INSERT INTO schedule_occurrences (plan_id, kind, scheduled_at, local_date, "
-                    "state, note) VALUES (?, 'run_now', ?, ?, 'scheduled', ?)",
-                    (plan.id, at, local, f"run now by {who.username}"))
-                return int(cursor.lastrowid or 0)
-
-        occurrence_id = await self.db.run(insert)
+        occurrence_id = await self.store.add_run_now(plan.id, at, local,
+                                                     f"run now by {who.username}")
         await self.audit.record(who, "schedule.run_now", "accepted",
                                 target=f"occurrence {occurrence_id}", plan=plan_id)
         self.wake()
