@@ -72,24 +72,17 @@ def server_options(site: Site, host: str, port: int) -> dict[str, Any]:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    import sqlite3
-
-    from siren_gateway.store.audit import verify_chain
+    from siren_gateway.store.audit import verify_file
+    from siren_gateway.store.database import database_path
 
     site = _site_or_none(args.config)
     if site is None:
         return 1
-    path = Path(args.database) if args.database else Path(site.config.storage.path)
-    if site.source is not None and not path.is_absolute() and args.database is None:
-        path = site.source.parent / path
+    path = database_path(site, args.database)
     if not path.exists():
         print(f"{path}: no such database", file=sys.stderr)
         return 1
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        report = verify_chain(conn)
-    finally:
-        conn.close()
+    report = verify_file(path)
     older = f" ({report.unchained} older entries from before the chain)" if report.unchained else ""
     if report.ok:
         print(f"{path}: audit log verifies: {report.entries} entries{older}")

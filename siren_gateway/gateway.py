@@ -30,23 +30,21 @@ from siren_gateway.scheduling.executor import ActivationExecutor
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import LoginThrottle, Principal, Role, TokenStore
 from siren_gateway.security.credentials import Credentials
-from siren_gateway.store.database import Database, TelemetryStore
+from siren_gateway.store.database import Database, database_path
+from siren_gateway.store.telemetry import TelemetryStore
 from siren_gateway.telemetry.sink import InfluxSink
 
 log = logging.getLogger(__name__)
 
 
 class Gateway:
-    def __init__(self, site: Site, database_path: str | Path | None = None) -> None:
+    def __init__(self, site: Site, database: str | Path | None = None) -> None:
         self.site = site
         self.bus = Bus()
         self.fleet = Fleet(site, self.bus)
-        storage = site.config.storage
-        path = Path(database_path) if database_path else Path(storage.path)
-        if site.source is not None and not path.is_absolute() and database_path is None:
-            path = site.source.parent / path
+        path = database_path(site, database)
         self.db = Database(path)
-        self.telemetry = TelemetryStore(self.db, self.bus, storage)
+        self.telemetry = TelemetryStore(self.db, self.bus, site.config.storage)
         self.influx: InfluxSink | None = None
         if site.config.influx is not None:
             spool = path.parent / site.config.influx.spool_dir

@@ -8,6 +8,7 @@ import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from siren_gateway.store.database import Database
@@ -108,3 +109,12 @@ def verify_chain(conn: sqlite3.Connection) -> ChainReport:
         prev = digest
         checked += 1
     return ChainReport(checked, unchained, None, "")
+
+
+def verify_file(path: Path) -> ChainReport:
+    """verify_chain on a database file, opened read-only (a running gateway may hold it)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return verify_chain(conn)
+    finally:
+        conn.close()
