@@ -23,6 +23,7 @@ from siren_gateway.links.mqtt import MqttHub
 from siren_gateway.links.poller import Poller
 from siren_gateway.live.bus import Bus
 from siren_gateway.live.fleet import Fleet
+from siren_gateway.metrics import GatewayCollector, Instruments
 from siren_gateway.profiles.mqtt import MqttProfile
 from siren_gateway.runtime.lifecycle import Service, running
 from siren_gateway.scheduling.engine import Scheduler
@@ -41,6 +42,7 @@ class Gateway:
     def __init__(self, site: Site, database: str | Path | None = None) -> None:
         self.site = site
         self.bus = Bus()
+        self.instruments = Instruments()
         self.fleet = Fleet(site, self.bus)
         path = database_path(site, database)
         self.db = Database(path)
@@ -64,14 +66,14 @@ class Gateway:
         if mqtt and site.config.mqtt is not None:
             self.mqtt = MqttHub(site.config.mqtt, self.fleet, mqtt)
             self.links.update(self.mqtt.links)
-        self.poller = Poller(self.fleet, self.links)
+        self.poller = Poller(self.fleet, self.links, self.instruments)
         self.audit = AuditLog(self.db)
         # One command exchange per siren at a time, across activations and operator commands.
         self.siren_locks: dict[str, asyncio.Lock] = {}
         self.activations = ActivationEngine(site, self.fleet, self.links, self.db, self.audit,
-                                            self.bus, self.siren_locks)
+                                            self.bus, self.siren_locks, self.instruments)
         self.commands = OperatorCommands(site, self.fleet, self.links, self.audit,
-                                         self.activations)
+                                         self.activations, self.instruments)
         self.alerts = AlertEngine(site, self.fleet, self.bus, self.db, self.audit)
         self.coverage = CoverageEngine(site, self.fleet, self.bus)
         self.scheduler = Scheduler(
@@ -97,6 +99,7 @@ class Gateway:
             window_s=login.window_s)
         self.started_at: float | None = None
         self._running: AsyncExitStack | None = None
+        self.instruments.registry.register(GatewayCollector(self))
 
     def parts(self) -> list[tuple[str, Service]]:
         """Every long-lived part, in start order; they stop in exact reverse order.

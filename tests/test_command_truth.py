@@ -325,6 +325,13 @@ async def test_reset_arm_and_disarm_are_confirmed_from_the_device(
     repaired = (await api.post("/api/sirens/s00001/commands", body)).json()
     assert repaired["sirens"][0]["result"] == "confirmed", repaired
     assert "amplifier_fault" not in state.faults
+    # Both exchanges were timed, and so were the polls that confirmed them.
+    exposition = gateway.instruments.expose().decode()
+    assert ('siren_gateway_command_round_trip_seconds_count{kind="reset_faults",outcome="ok"} '
+            '2.0') in exposition
+    polls_ok = next(line for line in exposition.splitlines()
+                    if line.startswith('siren_gateway_poll_seconds_count{outcome="ok"}'))
+    assert float(polls_ok.split()[-1]) >= 2
     no_comment = await api.post("/api/sirens/s00001/commands", {"command": "reset_faults"})
     assert no_comment.status_code == 422
     viewer = await Api(gateway).login("viewer")

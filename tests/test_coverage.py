@@ -15,7 +15,6 @@ import yaml
 from shapely.geometry import Point, Polygon, box, mapping, shape
 
 from simulators.sitegen import generate_site
-from siren_gateway.api.routes.metrics import render_metrics
 from siren_gateway.config.common import ConfigError
 from siren_gateway.config.loading import load_site
 from siren_gateway.config.site import Site
@@ -207,7 +206,7 @@ async def test_a_siren_going_offline_lowers_coverage_and_raises_coverage_low(
     await wait_until(lambda: bool(coverage_alerts("active")), 5, "coverage_low raised")
     alert = coverage_alerts("active")[0]
     assert "s00002" in alert["message"] and alert["zones"] == [zone["zone"]]
-    assert f'siren_gateway_coverage_ratio{{zone="{zone["zone"]}"}} ' in render_metrics(gateway)
+    assert f'siren_gateway_coverage_ratio{{zone="{zone["zone"]}"}} ' in gateway.instruments.expose().decode()
     layer = engine.layer()
     assert "3" in layer["cells"]  # cells lost since every siren was healthy
     await simulated.control.inject("s00002", "no_response", active=False)

@@ -26,12 +26,16 @@ async def test_metrics_and_site_description(tmp_path: Path) -> None:
                            "siren_gateway_bus_dropped_total", "siren_gateway_activations",
                            "siren_gateway_alerts_active"):
                 assert f"# TYPE {family} " in text
-            assert 'siren_gateway_sirens{reachability="unknown"} 3' in text
+            assert 'siren_gateway_sirens{reachability="unknown"} 3.0' in text
             figures = dict(line.rsplit(" ", 1) for line in text.splitlines()
                            if line and not line.startswith("#"))
-            assert float(figures["siren_gateway_process_resident_bytes"]) > 10e6
-            assert float(figures["siren_gateway_process_open_fds"]) >= 3
+            # The library's process metrics, and the histograms of the hot paths.
+            assert float(figures["process_resident_memory_bytes"]) > 10e6
+            assert float(figures["process_open_fds"]) >= 3
+            assert "process_cpu_seconds_total" in figures
             assert float(figures["siren_gateway_asyncio_tasks"]) >= 2  # the request and more
+            assert "# TYPE siren_gateway_poll_seconds histogram" in text
+            assert "# TYPE siren_gateway_command_round_trip_seconds histogram" in text
             # The site description is for logged-in users only.
             assert (await http.get("/api/site")).status_code == 401
             page = await http.get("/")

@@ -58,6 +58,7 @@ from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
 from siren_gateway.live.bus import Bus, SirenResultFinal
 from siren_gateway.live.fleet import Fleet, Reachability
+from siren_gateway.metrics import Instruments
 from siren_gateway.model import (
     CERTAINLY_NOT_DELIVERED,
     SEQUENCE_POINT,
@@ -108,8 +109,10 @@ _RESEND_PAUSE_S = 0.25
 class ActivationEngine:
     def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], db: Database,
                  audit: AuditLog, bus: Bus | None = None,
-                 siren_locks: dict[str, asyncio.Lock] | None = None) -> None:
+                 siren_locks: dict[str, asyncio.Lock] | None = None,
+                 instruments: Instruments | None = None) -> None:
         self.site = site
+        self.instruments = instruments or Instruments()
         self.bus = bus
         self.fleet = fleet
         self.links = links
@@ -636,7 +639,8 @@ class ActivationEngine:
                 result.sent_at = result.sent_at or sent_at
                 result.sends += 1
                 try:
-                    await link.send(command)
+                    with self.instruments.command(command.kind.value):
+                        await link.send(command)
                 except LinkError as exc:
                     if exc.reason == "rejected":
                         self._finish(result, Status.FAILED, "controller refused the command: "

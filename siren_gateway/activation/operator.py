@@ -19,6 +19,7 @@ from siren_gateway.config.site import Site
 from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
 from siren_gateway.live.fleet import Fleet
+from siren_gateway.metrics import Instruments
 from siren_gateway.model import Command, CommandKind, LinkError
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
@@ -36,8 +37,9 @@ class CommandOutcome:
 
 class OperatorCommands:
     def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], audit: AuditLog,
-                 engine: ActivationEngine) -> None:
+                 engine: ActivationEngine, instruments: Instruments | None = None) -> None:
         self.site = site
+        self.instruments = instruments or engine.instruments
         self.fleet = fleet
         self.links = links
         self.audit = audit
@@ -77,7 +79,8 @@ class OperatorCommands:
         sent_at = time.time()
         try:
             async with self.engine.siren_lock(siren_id):
-                await link.send(Command(kind))
+                with self.instruments.command(kind.value):
+                    await link.send(Command(kind))
         except LinkError as exc:
             result = "refused" if exc.reason == "rejected" else "failed"
             return CommandOutcome(siren_id, result, str(exc))

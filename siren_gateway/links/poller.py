@@ -15,6 +15,7 @@ import random
 from siren_gateway.config.site import PollingConfig
 from siren_gateway.links.base import SirenLink
 from siren_gateway.live.fleet import Fleet
+from siren_gateway.metrics import Instruments
 from siren_gateway.model import LinkError
 from siren_gateway.runtime.tasks import cancel_and_wait
 
@@ -59,8 +60,12 @@ class Poller:
     every poll cost more CPU than the old sleeping loop (bench/poll_throughput.py).
     """
 
-    def __init__(self, fleet: Fleet, links: dict[str, SirenLink], seed: int | None = None) -> None:
+    def __init__(self, fleet: Fleet, links: dict[str, SirenLink],
+                 instruments: Instruments | None = None, seed: int | None = None) -> None:
         self.fleet = fleet
+        instruments = instruments or Instruments()
+        self._poll_ok = instruments.poll_ok
+        self._poll_failed = instruments.poll_failed
         self.links = links
         self._rng = random.Random(seed)
         self._schedules: list[_Schedule] = []
@@ -132,14 +137,18 @@ class Poller:
 
     async def _poll(self, schedule: _Schedule) -> None:
         link = schedule.link
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             sample = await link.poll()
         except LinkError as exc:
+            self._poll_failed.observe(loop.time() - started)
             self.fleet.record_failure(link.siren_id, exc)
         except Exception as exc:  # never let one siren's surprise end its polling
             log.exception("poll of %s failed unexpectedly", link.siren_id)
             self.fleet.record_failure(link.siren_id, LinkError("internal", repr(exc)))
         else:
+            self._poll_ok.observe(loop.time() - started)
             self.fleet.record_sample(sample)
         if not self._running:
             return
@@ -151,7 +160,6 @@ class Poller:
             schedule.first = False
         failures = self.fleet.states[link.siren_id].consecutive_failures
         schedule.due += next_delay(interval_s, failures, self.fleet.polling, self._rng)
-        loop = asyncio.get_running_loop()
         # Fell behind (slow device): poll now, don't burst to catch up.
         schedule.due = max(schedule.due, loop.time())
         schedule.timer = loop.call_at(schedule.due, self._fire, schedule)
