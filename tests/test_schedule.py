@@ -14,6 +14,7 @@ import pytest
 from simulators.sitegen import generate_site, write_site
 from siren_gateway.config.loading import load_site
 from siren_gateway.config.plans import PlanConfig, YearlyRule, compile_rule
+from siren_gateway.errors import Refused
 from siren_gateway.live.bus import Bus, ScheduleEvent
 from siren_gateway.scheduling.engine import Scheduler
 from siren_gateway.scheduling.recurrence import Cron, occurrences
@@ -378,6 +379,5 @@ async def test_cancelling_a_running_occurrence_stops_its_remaining_steps(
     assert len(h.executor.started) == 1  # the air raid and all-clear steps never came
     assert [e.kind for e in h.drained() if e.kind == "cancelled"] == ["cancelled"]
     # A cancelled occurrence cannot be skipped again.
-    from siren_gateway.scheduling.model import ScheduleError
-    with pytest.raises(ScheduleError):
+    with pytest.raises(Refused):
         await scheduler.skip(ADMIN, "nine-eighteen", str(running[0]["id"]))

@@ -43,7 +43,6 @@ from siren_gateway.activation.model import (
     MAX_START_AHEAD_S,
     Activation,
     ActivationClass,
-    ActivationError,
     ActivationRequest,
     Delivery,
     SirenResult,
@@ -54,6 +53,14 @@ from siren_gateway.activation.model import (
 )
 from siren_gateway.config.activation import ActivationConfig
 from siren_gateway.config.site import Site
+from siren_gateway.errors import (
+    ConfirmationRequired,
+    Conflict,
+    Invalid,
+    NotFound,
+    Refused,
+    StorageUnavailable,
+)
 from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
 from siren_gateway.live.bus import Bus, SirenResultFinal
@@ -203,13 +210,13 @@ class ActivationEngine:
         known = {s.id: s for s in self.site.config.sirens}
         unknown = [s for s in targets.sirens if s not in known]
         if unknown:
-            raise ActivationError(404, f"unknown siren(s): {', '.join(unknown[:20])}")
+            raise NotFound(f"unknown siren(s): {', '.join(unknown[:20])}")
         zones = {z.id for z in self.site.config.zones}
         bad_zones = [z for z in targets.zones if z not in zones]
         if bad_zones:
-            raise ActivationError(404, f"unknown zone(s): {', '.join(bad_zones[:20])}")
+            raise NotFound(f"unknown zone(s): {', '.join(bad_zones[:20])}")
         if not (targets.all or targets.sirens or targets.zones):
-            raise ActivationError(422, "no targets: name sirens, zones, or all")
+            raise Invalid("no targets: name sirens, zones, or all")
         wanted = set(targets.sirens)
         chosen = [s for s in self.site.config.sirens if targets.all or s.id in wanted
                   or any(z in targets.zones for z in s.zones)]
@@ -232,16 +239,16 @@ class ActivationEngine:
     def _validate(self, request: ActivationRequest) -> None:
         if request.action == "sound":
             if request.signal not in self.site.signals:
-                raise ActivationError(422, f"unknown signal {str(request.signal)[:40]!r}; "
+                raise Invalid(f"unknown signal {str(request.signal)[:40]!r}; "
                                       f"known: {', '.join(sorted(self.site.signals))}")
         elif request.signal is not None:
-            raise ActivationError(422, "a silent test has no signal")
+            raise Invalid("a silent test has no signal")
         if request.start_at is not None:
             ahead = request.start_at.timestamp() - time.time()
             if ahead < -1:
-                raise ActivationError(422, "start_at is in the past")
+                raise Invalid("start_at is in the past")
             if ahead > MAX_START_AHEAD_S:
-                raise ActivationError(422, "start_at is more than 24 hours ahead")
+                raise Invalid("start_at is more than 24 hours ahead")
 
     @staticmethod
     def _key(request: ActivationRequest, sirens: list[str]) -> tuple[Any, ...]:
@@ -254,9 +261,9 @@ class ActivationEngine:
         return request.klass == "emergency" or (request.action == "sound"
                                                 and request.signal in ALWAYS_ALLOWED_SIGNALS)
 
-    def _storage_refusal(self) -> ActivationError:
+    def _storage_refusal(self) -> StorageUnavailable:
         health = self.db.health
-        return ActivationError(503, "the state database cannot be written "
+        return StorageUnavailable("the state database cannot be written "
                                f"({health.last_error}); tests and exercises wait until it "
                                "works again, emergencies and all-clear still go out")
 
@@ -265,7 +272,7 @@ class ActivationEngine:
         try:
             self._validate(request)
             sirens, excluded = self.resolve(request.targets)
-        except ActivationError as exc:
+        except Refused as exc:
             await self.audit.record(who, "activation.preview", f"refused: {exc.message}",
                                     request=describe_request(request))
             raise
@@ -354,7 +361,7 @@ class ActivationEngine:
                 if not critical and self.db.health.failing:
                     raise self._storage_refusal()
                 activation, preempted = self._admit(who, request)
-            except ActivationError as exc:
+            except Refused as exc:
                 await self.audit.record(who, "activation.create", f"refused: {exc.message}",
                                         request=describe_request(request))
                 raise
@@ -401,7 +408,7 @@ class ActivationEngine:
         self._validate(request)
         sirens, excluded = self.resolve(request.targets)
         if not sirens:
-            raise ActivationError(409, "every targeted siren is inhibited or disarmed: "
+            raise Conflict("every targeted siren is inhibited or disarmed: "
                                   "nothing to sound")
         now = time.time()
         key = self._key(request, sirens)
@@ -409,10 +416,10 @@ class ActivationEngine:
             token = request.confirmation_token
             pending = self._confirmations.get(token or "")
             if pending is None or pending.expires_at <= now:
-                raise ActivationError(403, "an emergency needs the confirmation token from a "
+                raise ConfirmationRequired("an emergency needs the confirmation token from a "
                                       "preview of the same request (missing, wrong or expired)")
             if pending.key != key or pending.principal != who.username:
-                raise ActivationError(403, "the confirmation token was issued for a different "
+                raise ConfirmationRequired("the confirmation token was issued for a different "
                                       "request or user; preview this request again")
             del self._confirmations[token or ""]  # single use
         twin = self._blocking_twin(key, now)
@@ -422,8 +429,8 @@ class ActivationEngine:
                 # A fresh confirmation is the operator's explicit decision: never refused.
                 repeat_of = twin["activation"]
             else:
-                raise ActivationError(
-                    409, f"duplicate of activation {twin['activation']} from {twin['age_s']:.0f}"
+                raise Conflict(
+                    f"duplicate of activation {twin['activation']} from {twin['age_s']:.0f}"
                     f" s ago, which {'is ' if twin['why'] == 'still running' else 'has '}"
                     f"{twin['why']} ({twin['state']}); not sent again",
                     activation_id=twin["activation"], activation_state=twin["state"])
@@ -433,11 +440,11 @@ class ActivationEngine:
             if request.klass == "emergency" or always:
                 preempt.add(conflict["activation"])
             elif conflict["class"] == "emergency":
-                raise ActivationError(409, f"siren {conflict['siren']} is sounding emergency "
+                raise Conflict(f"siren {conflict['siren']} is sounding emergency "
                                       f"activation {conflict['activation']}; a {request.klass} "
                                       "never pre-empts an emergency")
             else:
-                raise ActivationError(409, f"siren {conflict['siren']} is busy with "
+                raise Conflict(f"siren {conflict['siren']} is busy with "
                                       f"{conflict['class']} activation {conflict['activation']}")
         lead = self.config.sync_lead_s
         start_at = (request.start_at.timestamp() if request.start_at
@@ -491,14 +498,14 @@ class ActivationEngine:
         if activation is None:
             await self.audit.record(who, "activation.cancel", "refused: not found",
                                     target=f"activation {activation_id}")
-            raise ActivationError(404, f"no activation {activation_id}")
+            raise NotFound(f"no activation {activation_id}")
         now = time.time()
         owned = [s for s, o in self._occupied.items()
                  if o.activation_id == activation_id and o.until > now]
         if activation.state != "running" and not owned:
             await self.audit.record(who, "activation.cancel", f"refused: {activation.state}",
                                     target=f"activation {activation_id}")
-            raise ActivationError(409, f"activation {activation_id} is {activation.state} and "
+            raise Conflict(f"activation {activation_id} is {activation.state} and "
                                   "none of its sirens is sounding")
         for task in activation.tasks.values():
             task.cancel()

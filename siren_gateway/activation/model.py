@@ -36,14 +36,6 @@ FINAL = frozenset({Status.SOUNDED, Status.PASSED, Status.FAILED, Status.NO_FEEDB
                    Status.EXCLUDED, Status.PREEMPTED, Status.CANCELLED})
 
 
-class ActivationError(Exception):
-    """A refused request: the HTTP status and a sentence that says why."""
-
-    def __init__(self, status_code: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-        self.extra = extra
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from siren_gateway.activation.engine import ActivationEngine
-from siren_gateway.activation.model import ActivationError, Targets
+from siren_gateway.activation.model import Targets
 from siren_gateway.config.site import Site
+from siren_gateway.errors import Invalid, Refused
 from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
 from siren_gateway.live.fleet import Fleet
@@ -50,10 +51,10 @@ class OperatorCommands:
     async def run(self, who: Principal, kind: CommandKind, targets: Targets,
                   comment: str) -> dict[str, Any]:
         if kind not in OPERATOR_COMMANDS:
-            raise ActivationError(422, f"{kind.value} is not an operator command")
+            raise Invalid(f"{kind.value} is not an operator command")
         try:
             active, excluded = self.engine.resolve(targets)
-        except ActivationError as exc:
+        except Refused as exc:
             await self.audit.record(who, f"sirens.{kind.value}", f"refused: {exc.message}",
                                     targets=asdict(targets), comment=comment)
             raise

@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from siren_gateway.alerts.model import Alert, AlertError
+from siren_gateway.alerts.model import Alert
 from siren_gateway.config.alerts import AlertsConfig, ThresholdRule
 from siren_gateway.config.common import SEVERITY_RANK
 from siren_gateway.config.site import Site
+from siren_gateway.errors import Conflict, NotFound
 from siren_gateway.live.bus import (
     AlertChanged,
     Bus,
@@ -342,11 +343,11 @@ class AlertEngine:
         if alert is None:
             await self.audit.record(who, "alert.ack", "refused: not found",
                                     target=f"alert {alert_id}")
-            raise AlertError(404, f"no alert {alert_id}")
+            raise NotFound(f"no alert {alert_id}")
         if alert.state != "active":
             await self.audit.record(who, "alert.ack", f"refused: {alert.state}",
                                     target=f"alert {alert_id}", comment=comment)
-            raise AlertError(409, f"alert {alert_id} is already {alert.state}")
+            raise Conflict(f"alert {alert_id} is already {alert.state}")
         now = time.time()
         alert.state, alert.acknowledged_at = "acknowledged", now
         alert.acknowledged_by, alert.comment = who.username, comment

@@ -34,8 +34,3 @@ class Alert:
                 "subject": self.subject}
 
 
-class AlertError(Exception):
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message

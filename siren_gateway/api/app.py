@@ -27,7 +27,24 @@ from siren_gateway.api.routes import (
     sirens,
     stream,
 )
+from siren_gateway.errors import (
+    ConfirmationRequired,
+    Conflict,
+    Invalid,
+    NotFound,
+    Refused,
+    StorageUnavailable,
+)
 from siren_gateway.gateway import Gateway
+
+# The one place a domain refusal becomes HTTP (most specific kind first).
+REFUSAL_STATUS: tuple[tuple[type[Refused], int], ...] = (
+    (NotFound, 404), (ConfirmationRequired, 403), (Conflict, 409), (Invalid, 422),
+    (StorageUnavailable, 503))
+
+
+def refusal_status(exc: Refused) -> int:
+    return next((status for kind, status in REFUSAL_STATUS if isinstance(exc, kind)), 409)
 
 
 class ErrorOut(BaseModel):
@@ -73,6 +90,11 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
         errors = [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))[:300],
                    "type": e.get("type", "")} for e in exc.errors()[:20]]
         return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"detail": {"message": exc.message, **exc.details}},
+                            status_code=refusal_status(exc))
     # The dashboard: static files of our own, served by this app (no separate server, no CDN).
     app.mount("/dashboard", StaticFiles(directory=DASHBOARD_DIR), name="dashboard")
 

@@ -30,13 +30,13 @@ from typing import Any
 
 from siren_gateway.config.plans import PlanConfig, compile_rule
 from siren_gateway.config.site import Site
+from siren_gateway.errors import Conflict, Invalid, NotFound
 from siren_gateway.live.bus import Bus, ScheduleEvent
 from siren_gateway.runtime.clock import Clock, SystemClock, iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.scheduling.model import (
     PENDING,
     Occurrence,
-    ScheduleError,
     StepExecutor,
     StepRefused,
     spoken_duration,
@@ -295,7 +295,7 @@ class Scheduler:
     def plan(self, plan_id: str) -> PlanConfig:
         plan = self.plans.get(plan_id)
         if plan is None:
-            raise ScheduleError(404, f"no schedule {plan_id!r}")
+            raise NotFound(f"no schedule {plan_id!r}")
         return plan
 
     def preview(self, plan_id: str, count: int) -> list[dict[str, Any]]:
@@ -320,16 +320,16 @@ class Scheduler:
     async def occurrence(self, occurrence_id: int) -> Occurrence:
         found = await self.store.get(occurrence_id)
         if found is None:
-            raise ScheduleError(404, f"no occurrence {occurrence_id}")
+            raise NotFound(f"no occurrence {occurrence_id}")
         return found
 
     async def save_plan(self, who: Principal, plan: PlanConfig, create: bool) -> PlanConfig:
         if create and plan.id in self.plans:
-            raise ScheduleError(409, f"schedule {plan.id!r} exists; PUT to change it")
+            raise Conflict(f"schedule {plan.id!r} exists; PUT to change it")
         if not create and plan.id not in self.plans:
-            raise ScheduleError(404, f"no schedule {plan.id!r}")
+            raise NotFound(f"no schedule {plan.id!r}")
         if self.sources.get(plan.id) == "config":
-            raise ScheduleError(409, f"schedule {plan.id!r} is defined in the site file; "
+            raise Conflict(f"schedule {plan.id!r} is defined in the site file; "
                                 "change it there")
         now = self.clock.now()
 
@@ -344,7 +344,7 @@ class Scheduler:
     async def delete_plan(self, who: Principal, plan_id: str) -> None:
         self.plan(plan_id)
         if self.sources.get(plan_id) == "config":
-            raise ScheduleError(409, f"schedule {plan_id!r} is defined in the site file")
+            raise Conflict(f"schedule {plan_id!r} is defined in the site file")
 
         plan = self.plans[plan_id]
         await self.store.delete_plan(plan_id)
@@ -360,7 +360,7 @@ class Scheduler:
         occ = await self._find_occurrence(plan, key)
         now = self.clock.now()
         if occ.state in PENDING and occ.scheduled_at < now - plan.grace_s:
-            raise ScheduleError(409, f"occurrence {occ.id} is in the past: history is not "
+            raise Conflict(f"occurrence {occ.id} is in the past: history is not "
                                 "rewritten")
         if occ.state in PENDING:
             changed = await self.store.transition(occ.id, PENDING,
@@ -377,9 +377,9 @@ class Scheduler:
             ids = [int(s["activation_id"]) for s in occ.steps.values() if "activation_id" in s]
             await self.executor.cancel(ids)
         else:
-            raise ScheduleError(409, f"occurrence {occ.id} is {occ.state}; nothing to skip")
+            raise Conflict(f"occurrence {occ.id} is {occ.state}; nothing to skip")
         if not changed:
-            raise ScheduleError(409, f"occurrence {occ.id} changed meanwhile; look again")
+            raise Conflict(f"occurrence {occ.id} changed meanwhile; look again")
         occ.state = new_state
         await self.audit.record(who, f"schedule.{'skip' if new_state == 'skipped' else 'cancel'}",
                                 "accepted", target=f"occurrence {occ.id}", plan=plan_id,
@@ -391,24 +391,24 @@ class Scheduler:
     async def _find_occurrence(self, plan: PlanConfig, key: str) -> Occurrence:
         if key.isdigit():
             if len(key) > 15:
-                raise ScheduleError(404, f"no occurrence {key[:20]}…")
+                raise NotFound(f"no occurrence {key[:20]}…")
             occ = await self.occurrence(int(key))
             if occ.plan_id != plan.id:
-                raise ScheduleError(404, f"occurrence {key} is not one of {plan.id!r}")
+                raise NotFound(f"occurrence {key} is not one of {plan.id!r}")
             return occ
         try:
             moment = datetime.fromisoformat(key.replace("Z", "+00:00"))
         except ValueError:
-            raise ScheduleError(422, "give an occurrence id or its ISO start time") from None
+            raise Invalid("give an occurrence id or its ISO start time") from None
         if moment.tzinfo is None:
-            raise ScheduleError(422, "the start time needs a UTC offset")
+            raise Invalid("the start time needs a UTC offset")
         try:
             at = moment.timestamp()
             datetime.fromtimestamp(at + 366 * 86400, UTC)  # room to look one year ahead
         except (OverflowError, OSError, ValueError):
-            raise ScheduleError(422, "that start time is out of range") from None
+            raise Invalid("that start time is out of range") from None
         if at < self.clock.now():
-            raise ScheduleError(409, "that occurrence is in the past: history is not rewritten")
+            raise Conflict("that occurrence is in the past: history is not rewritten")
         found = await self.store.planned_at(plan.id, at)
         if found is not None:
             return found
@@ -421,7 +421,7 @@ class Scheduler:
             added = await self.store.planned_at(plan.id, at)
             if added is not None:
                 return added
-        raise ScheduleError(404, f"{key} is not an occurrence of {plan.id!r}")
+        raise NotFound(f"{key} is not an occurrence of {plan.id!r}")
 
     async def run_now(self, who: Principal, plan_id: str) -> dict[str, Any]:
         plan = self.plan(plan_id)

@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from siren_gateway.activation.engine import ActivationEngine
-from siren_gateway.activation.model import ActivationError, ActivationRequest, Targets
+from siren_gateway.activation.model import ActivationRequest, Targets
 from siren_gateway.config.plans import PlanConfig
+from siren_gateway.errors import Refused
 from siren_gateway.scheduling.model import StepRefused
 from siren_gateway.security.auth import Principal
 
@@ -30,7 +31,7 @@ class ActivationExecutor:
             start_at=datetime.fromtimestamp(start_at, UTC))
         try:
             activation = await self.engine.activate(self.principal_for(tag), request)
-        except ActivationError as exc:
+        except Refused as exc:
             raise StepRefused(exc.message) from None
         return int(activation.id)
 

@@ -69,11 +69,6 @@ class Occurrence:
         }
 
 
-class ScheduleError(Exception):
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
 
 
 def step_tag(occurrence_id: int, step: int) -> str:

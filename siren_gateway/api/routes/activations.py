@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from siren_gateway.activation.model import ActivationError, ActivationRequest, Targets
+from siren_gateway.activation.model import ActivationRequest, Targets
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import MAX_SIRENS, MAX_ZONES, RowId, SirenId, ZoneId
 
@@ -38,24 +38,15 @@ class ActivationBody(BaseModel):
             self.klass, self.action, self.signal, self.start_at, self.confirmation_token)
 
 
-def _refused(exc: ActivationError) -> HTTPException:
-    return HTTPException(exc.status_code, {"message": exc.message, **exc.extra})
-
 
 @router.post("/activations/preview")
 async def preview(body: ActivationBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
-    try:
-        return await gateway.activations.preview(who, body.to_request())
-    except ActivationError as exc:
-        raise _refused(exc) from None
+    return await gateway.activations.preview(who, body.to_request())
 
 
 @router.post("/activations", status_code=201)
 async def create(body: ActivationBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
-    try:
-        activation = await gateway.activations.activate(who, body.to_request())
-    except ActivationError as exc:
-        raise _refused(exc) from None
+    activation = await gateway.activations.activate(who, body.to_request())
     return activation.report()
 
 
@@ -77,8 +68,5 @@ async def get_activation(activation_id: RowId, gateway: GatewayDep, _: Viewer
 
 @router.post("/activations/{activation_id}/cancel")
 async def cancel(activation_id: RowId, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
-    try:
-        activation = await gateway.activations.cancel(who, activation_id)
-    except ActivationError as exc:
-        raise _refused(exc) from None
+    activation = await gateway.activations.cancel(who, activation_id)
     return activation.report()

@@ -5,7 +5,6 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from siren_gateway.alerts.model import AlertError
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import QueryText, RowId
 
@@ -37,8 +36,5 @@ def get_alert(alert_id: RowId, gateway: GatewayDep, _: Viewer) -> dict[str, Any]
 @router.post("/alerts/{alert_id}/ack")
 async def acknowledge(alert_id: RowId, body: AckBody, gateway: GatewayDep,
                       who: Operator) -> dict[str, Any]:
-    try:
-        alert = await gateway.alerts.acknowledge(who, alert_id, body.comment)
-    except AlertError as exc:
-        raise HTTPException(exc.status_code, exc.message) from None
+    alert = await gateway.alerts.acknowledge(who, alert_id, body.comment)
     return alert.public()

@@ -13,14 +13,10 @@ from siren_gateway.api.deps import Admin, GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import Name, OccurrenceKey, RowId
 from siren_gateway.config.plans import PlanConfig, plan_problems
 from siren_gateway.gateway import Gateway
-from siren_gateway.scheduling.model import ScheduleError
 from siren_gateway.scheduling.reports import report_csv_rows
 
 router = APIRouter(tags=["schedules"])
 
-
-def _refused(exc: ScheduleError) -> HTTPException:
-    return HTTPException(exc.status_code, exc.message)
 
 
 def _validated(gateway: Gateway, body: dict[str, Any]) -> PlanConfig:
@@ -50,19 +46,13 @@ async def list_plans(gateway: GatewayDep, who: Viewer) -> list[dict[str, Any]]:
 @router.post("/schedules", status_code=201)
 async def create_plan(body: dict[str, Any], gateway: GatewayDep, who: Admin) -> dict[str, Any]:
     plan = _validated(gateway, body)
-    try:
-        return _public(gateway, await gateway.scheduler.save_plan(who, plan, create=True))
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    return _public(gateway, await gateway.scheduler.save_plan(who, plan, create=True))
 
 
 @router.get("/schedules/{plan_id}")
 async def get_plan(plan_id: Name, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
-    try:
-        plan = gateway.scheduler.plan(plan_id)
-        occurrences = await gateway.scheduler.occurrences(plan_id, limit=50)
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    plan = gateway.scheduler.plan(plan_id)
+    occurrences = await gateway.scheduler.occurrences(plan_id, limit=50)
     return _public(gateway, plan) | {"occurrences": occurrences}
 
 
@@ -70,18 +60,12 @@ async def get_plan(plan_id: Name, gateway: GatewayDep, who: Viewer) -> dict[str,
 async def update_plan(plan_id: Name, body: dict[str, Any], gateway: GatewayDep,
                       who: Admin) -> dict[str, Any]:
     plan = _validated(gateway, body | {"id": plan_id})
-    try:
-        return _public(gateway, await gateway.scheduler.save_plan(who, plan, create=False))
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    return _public(gateway, await gateway.scheduler.save_plan(who, plan, create=False))
 
 
 @router.delete("/schedules/{plan_id}", status_code=204)
 async def delete_plan(plan_id: Name, gateway: GatewayDep, who: Admin) -> Response:
-    try:
-        await gateway.scheduler.delete_plan(who, plan_id)
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    await gateway.scheduler.delete_plan(who, plan_id)
     return Response(status_code=204)
 
 
@@ -89,20 +73,14 @@ async def delete_plan(plan_id: Name, gateway: GatewayDep, who: Admin) -> Respons
 async def next_occurrences(plan_id: Name, gateway: GatewayDep, who: Viewer,
                            count: Annotated[int, Query(ge=1, le=100)] = 5
                            ) -> list[dict[str, Any]]:
-    try:
-        return gateway.scheduler.preview(plan_id, count)
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    return gateway.scheduler.preview(plan_id, count)
 
 
 @router.get("/schedules/{plan_id}/occurrences")
 async def plan_occurrences(plan_id: Name, gateway: GatewayDep, who: Viewer,
                            limit: Annotated[int, Query(ge=1, le=1000)] = 100
                            ) -> list[dict[str, Any]]:
-    try:
-        gateway.scheduler.plan(plan_id)
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    gateway.scheduler.plan(plan_id)
     return await gateway.scheduler.occurrences(plan_id, limit)
 
 
@@ -110,28 +88,19 @@ async def plan_occurrences(plan_id: Name, gateway: GatewayDep, who: Viewer,
 async def skip(plan_id: Name, occurrence: OccurrenceKey, gateway: GatewayDep,
                who: Operator) -> dict[str, Any]:
     """`occurrence`: its id, or its start time (ISO 8601 with offset) for one further ahead."""
-    try:
-        return await gateway.scheduler.skip(who, plan_id, occurrence)
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    return await gateway.scheduler.skip(who, plan_id, occurrence)
 
 
 @router.post("/schedules/{plan_id}/run-now", status_code=201)
 async def run_now(plan_id: Name, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
-    try:
-        return await gateway.scheduler.run_now(who, plan_id)
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    return await gateway.scheduler.run_now(who, plan_id)
 
 
 @router.get("/reports/{occurrence_id}.csv", response_class=Response, responses={
     200: {"content": {"text/csv": {"schema": {"type": "string"}}},
           "description": "one row per siren and step"}})
 async def report_csv(occurrence_id: RowId, gateway: GatewayDep, who: Viewer) -> Response:
-    try:
-        report = await gateway.scheduler.report(occurrence_id)
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    report = await gateway.scheduler.report(occurrence_id)
     out = io.StringIO()
     csv.writer(out).writerows(report_csv_rows(report))
     # A BOM so that spreadsheet programs read the Chinese names as UTF-8.
@@ -141,7 +110,4 @@ async def report_csv(occurrence_id: RowId, gateway: GatewayDep, who: Viewer) -> 
 
 @router.get("/reports/{occurrence_id}")
 async def report_json(occurrence_id: RowId, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
-    try:
-        return await gateway.scheduler.report(occurrence_id)
-    except ScheduleError as exc:
-        raise _refused(exc) from None
+    return await gateway.scheduler.report(occurrence_id)

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from siren_gateway.activation.model import ActivationError, Targets
+from siren_gateway.activation.model import Targets
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import Name
 from siren_gateway.api.routes.activations import TargetsBody
@@ -42,10 +42,7 @@ async def get_siren(
 async def set_clocks(body: TargetsBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
     """Set the controllers' clocks to the gateway's (inhibited sirens too: it makes no sound)."""
     targets = Targets(tuple(body.sirens), tuple(body.zones), body.all)
-    try:
-        return await gateway.activations.set_clocks(who, targets)
-    except ActivationError as exc:
-        raise HTTPException(exc.status_code, exc.message) from None
+    return await gateway.activations.set_clocks(who, targets)
 
 
 OperatorCommand = Literal["reset_faults", "arm", "disarm"]
@@ -65,10 +62,7 @@ class CommandsBody(SirenCommandBody):
 
 async def _run(gateway: GatewayDep, who: Operator, command: str, targets: Targets,
                comment: str) -> dict[str, Any]:
-    try:
-        return await gateway.commands.run(who, CommandKind(command), targets, comment)
-    except ActivationError as exc:
-        raise HTTPException(exc.status_code, exc.message) from None
+    return await gateway.commands.run(who, CommandKind(command), targets, comment)
 
 
 @router.post("/sirens/{siren_id}/commands")
