@@ -1,8 +1,8 @@
 """InfluxDB line protocol for samples, written by hand because it is the hot path.
 
 Building an influxdb-client Point per sample costs 3.7x the CPU of this encoder (measured with
-bench/telemetry_sink.py), more than sending the data; here each siren's escaped tag set is built once and a sample becomes
-one line with a single join.
+bench/telemetry_sink.py), more than sending the data; here each siren's escaped tag set is
+built once and a sample becomes one line with a single join.
 
 Schema: measurement `siren_status` (configurable); tags `siren_id`, `zone` (first zone), `zones`
 (all, `|`-separated), `model`; one typed field per status point (float, integer `i`, boolean,
