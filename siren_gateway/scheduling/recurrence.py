@@ -12,6 +12,13 @@ A yearly plan on 29 February falls only in leap years; a monthly plan on the 5th
 months that have one. Cron expressions are the usual five fields (minute hour day-of-month month
 day-of-week, with `*`, lists, ranges and steps; names like `mon` and `sep` allowed); when both
 day fields are restricted, either may match, as in cron.
+
+Cron fields are parsed here rather than by a library, on purpose. cronsim (maintained, used by
+Healthchecks) was tried: it follows Debian's cron, where a time skipped by a spring-forward jump
+fires at the jump (02:30 -> 03:00 on 28 March 2027 in Berlin), while every plan kind here shares
+one policy (03:30, above), so a cron plan would disagree with a yearly one on the same night.
+Matching five fields on a local date is the ~40 lines below; the DST policy, the part worth
+sharing, stays in one place (`resolve_local`).
 """
 
 from __future__ import annotations
