@@ -13,7 +13,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,7 +30,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class WebhookNotifier:
+class _BusNotifier:
+    """A notifier's lifecycle: its own bus subscription (a bounded queue, so a dead receiver
+    never slows the rules) and the tasks that collect from it and send."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _run(self, **workers: Coroutine[Any, Any, None]) -> None:
+        self._tasks = [asyncio.create_task(work, name=name) for name, work in workers.items()]
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._tasks)
+        self._subscription.close()
+
+
+class WebhookNotifier(_BusNotifier):
     """POSTs each alert change as JSON, through the durable outbox.
 
     A change is stored before the first attempt; the sender works through the outbox in order,
@@ -43,9 +59,8 @@ class WebhookNotifier:
         self.config = config
         self.outbox = outbox
         self.channel = f"webhook:{config.url}"
-        self._subscription: Subscription = bus.subscribe(
-            f"webhook {redact_url(config.url)}", maxsize=10_000, kinds=(AlertChanged,))
-        self._tasks: list[asyncio.Task[None]] = []
+        super().__init__(bus.subscribe(f"webhook {redact_url(config.url)}", maxsize=10_000,
+                                       kinds=(AlertChanged,)))
         self._wake = asyncio.Event()
         self.delivered = 0
         self.failed = 0
@@ -59,12 +74,7 @@ class WebhookNotifier:
 
     async def start(self) -> None:
         self._wake.set()  # whatever the outbox holds from before a restart goes first
-        self._tasks = [asyncio.create_task(self._collect(), name="webhook collect"),
-                       asyncio.create_task(self._send_forever(), name="webhook send")]
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
-        self._subscription.close()
+        self._run(**{"webhook collect": self._collect(), "webhook send": self._send_forever()})
 
     async def _collect(self) -> None:
         while True:
@@ -139,7 +149,7 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", "")) + query
 
 
-class MqttAlertNotifier:
+class MqttAlertNotifier(_BusNotifier):
     """Keeps a retained message with every alert that is not cleared, for other systems."""
 
     CHANNEL = "mqtt:schedule"
@@ -149,25 +159,20 @@ class MqttAlertNotifier:
         self.config = config
         self.outbox = outbox
         self._current_alerts = current_alerts  # read at start: the alerts reloaded from disk
-        self._subscription: Subscription = bus.subscribe(
-            "mqtt alerts", maxsize=10_000, kinds=(AlertChanged, ScheduleEvent))
+        super().__init__(bus.subscribe("mqtt alerts", maxsize=10_000,
+                                       kinds=(AlertChanged, ScheduleEvent)))
         self._current: dict[int, dict[str, Any]] = {}
         # Schedule events go through the durable outbox: one message each, with its id.
         self.schedule_events_published = 0
         self._changed = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self.published = 0
         self.connect_failures = 0
 
     async def start(self) -> None:
         self._current = {a["id"]: a for a in self._current_alerts() if a["state"] != "cleared"}
         self._changed.set()  # publish the state we start with
-        self._tasks = [asyncio.create_task(self._collect(), name="mqtt alerts collect"),
-                       asyncio.create_task(self._publish_forever(), name="mqtt alerts publish")]
-
-    async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
-        self._subscription.close()
+        self._run(**{"mqtt alerts collect": self._collect(),
+                     "mqtt alerts publish": self._publish_forever()})
 
     async def _collect(self) -> None:
         while True:
