@@ -1,4 +1,5 @@
-"""What every benchmark does the same way: CPU time of this process, and running a child."""
+"""What every benchmark does the same way: CPU time of this process, running a child, the
+gateway's side figures."""
 
 from __future__ import annotations
 
@@ -7,6 +8,10 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from siren_gateway.gateway import Gateway
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -14,6 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def gateway_figures(gateway: Gateway) -> dict[str, float]:
+    """What a throughput run reports besides its rate: was the fleet online, was it stored,
+    did a slow subscriber lose events."""
+    return {"online": gateway.fleet.counts()["online"], "stored": gateway.telemetry.written,
+            "bus_dropped": sum(v["dropped"] for v in gateway.bus.stats().values())}
 
 
 def run_child(module: str, args: list[str]) -> dict[str, float]:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, cpu_seconds, run_child
+from bench.common import REPO, cpu_seconds, gateway_figures, run_child
 from simulators.fleet import raise_file_limit
 
 PREFIX = "bench/sirens"
@@ -59,10 +59,7 @@ async def run_gateway(config: Path, warmup_s: float, duration_s: float) -> dict[
         result["accepted"] = hub.stats.telemetry
         result["rejected"] = sum(hub.stats.rejected_by_reason.values())
         result["dropped_queue_full"] = hub.stats.dropped_queue_full
-        result["online"] = gateway.fleet.counts()["online"]
-        result["stored"] = gateway.telemetry.written
-        result["bus_dropped"] = sum(v["dropped"] for v in gateway.bus.stats().values())
-        return result
+        return result | gateway_figures(gateway)
     finally:
         await gateway.stop()
 

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import cpu_seconds, run_child
+from bench.common import cpu_seconds, gateway_figures, run_child
 
 
 async def measure(counter: Callable[[], tuple[int, int]], warmup_s: float, duration_s: float
@@ -49,10 +49,7 @@ async def run_gateway(config: Path, warmup_s: float, duration_s: float) -> dict[
     try:
         result = await measure(lambda: (sum(s.polls_ok for s in states),
                                         sum(s.polls_failed for s in states)), warmup_s, duration_s)
-        result["online"] = gateway.fleet.counts()["online"]
-        result["stored"] = gateway.telemetry.written
-        result["bus_dropped"] = sum(v["dropped"] for v in gateway.bus.stats().values())
-        return result
+        return result | gateway_figures(gateway)
     finally:
         await gateway.stop()
 
