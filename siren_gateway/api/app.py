@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from siren_gateway import errors
 from siren_gateway.api.edge import EdgeMiddleware
 from siren_gateway.api.routes import (
     activations,
@@ -27,23 +28,15 @@ from siren_gateway.api.routes import (
     sirens,
     stream,
 )
-from siren_gateway.errors import (
-    ConfirmationRequired,
-    Conflict,
-    Invalid,
-    NotFound,
-    Refused,
-    StorageUnavailable,
-)
 from siren_gateway.gateway import Gateway
 
 # The one place a domain refusal becomes HTTP (most specific kind first).
-REFUSAL_STATUS: tuple[tuple[type[Refused], int], ...] = (
-    (NotFound, 404), (ConfirmationRequired, 403), (Conflict, 409), (Invalid, 422),
-    (StorageUnavailable, 503))
+REFUSAL_STATUS: tuple[tuple[type[errors.Refused], int], ...] = (
+    (errors.NotFound, 404), (errors.ConfirmationRequired, 403), (errors.Conflict, 409),
+    (errors.Invalid, 422), (errors.StorageUnavailable, 503))
 
 
-def refusal_status(exc: Refused) -> int:
+def refusal_status(exc: errors.Refused) -> int:
     return next((status for kind, status in REFUSAL_STATUS if isinstance(exc, kind)), 409)
 
 
@@ -91,8 +84,8 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
                    "type": e.get("type", "")} for e in exc.errors()[:20]]
         return JSONResponse({"detail": errors}, status_code=422)
 
-    @app.exception_handler(Refused)
-    async def refused(_: Request, exc: Refused) -> JSONResponse:
+    @app.exception_handler(errors.Refused)
+    async def refused(_: Request, exc: errors.Refused) -> JSONResponse:
         return JSONResponse({"detail": {"message": exc.message, **exc.details}},
                             status_code=refusal_status(exc))
     # The dashboard: static files of our own, served by this app (no separate server, no CDN).

@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from siren_gateway.config.common import StrictModel
 from siren_gateway.model import (
     SEQUENCE_POINT,
     Command,
@@ -43,18 +44,14 @@ Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
 MODBUS_MAX_READ = 125
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BitSpec(_Strict):
+class BitSpec(StrictModel):
     name: Identifier
     fault: Identifier | None = None  # fault raised while the bit equals fault_when
     fault_when: bool = True
     latched: bool = False  # the device holds the fault until a reset command
 
 
-class PointSpec(_Strict):
+class PointSpec(StrictModel):
     name: Identifier
     table: Table = "input"
     address: int = Field(ge=0, le=65535)
@@ -94,12 +91,12 @@ class PointSpec(_Strict):
         return self.length if self.type == "string" and self.length else REGISTER_COUNT[self.type]
 
 
-class CommandField(_Strict):
+class CommandField(StrictModel):
     offset: int = Field(ge=0)  # registers from the start of the command block
     type: Literal["u16", "u32"]
 
 
-class CommandEncoding(_Strict):
+class CommandEncoding(StrictModel):
     code: int = Field(ge=1, le=0xFFFF)
     params: list[Literal["signal", "start_time", "clock"]] = []
 
@@ -107,7 +104,7 @@ class CommandEncoding(_Strict):
 COMMAND_FIELDS = frozenset({"code", "signal", "start_time", "clock", "sequence"})
 
 
-class CommandBlock(_Strict):
+class CommandBlock(StrictModel):
     """Commands are written as one block (FC16) so a device never sees half a command."""
 
     table: Literal["holding"] = "holding"
@@ -137,7 +134,7 @@ class CommandBlock(_Strict):
         return self
 
 
-class ProfileSpec(_Strict):
+class ProfileSpec(StrictModel):
     model: Identifier
     vendor: str = ""
     description: str = ""

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from siren_gateway.config.common import StrictModel
 from siren_gateway.model import (
     SEQUENCE_POINT,
     Command,
@@ -50,11 +51,7 @@ class PayloadError(Exception):
         self.detail = detail
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class JsonPointSpec(_Strict):
+class JsonPointSpec(StrictModel):
     name: Identifier
     field: FieldPath  # dotted path into the telemetry object: power.battery_v
     type: JsonType
@@ -79,7 +76,7 @@ class JsonPointSpec(_Strict):
         return self
 
 
-class TopicSuffixes(_Strict):
+class TopicSuffixes(StrictModel):
     telemetry: TopicSuffix = "telemetry"
     state: TopicSuffix = "state"
     command: TopicSuffix = "command"
@@ -93,7 +90,7 @@ class TopicSuffixes(_Strict):
         return self
 
 
-class MqttProfileSpec(_Strict):
+class MqttProfileSpec(StrictModel):
     model: Identifier
     vendor: str = ""
     description: str = ""
