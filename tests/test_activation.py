@@ -300,21 +300,12 @@ async def test_a_gateway_restart_mid_activation_leaves_a_truthful_record(
     _ = time
 
 
-def test_judge_needs_current_not_just_a_sounding_state(tmp_path: Any) -> None:
+def test_judge_needs_current_not_just_a_sounding_state() -> None:
     """A controller that claims to sound with no current (an unreported horn fault) failed."""
-    from pathlib import Path
-
-    from simulators.sitegen import write_site
-    from siren_gateway.activation.engine import ActivationEngine
     from siren_gateway.activation.model import Activation, Status
-    from siren_gateway.config.loading import load_site
-    from siren_gateway.live.bus import Bus
-    from siren_gateway.live.fleet import Fleet
+    from siren_gateway.activation.proof import judge_sample
     from siren_gateway.model import Sample
-    from siren_gateway.store.database import Database
 
-    site = load_site(write_site(generate_site(1), Path(tmp_path) / "s.yaml"))
-    engine = ActivationEngine(site, Fleet(site, Bus()), {}, Database(":memory:"), None)  # type: ignore[arg-type]
     now = time.time()
     activation = Activation(1, now, "op", "test", "sound", "air_raid", now - 10, ["s00001"], {})
 
@@ -322,15 +313,16 @@ def test_judge_needs_current_not_just_a_sounding_state(tmp_path: Any) -> None:
         return Sample("s00001", datetime.now(UTC), {"state": state, "sounding_current": current,
                                                     "last_command_sequence": 1})
 
-    judge = engine._judge
-    assert judge(activation, sample("sounding", 14.0), 1, 2.0, 6.0, set()) == (
-        Status.SOUNDED, "sounding with 14.0 A")
-    verdict = judge(activation, sample("sounding", 0.0), 1, 2.0, 6.0, set())
+    def judge(sample: Sample, sequence: int) -> tuple[Status, str] | None:
+        return judge_sample(activation, sample, sequence, 2.0, 6.0, set(), now)
+
+    assert judge(sample("sounding", 14.0), 1) == (Status.SOUNDED, "sounding with 14.0 A")
+    verdict = judge(sample("sounding", 0.0), 1)
     assert verdict is not None and verdict[0] is Status.FAILED
     assert "no sounding current" in verdict[1]
-    assert judge(activation, sample("sounding", 14.0), 2, 2.0, 6.0, set()) is None  # not ours
+    assert judge(sample("sounding", 14.0), 2) is None  # not ours
     activation.start_at = now  # still inside the first on-step: current may not show yet
-    assert judge(activation, sample("sounding", 0.0), 1, 2.0, 6.0, set()) is None
+    assert judge(sample("sounding", 0.0), 1) is None
 
 
 async def test_finished_activations_leave_memory_but_stay_readable(

@@ -22,6 +22,11 @@ device shows it did not get it; a link whose device cannot report it never repea
 command. MQTT commands keep their id across re-sends and restarts, so a device acts on one once.
 After a restart, a siren of an unfinished activation whose device does not report the command
 is sent it while its start is ahead or within the late-start allowance; one that does is watched.
+
+This module is larger than the others on purpose: admission (the safety rules), delivery and
+recovery share one lock and one picture of which siren is busy with what, and splitting them
+would spread that state across modules. What has no such state lives apart: the types
+(model.py), what counts as proof (proof.py), the rows on disk (store/activations.py).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from siren_gateway.activation.model import (
     describe_request,
     sequence_of,
 )
+from siren_gateway.activation.proof import command_for, judge_progress, judge_sample
 from siren_gateway.config.activation import ActivationConfig
 from siren_gateway.config.site import Site
 from siren_gateway.errors import (
@@ -72,7 +78,6 @@ from siren_gateway.model import (
     Command,
     CommandKind,
     LinkError,
-    Sample,
     new_command_id,
 )
 from siren_gateway.runtime.clock import iso_utc
@@ -101,14 +106,6 @@ class _Occupation:
     until: float
 
 
-def _clock_skew(sample: Sample | None) -> float | None:
-    if sample is None or sample.device_time is None:
-        return None
-    return sample.device_time.timestamp() - sample.received_at.timestamp()
-
-
-# Results after which a siren is free again unless the device itself reports it sounding.
-_FREEING = FINAL
 _SOUNDING_STATES = frozenset({"sounding", "start_pending"})
 _RESEND_PAUSE_S = 0.25
 
@@ -583,25 +580,6 @@ class ActivationEngine:
         finally:
             self._dirty.add(activation.id)
 
-    def _command(self, activation: Activation, result: SirenResult) -> Command:
-        sequence = sequence_of(activation.id)
-        skew = _clock_skew(self.fleet.states[result.siren_id].sample)
-        result.clock_skew_s = round(skew, 3) if skew is not None else None
-        command_id = result.command_id or new_command_id()
-        result.command_id = command_id
-        if activation.action == "silent_test":
-            result.started_by_gateway = True
-            return Command(CommandKind.SILENT_TEST, sequence=sequence, command_id=command_id)
-        if skew is None or abs(skew) > self.config.clock_tolerance_s:
-            # The siren's clock cannot be trusted to start it: start it ourselves, on time.
-            result.started_by_gateway = True
-            return Command(CommandKind.SOUND, signal=activation.signal, sequence=sequence,
-                           command_id=command_id)
-        result.started_by_gateway = False
-        return Command(CommandKind.SOUND, signal=activation.signal, sequence=sequence,
-                       start_at=datetime.fromtimestamp(activation.start_at, UTC),
-                       command_id=command_id)
-
     async def _deliver(self, activation: Activation, result: SirenResult, link: SirenLink,
                        resumed: bool = False) -> bool:
         """Get the command carried out exactly once; False once the result is final.
@@ -636,7 +614,8 @@ class ActivationEngine:
             # restart still reports it, so watch.
             result.reason = "the gateway restarted after the late-start allowance; not sent late"
             return True
-        command = self._command(activation, result)
+        command = command_for(activation, result, self.fleet.states[siren_id].sample,
+                              self.config.clock_tolerance_s)
         if result.started_by_gateway:
             await _sleep_until(start)
         last_error = "not attempted"
@@ -754,14 +733,14 @@ class ActivationEngine:
             verdict: tuple[Status, str] | None = None
             sample, why_not = await status.look(self.fleet, link, since)
             if sample is not None:
-                verdict = self._judge(activation, sample, sequence, threshold, first_on_s,
-                                      failing)
+                verdict = judge_sample(activation, sample, sequence, threshold, first_on_s,
+                                       failing, time.time())
                 last_note = f"controller state {sample.values.get('state')!r}"
             elif link.polled:
                 last_note = why_not
             progress = link.progress(result.command_id)
             if verdict is None and progress is not None:
-                verdict = self._judge_progress(activation, progress,
+                verdict = judge_progress(activation, progress,
                                                set(state.faults & failing))
             if verdict is not None:
                 self._finish(result, *verdict)
@@ -775,59 +754,6 @@ class ActivationEngine:
             await status.pause(self.fleet, link, self.config.confirm_poll_interval_s,
                                min(1.0, deadline - time.time()) if not link.polled
                                else deadline - time.time())
-
-    @staticmethod
-    def _judge_progress(activation: Activation, progress: str, faults: set[str]
-                        ) -> tuple[Status, str] | None:
-        """An MQTT device's own progress acknowledgement for this command."""
-        if activation.action == "sound" and progress == "sounding":
-            if faults:
-                return Status.FAILED, f"{', '.join(sorted(faults))} reported during sounding"
-            return Status.SOUNDED, "controller acknowledged sounding"
-        if progress == "failed":
-            return Status.FAILED, "controller reports the activation failed"
-        return None
-
-    def _judge(self, activation: Activation, sample: Sample, sequence: int,
-               threshold: float | None, first_on_s: float, failing: set[str]
-               ) -> tuple[Status, str] | None:
-        values = sample.values
-        seen_sequence = values.get(SEQUENCE_POINT)
-        if seen_sequence is not None and seen_sequence != sequence:
-            return None  # the controller has not (yet) taken our command
-        state = values.get("state")
-        result = values.get("last_activation_result")
-        faults = sample.faults & failing
-        if activation.action == "silent_test":
-            if state == "silent_test" or seen_sequence is None:
-                return None
-            if faults:
-                return Status.FAILED, f"silent test found {', '.join(sorted(faults))}"
-            if result == "completed":
-                return Status.PASSED, "controller reports the audio chain checked out"
-            if result == "failed":
-                return Status.FAILED, "controller reports the silent test failed"
-            return None
-        if state in ("sounding", "start_pending") and faults:
-            return Status.FAILED, f"{', '.join(sorted(faults))} reported during sounding"
-        if state == "sounding":
-            current = values.get("sounding_current")
-            if threshold is None:
-                return Status.SOUNDED, "controller reports sounding (no current sensing)"
-            if isinstance(current, int | float) and current >= threshold:
-                return Status.SOUNDED, f"sounding with {current} A"
-            if time.time() > activation.start_at + first_on_s + 1.0:
-                return Status.FAILED, "controller reports sounding but no sounding current"
-            return None
-        if seen_sequence is None:
-            # Without the sequence an idle report may be about an earlier activation: only
-            # sounding seen with our own eyes proves this one.
-            return None
-        if state == "idle" and result == "failed":
-            return Status.FAILED, "controller reports the activation failed"
-        if state == "idle" and result == "completed" and time.time() > activation.start_at:
-            return Status.SOUNDED, "controller reports the signal completed"
-        return None
 
     def _finish(self, result: SirenResult, status: Status, reason: str) -> None:
         result.status, result.reason = status, reason
