@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from siren_gateway.activation.model import ActivationRequest, Targets
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import MAX_SIRENS, MAX_ZONES, RowId, SirenId, ZoneId
+from siren_gateway.api.schemas import ActivationOut, ActivationSummaryOut, PreviewOut
 
 router = APIRouter(tags=["activations"])
 
@@ -39,25 +40,28 @@ class ActivationBody(BaseModel):
 
 
 
-@router.post("/activations/preview")
+@router.post("/activations/preview", response_model=PreviewOut,
+             response_model_exclude_unset=True)
 async def preview(body: ActivationBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
     return await gateway.activations.preview(who, body.to_request())
 
 
-@router.post("/activations", status_code=201)
+@router.post("/activations", status_code=201, response_model=ActivationOut,
+             response_model_exclude_unset=True)
 async def create(body: ActivationBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
     activation = await gateway.activations.activate(who, body.to_request())
     return activation.report()
 
 
-@router.get("/activations")
+@router.get("/activations", response_model=list[ActivationSummaryOut])
 async def list_activations(gateway: GatewayDep, _: Viewer,
                            limit: Annotated[int, Query(ge=1, le=500)] = 50
                            ) -> list[dict[str, Any]]:
     return await gateway.activations.list(limit)
 
 
-@router.get("/activations/{activation_id}")
+@router.get("/activations/{activation_id}", response_model=ActivationOut,
+            response_model_exclude_unset=True)
 async def get_activation(activation_id: RowId, gateway: GatewayDep, _: Viewer
                          ) -> dict[str, Any]:
     activation = await gateway.activations.get(activation_id)
@@ -66,7 +70,8 @@ async def get_activation(activation_id: RowId, gateway: GatewayDep, _: Viewer
     return activation.report()
 
 
-@router.post("/activations/{activation_id}/cancel")
+@router.post("/activations/{activation_id}/cancel", response_model=ActivationOut,
+             response_model_exclude_unset=True)
 async def cancel(activation_id: RowId, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
     activation = await gateway.activations.cancel(who, activation_id)
     return activation.report()

@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import QueryText, RowId
+from siren_gateway.api.schemas import AlertOut
 
 router = APIRouter(tags=["alerts"])
 
@@ -16,7 +17,7 @@ class AckBody(BaseModel):
     comment: str = Field(min_length=1, max_length=2000)
 
 
-@router.get("/alerts")
+@router.get("/alerts", response_model=list[AlertOut])
 def list_alerts(gateway: GatewayDep, _: Viewer,
                 state: Literal["active", "acknowledged", "cleared"] | None = None,
                 severity: Literal["info", "minor", "major", "critical"] | None = None,
@@ -25,7 +26,7 @@ def list_alerts(gateway: GatewayDep, _: Viewer,
     return gateway.alerts.query(state, severity, siren, zone)
 
 
-@router.get("/alerts/{alert_id}")
+@router.get("/alerts/{alert_id}", response_model=AlertOut)
 def get_alert(alert_id: RowId, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
     alert = gateway.alerts.alerts.get(alert_id)
     if alert is None:
@@ -33,7 +34,7 @@ def get_alert(alert_id: RowId, gateway: GatewayDep, _: Viewer) -> dict[str, Any]
     return alert.public()
 
 
-@router.post("/alerts/{alert_id}/ack")
+@router.post("/alerts/{alert_id}/ack", response_model=AlertOut)
 async def acknowledge(alert_id: RowId, body: AckBody, gateway: GatewayDep,
                       who: Operator) -> dict[str, Any]:
     alert = await gateway.alerts.acknowledge(who, alert_id, body.comment)

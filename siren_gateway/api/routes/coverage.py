@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
+from siren_gateway.api.schemas import CoverageLayerOut, CoverageOut, SitingOut, WhatIfOut
 from siren_gateway.coverage.engine import Candidate, CoverageEngine
 from siren_gateway.gateway import Gateway
 
@@ -62,27 +63,30 @@ def _engine(gateway: Gateway) -> CoverageEngine:
     return gateway.coverage
 
 
-@router.get("/coverage")
+@router.get("/coverage", response_model=CoverageOut,
+            response_model_exclude_unset=True)
 def coverage_now(gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
     """Per zone and for the district: the share of the area that would hear the alarm from
     the sirens able to sound now, and with every siren healthy."""
     return gateway.coverage.summary()
 
 
-@router.get("/coverage/layer")
+@router.get("/coverage/layer", response_model=CoverageLayerOut,
+            response_model_exclude_unset=True)
 def coverage_layer(gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
     """The coverage raster for the map (sampled down) and the zones' outlines."""
     return _engine(gateway).layer()
 
 
-@router.post("/coverage/what-if")
+@router.post("/coverage/what-if", response_model=WhatIfOut)
 async def what_if(body: WhatIfBody, gateway: GatewayDep, _: Operator) -> dict[str, Any]:
     """The coverage that would result from removing sirens, adding some, or changing levels."""
     engine = _engine(gateway)
     return await engine.what_if(body.remove, body.levels, [p.candidate() for p in body.add])
 
 
-@router.post("/coverage/siting")
+@router.post("/coverage/siting", response_model=SitingOut,
+             response_model_exclude_unset=True)
 async def siting(body: SitingBody, gateway: GatewayDep, _: Operator) -> dict[str, Any]:
     """The coverage gain of each candidate site, and the best `k` chosen one after another."""
     engine = _engine(gateway)

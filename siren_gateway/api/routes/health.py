@@ -5,11 +5,13 @@ from typing import Any
 from fastapi import APIRouter
 
 from siren_gateway.api.deps import BearerToken, GatewayDep
+from siren_gateway.api.schemas import HealthOut
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health")
+@router.get("/health", response_model=HealthOut,
+            response_model_exclude_unset=True)
 def health(gateway: GatewayDep, token: BearerToken) -> dict[str, Any]:
     """Liveness for anyone (a load balancer, a supervisor); the details need a session."""
     if not token or gateway.tokens.resolve(token) is None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from siren_gateway.api.deps import GatewayDep, Viewer
+from siren_gateway.api.schemas import SiteOut
 
 router = APIRouter(tags=["metrics"])
 
@@ -18,7 +19,7 @@ async def metrics(gateway: GatewayDep) -> Response:
     return Response(gateway.instruments.expose(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/api/site")
+@router.get("/api/site", response_model=SiteOut)
 def site(gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
     info = gateway.site.config.site
     return {"name": info.name, "name_zh": info.name_zh, "timezone": info.timezone,

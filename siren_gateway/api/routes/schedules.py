@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from siren_gateway.api.deps import Admin, GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import Name, OccurrenceKey, RowId
+from siren_gateway.api.schemas import NextOccurrenceOut, OccurrenceOut, PlanDetailOut, PlanOut, ReportOut
 from siren_gateway.config.plans import PlanConfig, plan_problems
 from siren_gateway.gateway import Gateway
 from siren_gateway.scheduling.reports import report_csv_rows
@@ -38,25 +39,25 @@ def _public(gateway: Gateway, plan: PlanConfig) -> dict[str, Any]:
         "source": gateway.scheduler.sources.get(plan.id, "api")}
 
 
-@router.get("/schedules")
+@router.get("/schedules", response_model=list[PlanOut])
 async def list_plans(gateway: GatewayDep, who: Viewer) -> list[dict[str, Any]]:
     return [_public(gateway, p) for p in gateway.scheduler.plans.values()]
 
 
-@router.post("/schedules", status_code=201)
+@router.post("/schedules", status_code=201, response_model=PlanOut)
 async def create_plan(body: dict[str, Any], gateway: GatewayDep, who: Admin) -> dict[str, Any]:
     plan = _validated(gateway, body)
     return _public(gateway, await gateway.scheduler.save_plan(who, plan, create=True))
 
 
-@router.get("/schedules/{plan_id}")
+@router.get("/schedules/{plan_id}", response_model=PlanDetailOut)
 async def get_plan(plan_id: Name, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
     plan = gateway.scheduler.plan(plan_id)
     occurrences = await gateway.scheduler.occurrences(plan_id, limit=50)
     return _public(gateway, plan) | {"occurrences": occurrences}
 
 
-@router.put("/schedules/{plan_id}")
+@router.put("/schedules/{plan_id}", response_model=PlanOut)
 async def update_plan(plan_id: Name, body: dict[str, Any], gateway: GatewayDep,
                       who: Admin) -> dict[str, Any]:
     plan = _validated(gateway, body | {"id": plan_id})
@@ -69,14 +70,14 @@ async def delete_plan(plan_id: Name, gateway: GatewayDep, who: Admin) -> Respons
     return Response(status_code=204)
 
 
-@router.get("/schedules/{plan_id}/next")
+@router.get("/schedules/{plan_id}/next", response_model=list[NextOccurrenceOut])
 async def next_occurrences(plan_id: Name, gateway: GatewayDep, who: Viewer,
                            count: Annotated[int, Query(ge=1, le=100)] = 5
                            ) -> list[dict[str, Any]]:
     return gateway.scheduler.preview(plan_id, count)
 
 
-@router.get("/schedules/{plan_id}/occurrences")
+@router.get("/schedules/{plan_id}/occurrences", response_model=list[OccurrenceOut])
 async def plan_occurrences(plan_id: Name, gateway: GatewayDep, who: Viewer,
                            limit: Annotated[int, Query(ge=1, le=1000)] = 100
                            ) -> list[dict[str, Any]]:
@@ -84,14 +85,14 @@ async def plan_occurrences(plan_id: Name, gateway: GatewayDep, who: Viewer,
     return await gateway.scheduler.occurrences(plan_id, limit)
 
 
-@router.post("/schedules/{plan_id}/occurrences/{occurrence}/skip")
+@router.post("/schedules/{plan_id}/occurrences/{occurrence}/skip", response_model=OccurrenceOut)
 async def skip(plan_id: Name, occurrence: OccurrenceKey, gateway: GatewayDep,
                who: Operator) -> dict[str, Any]:
     """`occurrence`: its id, or its start time (ISO 8601 with offset) for one further ahead."""
     return await gateway.scheduler.skip(who, plan_id, occurrence)
 
 
-@router.post("/schedules/{plan_id}/run-now", status_code=201)
+@router.post("/schedules/{plan_id}/run-now", status_code=201, response_model=OccurrenceOut)
 async def run_now(plan_id: Name, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
     return await gateway.scheduler.run_now(who, plan_id)
 
@@ -108,6 +109,6 @@ async def report_csv(occurrence_id: RowId, gateway: GatewayDep, who: Viewer) -> 
         "Content-Disposition": f'attachment; filename="occurrence-{occurrence_id}.csv"'})
 
 
-@router.get("/reports/{occurrence_id}")
+@router.get("/reports/{occurrence_id}", response_model=ReportOut)
 async def report_json(occurrence_id: RowId, gateway: GatewayDep, who: Viewer) -> dict[str, Any]:
     return await gateway.scheduler.report(occurrence_id)

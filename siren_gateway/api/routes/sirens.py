@@ -10,17 +10,19 @@ from siren_gateway.activation.model import Targets
 from siren_gateway.api.deps import GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import Name
 from siren_gateway.api.routes.activations import TargetsBody
+from siren_gateway.api.schemas import ClockSetOut, CommandsOut, SirenDetailOut, SirenOut
 from siren_gateway.model import CommandKind, utc_now
 
 router = APIRouter(tags=["sirens"])
 
 
-@router.get("/sirens")
+@router.get("/sirens", response_model=list[SirenOut])
 def list_sirens(gateway: GatewayDep, _: Viewer) -> list[dict[str, Any]]:
     return [state.as_dict() for state in gateway.fleet.states.values()]
 
 
-@router.get("/sirens/{siren_id}")
+@router.get("/sirens/{siren_id}", response_model=SirenDetailOut,
+            response_model_exclude_unset=True)
 async def get_siren(
     siren_id: Name,
     gateway: GatewayDep,
@@ -38,7 +40,7 @@ async def get_siren(
     return state.as_dict() | {"history": history}
 
 
-@router.post("/sirens/set-clock")
+@router.post("/sirens/set-clock", response_model=ClockSetOut)
 async def set_clocks(body: TargetsBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
     """Set the controllers' clocks to the gateway's (inhibited sirens too: it makes no sound)."""
     targets = Targets(tuple(body.sirens), tuple(body.zones), body.all)
@@ -65,14 +67,14 @@ async def _run(gateway: GatewayDep, who: Operator, command: str, targets: Target
     return await gateway.commands.run(who, CommandKind(command), targets, comment)
 
 
-@router.post("/sirens/{siren_id}/commands")
+@router.post("/sirens/{siren_id}/commands", response_model=CommandsOut)
 async def siren_command(siren_id: Name, body: SirenCommandBody, gateway: GatewayDep,
                         who: Operator) -> dict[str, Any]:
     """Reset latched faults, arm or disarm one siren; confirmed from its own status."""
     return await _run(gateway, who, body.command, Targets(sirens=(siren_id,)), body.comment)
 
 
-@router.post("/commands")
+@router.post("/commands", response_model=CommandsOut)
 async def commands(body: CommandsBody, gateway: GatewayDep, who: Operator) -> dict[str, Any]:
     """The same for sirens, zones or all: each siren's outcome is confirmed separately."""
     targets = Targets(tuple(body.targets.sirens), tuple(body.targets.zones), body.targets.all)
