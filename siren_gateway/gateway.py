@@ -25,6 +25,7 @@ from siren_gateway.live.bus import Bus
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.metrics import GatewayCollector, Instruments
 from siren_gateway.profiles.mqtt import MqttProfile
+from siren_gateway.runtime.clock import SystemClock
 from siren_gateway.runtime.lifecycle import Service, running
 from siren_gateway.scheduling.engine import Scheduler
 from siren_gateway.scheduling.executor import ActivationExecutor
@@ -43,7 +44,8 @@ class Gateway:
         self.site = site
         self.bus = Bus()
         self.instruments = Instruments()
-        self.fleet = Fleet(site, self.bus)
+        self.clock = SystemClock()  # one clock for the engines that measure time
+        self.fleet = Fleet(site, self.bus, self.clock)
         path = database_path(site, database)
         self.db = Database(path)
         self.telemetry = TelemetryStore(self.db, self.bus, site.config.storage)
@@ -74,11 +76,12 @@ class Gateway:
                                             self.bus, self.siren_locks, self.instruments)
         self.commands = OperatorCommands(site, self.fleet, self.links, self.audit,
                                          self.activations, self.instruments)
-        self.alerts = AlertEngine(site, self.fleet, self.bus, self.db, self.audit)
+        self.alerts = AlertEngine(site, self.fleet, self.bus, self.db, self.audit, self.clock)
         self.coverage = CoverageEngine(site, self.fleet, self.bus)
         self.scheduler = Scheduler(
             site, self.db, self.bus, self.audit,
-            ActivationExecutor(self.activations, lambda tag: Principal(tag, Role.OPERATOR)))
+            ActivationExecutor(self.activations, lambda tag: Principal(tag, Role.OPERATOR)),
+            self.clock)
         alert_config = site.config.alerts
         self.outbox = Outbox(self.db)
         self.webhooks = [WebhookNotifier(self.bus, hook, self.outbox)

@@ -191,3 +191,31 @@ async def logged_in(gateway: GatewayProcess, user: str = "operator") -> httpx.As
 
     await wait_until(up, 30, "gateway API up")
     return http
+
+
+class FakeClock:
+    """Time that moves only when the test says; sleepers wake as it passes their moment."""
+
+    def __init__(self, start: float) -> None:
+        self.t = start
+        self._start = start
+        self._moved = asyncio.Event()
+
+    def now(self) -> float:
+        return self.t
+
+    def monotonic(self) -> float:
+        return 1000.0 + (self.t - self._start)
+
+    async def sleep(self, seconds: float) -> None:
+        target = self.t + max(0.0, seconds)
+        while self.t < target:
+            await self._moved.wait()
+
+    async def advance(self, seconds: float, step: float = 0.5) -> None:
+        end = self.t + seconds
+        while self.t < end:
+            self.t = min(end, self.t + step)
+            moved, self._moved = self._moved, asyncio.Event()
+            moved.set()
+            await asyncio.sleep(0.01)  # the scheduler's tasks and its database thread run

@@ -21,7 +21,7 @@ from siren_gateway.scheduling.recurrence import Cron, occurrences
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal, Role
 from siren_gateway.store.database import Database
-from tests.conftest import wait_until
+from tests.conftest import FakeClock, wait_until
 
 BERLIN, SHANGHAI = ZoneInfo("Europe/Berlin"), ZoneInfo("Asia/Shanghai")
 ADMIN = Principal("admin", Role.ADMIN)
@@ -117,30 +117,6 @@ def test_bad_plans_are_refused() -> None:
 
 
 # -- the scheduler on an injected clock --------------------------------------------------------
-
-class FakeClock:
-    """Time that moves only when the test says; sleepers wake as it passes their moment."""
-
-    def __init__(self, start: float) -> None:
-        self.t = start
-        self._moved = asyncio.Event()
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        target = self.t + max(0.0, seconds)
-        while self.t < target:
-            await self._moved.wait()
-
-    async def advance(self, seconds: float, step: float = 0.5) -> None:
-        end = self.t + seconds
-        while self.t < end:
-            self.t = min(end, self.t + step)
-            moved, self._moved = self._moved, asyncio.Event()
-            moved.set()
-            await asyncio.sleep(0.01)  # the scheduler's tasks and its database thread run
-
 
 class RecordingExecutor:
     """Stands in for the activation engine: records what would have sounded, and when."""

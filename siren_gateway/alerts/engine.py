@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ from siren_gateway.live.bus import (
 )
 from siren_gateway.live.fleet import Fleet, SirenState
 from siren_gateway.model import Sample
-from siren_gateway.runtime.clock import iso_utc
+from siren_gateway.runtime.clock import Clock, iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
@@ -63,7 +62,9 @@ KEEP_CLEARED = 500
 
 
 class AlertEngine:
-    def __init__(self, site: Site, fleet: Fleet, bus: Bus, db: Database, audit: AuditLog) -> None:
+    def __init__(self, site: Site, fleet: Fleet, bus: Bus, db: Database, audit: AuditLog,
+                 clock: Clock | None = None) -> None:
+        self.clock = clock or fleet.clock
         self.site = site
         self.fleet = fleet
         self.bus = bus
@@ -81,8 +82,8 @@ class AlertEngine:
         self._attacks: dict[str, float] = {}  # login_attack subject -> last seen
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
-        self._started_at = time.time()
-        self._started_mono = time.monotonic()
+        self._started_at = self.clock.now()
+        self._started_mono = self.clock.monotonic()
         self._last_overflow = 0.0
         self._dirty: set[int] = set()
         self._fault_rules = frozenset(self.config.faults)
@@ -108,8 +109,8 @@ class AlertEngine:
                 true_since=alert.raised_at, alert=alert)
             if alert.rule in self._fault_rules and alert.siren_id is not None:
                 self._fault_trackers.setdefault(alert.siren_id, set()).add(alert.rule)
-        self._started_at = time.time()
-        self._started_mono = time.monotonic()
+        self._started_at = self.clock.now()
+        self._started_mono = self.clock.monotonic()
         self._running = True
         self._tasks = [asyncio.create_task(self._consume(), name="alert rules"),
                        asyncio.create_task(self._tick(), name="alert clock")]
@@ -224,7 +225,7 @@ class AlertEngine:
     def _evaluate_offline(self, now: float) -> None:
         """Runs over the whole fleet once a second: an answering siren costs one float
         comparison (monotonic clock, no datetimes, no key built)."""
-        mono = time.monotonic()
+        mono = self.clock.monotonic()
         limit = self.config.offline_after_s
         cutoff = mono - limit
         started = self._started_mono
@@ -348,7 +349,7 @@ class AlertEngine:
             await self.audit.record(who, "alert.ack", f"refused: {alert.state}",
                                     target=f"alert {alert_id}", comment=comment)
             raise Conflict(f"alert {alert_id} is already {alert.state}")
-        now = time.time()
+        now = self.clock.now()
         alert.state, alert.acknowledged_at = "acknowledged", now
         alert.acknowledged_by, alert.comment = who.username, comment
         alert.history.append({"event": "acknowledged", "at": iso_utc(now), "by": who.username,
@@ -369,7 +370,7 @@ class AlertEngine:
             events = [await self._subscription.get()]
             while not queue.empty():
                 events.append(queue.get_nowait())
-            now = time.time()
+            now = self.clock.now()
             for event in events:
                 try:
                     self._evaluate(event, now)
@@ -416,8 +417,8 @@ class AlertEngine:
         """Time-driven transitions: silence, and conditions whose duration has now passed."""
         ticks = 0
         while self._running:
-            await asyncio.sleep(0.5)
-            now = time.time()
+            await self.clock.sleep(0.5)
+            now = self.clock.now()
             try:
                 ticks += 1
                 if ticks % 2 == 0:  # a walk over the fleet: once a second is plenty for it

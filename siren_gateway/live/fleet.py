@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,6 +18,7 @@ from siren_gateway.config.site import PollingConfig, SirenConfig, Site
 from siren_gateway.live.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
 from siren_gateway.model import LinkError, Sample, utc_now
 from siren_gateway.profiles.mqtt import MqttProfile
+from siren_gateway.runtime.clock import Clock, SystemClock, utc
 from siren_gateway.runtime.logs import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,13 @@ def reporting_interval(site: Site, siren: SirenConfig) -> float:
 
 
 class Fleet:
-    def __init__(self, site: Site, bus: Bus) -> None:
+    def __init__(self, site: Site, bus: Bus, clock: Clock | None = None) -> None:
         self.bus = bus
+        self.clock = clock or SystemClock()
+        self._monotonic = self.clock.monotonic  # bound once: record_sample is the hot path
         self.polling: PollingConfig = site.config.polling
         self.states: dict[str, SirenState] = {}
-        started = time.monotonic()
+        started = self._monotonic()
         for siren in site.config.sirens:
             interval = reporting_interval(site, siren)
             state = SirenState(siren, site.profiles[siren.profile].spec.sounding_current_threshold,
@@ -189,7 +191,7 @@ class Fleet:
         before = state.faults
         state.sample = sample
         state.last_seen = state.last_attempt = sample.received_at
-        state.last_seen_mono = time.monotonic()
+        state.last_seen_mono = self._monotonic()
         state.consecutive_failures = 0
         state.last_error = None
         state.polls_ok += 1
@@ -205,7 +207,7 @@ class Fleet:
 
     def record_failure(self, siren_id: str, error: LinkError) -> None:
         state = self.states[siren_id]
-        now = utc_now()
+        now = utc(self.clock)
         state.last_attempt = now
         state.consecutive_failures += 1
         state.polls_failed += 1
@@ -214,18 +216,18 @@ class Fleet:
             self._set_reachability(state, Reachability.OFFLINE, now,
                                    f"{state.consecutive_failures} polls failed: {error.reason}")
         elif (state.reachability is Reachability.ONLINE
-              and time.monotonic() - state.last_seen_mono > state.stale_after_s):
+              and self._monotonic() - state.last_seen_mono > state.stale_after_s):
             self._set_reachability(state, Reachability.STALE, now, "no fresh status")
 
     def mark_offline(self, siren_id: str, reason: str) -> None:
         """The device said so itself (MQTT state topic or its last will)."""
         state = self.states[siren_id]
-        self._set_reachability(state, Reachability.OFFLINE, utc_now(), reason)
+        self._set_reachability(state, Reachability.OFFLINE, utc(self.clock), reason)
 
     def sweep(self) -> None:
         """Catch sirens whose polls hang rather than fail, and reporting sirens that fell
         silent (called every second over the whole fleet, so the common case is cheap)."""
-        now = time.monotonic()
+        now = self._monotonic()
         online, stale = Reachability.ONLINE, Reachability.STALE
         for state in self.states.values():
             # The common case first, in one comparison: it answered recently enough.
@@ -235,13 +237,13 @@ class Fleet:
             if reachability is online or reachability is stale:
                 silent = now - state.last_seen_mono
                 if state.offline_after_s and silent > state.offline_after_s:
-                    self._set_reachability(state, Reachability.OFFLINE, utc_now(),
+                    self._set_reachability(state, Reachability.OFFLINE, utc(self.clock),
                                            f"silent for {silent:.0f} s")
                 elif reachability is online:
-                    self._set_reachability(state, stale, utc_now(), "no fresh status")
+                    self._set_reachability(state, stale, utc(self.clock), "no fresh status")
             elif (reachability is Reachability.UNKNOWN and state.offline_after_s
                   and now - state.last_seen_mono > state.offline_after_s):
-                self._set_reachability(state, Reachability.OFFLINE, utc_now(),
+                self._set_reachability(state, Reachability.OFFLINE, utc(self.clock),
                                        "never reported since the gateway started")
 
     def counts(self) -> dict[str, int]:

@@ -10,7 +10,13 @@ from typing import Protocol
 
 
 class Clock(Protocol):
-    def now(self) -> float: ...
+    def now(self) -> float:
+        """Wall time, Unix seconds: what is recorded and shown."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds that never jump: what durations (silence, hold times) are measured in."""
+        ...
 
     async def sleep(self, seconds: float) -> None: ...
 
@@ -19,8 +25,16 @@ class SystemClock:
     def now(self) -> float:
         return time.time()
 
+    def monotonic(self) -> float:
+        return time.monotonic()
+
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+def utc(clock: Clock) -> datetime:
+    """The clock's wall time as an aware UTC datetime."""
+    return datetime.fromtimestamp(clock.now(), UTC)
 
 
 def iso_utc(moment: float | None) -> str | None:
