@@ -127,8 +127,8 @@ async def test_real_time_plan_reports_the_truth_and_its_precision(
     assert csv_response.headers["content-type"].startswith("text/csv")
 
     # Precision: the step was due to be sent at start - PREPARE_S; how late did it leave?
-    (_, _, planned, created), = gateway.scheduler.fired
     activation = gateway.activations.activations[max(gateway.activations.activations)]
+    planned, created = activation.start_at, activation.created_at
     sent = [r.sent_at for r in activation.results.values() if r.sent_at]
     onsets = [truths[s]["onsets"][0]["started_at"] for s in ("s00001", "s00004")]
     print(f"\nSCHEDULE PRECISION: activation created {1000 * (created - (planned - PREPARE_S)):.1f}"

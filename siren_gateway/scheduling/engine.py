@@ -23,8 +23,6 @@ import asyncio
 import json
 import logging
 import math
-import time
-from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -79,7 +77,6 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._running = False
         # The latest firings (occurrence, step, planned, created), to see how late they were.
-        self.fired: deque[tuple[int, int, float, float]] = deque(maxlen=100)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -263,7 +260,6 @@ class Scheduler:
             except StepRefused as exc:
                 await self._record_step(occ, index, {"error": f"refused: {exc}"})
                 continue
-            self.fired.append((occ.id, index, base + step.offset_s, time.time()))
             await self._record_step(occ, index, {"activation_id": activation_id,
                                                  "start_at": iso_utc(start_at)})
         ids = [int(s["activation_id"]) for s in occ.steps.values() if "activation_id" in s]
