@@ -491,6 +491,10 @@ class AlertEngine:
 
     # -- queries ---------------------------------------------------------------------------
 
+    def get(self, alert_id: int) -> Alert | None:
+        """An alert held in memory (every uncleared one, and the recent cleared ones)."""
+        return self.alerts.get(alert_id)
+
     def query(self, state: str | None = None, severity: str | None = None,
               siren: str | None = None, zone: str | None = None) -> list[dict[str, Any]]:
         """Active first, then acknowledged, then cleared; newest first within each."""

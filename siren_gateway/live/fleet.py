@@ -177,6 +177,10 @@ class Fleet:
     def get(self, siren_id: str) -> SirenState | None:
         return self.states.get(siren_id)
 
+    def public(self) -> list[dict[str, Any]]:
+        """Every siren's live state, as the API shows it."""
+        return [state.as_dict() for state in self.states.values()]
+
     def _set_reachability(self, state: SirenState, new: Reachability, at: datetime,
                           reason: str) -> None:
         if state.reachability is new:

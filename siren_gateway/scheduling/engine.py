@@ -288,6 +288,13 @@ class Scheduler:
 
     # -- queries and control (the API's side) -----------------------------------------------
 
+    def all_plans(self) -> list[PlanConfig]:
+        return list(self.plans.values())
+
+    def source(self, plan_id: str) -> str:
+        """Where a plan is defined: "config" (the site file) or "api"."""
+        return self.sources.get(plan_id, "api")
+
     def plan(self, plan_id: str) -> PlanConfig:
         plan = self.plans.get(plan_id)
         if plan is None:

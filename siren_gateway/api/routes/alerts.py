@@ -28,7 +28,7 @@ def list_alerts(gateway: GatewayDep, _: Viewer,
 
 @router.get("/alerts/{alert_id}", response_model=AlertOut)
 def get_alert(alert_id: RowId, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
-    alert = gateway.alerts.alerts.get(alert_id)
+    alert = gateway.alerts.get(alert_id)
     if alert is None:
         raise HTTPException(404, f"no alert {alert_id}")
     return alert.public()

@@ -36,12 +36,12 @@ def _validated(gateway: Gateway, body: dict[str, Any]) -> PlanConfig:
 
 def _public(gateway: Gateway, plan: PlanConfig) -> dict[str, Any]:
     return plan.model_dump(mode="json", by_alias=True) | {
-        "source": gateway.scheduler.sources.get(plan.id, "api")}
+        "source": gateway.scheduler.source(plan.id)}
 
 
 @router.get("/schedules", response_model=list[PlanOut])
 async def list_plans(gateway: GatewayDep, who: Viewer) -> list[dict[str, Any]]:
-    return [_public(gateway, p) for p in gateway.scheduler.plans.values()]
+    return [_public(gateway, p) for p in gateway.scheduler.all_plans()]
 
 
 @router.post("/schedules", status_code=201, response_model=PlanOut)

@@ -18,7 +18,7 @@ router = APIRouter(tags=["sirens"])
 
 @router.get("/sirens", response_model=list[SirenOut])
 def list_sirens(gateway: GatewayDep, _: Viewer) -> list[dict[str, Any]]:
-    return [state.as_dict() for state in gateway.fleet.states.values()]
+    return gateway.fleet.public()
 
 
 @router.get("/sirens/{siren_id}", response_model=SirenDetailOut,
