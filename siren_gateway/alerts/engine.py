@@ -6,6 +6,10 @@ for `clear_after_s`, then it is cleared. Thresholds clear only past their hyster
 condition that comes back before the alert cleared does not raise a new one: flapping makes no
 storm. Inhibited sirens raise nothing. Alerts are persisted and reloaded as they were, so a
 restart never raises them again as new.
+
+One module, past 400 lines, because every rule reads and writes the same trackers (one per
+condition and siren) under the same lifecycle; the alert type is in model.py, the rows in
+store/alerts.py, the notifiers apart.
 """
 
 from __future__ import annotations

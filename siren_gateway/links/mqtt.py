@@ -9,6 +9,9 @@ A command is published at QoS 1 with an id that the device's acknowledgement ech
 returns once the device accepted it, raises LinkError("rejected") when it refused, and
 LinkError("unacknowledged") when no answer came in time; a command that could not even reach
 the broker raises LinkError("broker_unavailable"), which is certain: nothing was delivered.
+
+One module, past 400 lines: the hub and its links share the connection, the routing table and
+the pending-command map; the client adapter is mqtt_client.py, decoding lives with the profile.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ A profile is YAML (siren_gateway/data/devices/*.yaml), validated here into typed
 compiled once into what the hot path needs: a read plan (few, large requests) and one decoder
 per point. The same compiled profile drives the simulator, so a register's address, type and
 scale have one home.
+
+One module, past 400 lines: the profile's format and its compiled form (read plan, decoders,
+command codec) change together; the generated decoder and the register codec are apart.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ and is itself on disk before its first command. So after a crash or SIGKILL at a
   as missed, not sounded late.
 
 Time comes from an injectable clock, so tests can run occurrences without waiting for real time.
+One module, a little past 400 lines: the firing loop and the operator's actions (skip, cancel,
+run now, edit) race for the same occurrences; rows are in store/schedules.py, reports apart.
 """
 
 from __future__ import annotations
