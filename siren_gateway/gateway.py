@@ -32,7 +32,8 @@ from siren_gateway.scheduling.executor import ActivationExecutor
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import LoginThrottle, Principal, Role, TokenStore
 from siren_gateway.security.credentials import Credentials
-from siren_gateway.store.database import Database, database_path
+from siren_gateway.store.database import database_path
+from siren_gateway.store.sqlite import SqliteStore
 from siren_gateway.store.telemetry import TelemetryStore
 from siren_gateway.telemetry.sink import InfluxSink
 
@@ -47,7 +48,8 @@ class Gateway:
         self.clock = SystemClock()  # one clock for the engines that measure time
         self.fleet = Fleet(site, self.bus, self.clock)
         path = database_path(site, database)
-        self.db = Database(path)
+        self.store = SqliteStore(path)
+        self.db = self.store.database  # the telemetry history shares the file
         self.telemetry = TelemetryStore(self.db, self.bus, site.config.storage)
         self.influx: InfluxSink | None = None
         if site.config.influx is not None:
@@ -69,21 +71,21 @@ class Gateway:
             self.mqtt = MqttHub(site.config.mqtt, self.fleet, mqtt)
             self.links.update(self.mqtt.links)
         self.poller = Poller(self.fleet, self.links, self.instruments)
-        self.audit = AuditLog(self.db)
+        self.audit = AuditLog(self.store)
         # One command exchange per siren at a time, across activations and operator commands.
         self.siren_locks: dict[str, asyncio.Lock] = {}
-        self.activations = ActivationEngine(site, self.fleet, self.links, self.db, self.audit,
+        self.activations = ActivationEngine(site, self.fleet, self.links, self.store, self.audit,
                                             self.bus, self.siren_locks, self.instruments)
         self.commands = OperatorCommands(site, self.fleet, self.links, self.audit,
                                          self.activations, self.instruments)
-        self.alerts = AlertEngine(site, self.fleet, self.bus, self.db, self.audit, self.clock)
+        self.alerts = AlertEngine(site, self.fleet, self.bus, self.store, self.audit, self.clock)
         self.coverage = CoverageEngine(site, self.fleet, self.bus)
         self.scheduler = Scheduler(
-            site, self.db, self.bus, self.audit,
+            site, self.store, self.bus, self.audit,
             ActivationExecutor(self.activations, lambda tag: Principal(tag, Role.OPERATOR)),
             self.clock)
         alert_config = site.config.alerts
-        self.outbox = Outbox(self.db)
+        self.outbox = Outbox(self.store)
         self.webhooks = [WebhookNotifier(self.bus, hook, self.outbox)
                          for hook in alert_config.webhooks]
         self.mqtt_alerts = (MqttAlertNotifier(self.bus, alert_config.mqtt, self.outbox,
@@ -91,7 +93,7 @@ class Gateway:
                             if alert_config.mqtt else None)
         api = site.config.api
         self.users = {u.username: u for u in site.config.users}
-        self.credentials = Credentials(site.config.users, self.db)
+        self.credentials = Credentials(site.config.users, self.store)
         self.tokens = TokenStore(api.token_ttl_s, api.token_idle_s, api.tokens_per_user)
         login = api.login
         self.login_by_address = LoginThrottle(
@@ -113,7 +115,7 @@ class Gateway:
         (which resumes the steps those activations belong to).
         """
         parts: list[tuple[str, Service]] = [
-            ("database", self.db), ("audit log", self.audit), ("outbox", self.outbox),
+            ("store", self.store), ("audit log", self.audit), ("outbox", self.outbox),
             ("credentials", self.credentials)]
         if self.influx is not None:
             parts.append(("influx sink", self.influx))

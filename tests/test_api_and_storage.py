@@ -218,12 +218,13 @@ async def test_an_outbox_key_makes_a_second_put_of_the_same_notification_a_no_op
         tmp_path: Path) -> None:
     """An alert raised again after a crash lost its unwritten record is not announced twice."""
     from siren_gateway.alerts.outbox import Outbox
-    from siren_gateway.store.database import Database
+    from siren_gateway.store.sqlite import SqliteStore
 
-    db = Database(tmp_path / "outbox.db")
-    await db.start()
+    store = SqliteStore(tmp_path / "outbox.db")
+    await store.start()
+    db = store.database
     try:
-        outbox = Outbox(db)
+        outbox = Outbox(store)
         await outbox.start()
         first = await outbox.put("webhook:x", {"n": 1}, key="alert 7 mains_lost s1 raised")
         again = await outbox.put("webhook:x", {"n": 2}, key="alert 7 mains_lost s1 raised")
@@ -232,4 +233,4 @@ async def test_an_outbox_key_makes_a_second_put_of_the_same_notification_a_no_op
         rows = await db.run(lambda conn: conn.execute("SELECT id, body FROM outbox").fetchall())
         assert len(rows) == 2 and '"n": 1' in dict(rows)[first]
     finally:
-        await db.stop()
+        await store.stop()

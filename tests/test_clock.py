@@ -13,7 +13,7 @@ from siren_gateway.live.fleet import Fleet, Reachability, SirenState
 from siren_gateway.model import LinkError, Sample
 from siren_gateway.runtime.clock import utc
 from siren_gateway.security.audit import AuditLog
-from siren_gateway.store.database import Database
+from siren_gateway.store.sqlite import SqliteStore
 from tests.conftest import FakeClock, wait_until
 
 START = 1_800_000_000.0
@@ -81,10 +81,10 @@ async def test_the_offline_alert_follows_the_clock(tmp_path: Path) -> None:
     clock = FakeClock(START)
     bus = Bus()
     fleet = Fleet(site, bus, clock)
-    db = Database(tmp_path / "alerts.db")
-    await db.start()
-    audit = AuditLog(db)
-    engine = AlertEngine(site, fleet, bus, db, audit)
+    store = SqliteStore(tmp_path / "alerts.db")
+    await store.start()
+    audit = AuditLog(store)
+    engine = AlertEngine(site, fleet, bus, store, audit)
     assert engine.clock is clock  # the fleet's clock, unless given another
     await engine.start()
     try:
@@ -112,4 +112,4 @@ async def test_the_offline_alert_follows_the_clock(tmp_path: Path) -> None:
     finally:
         await engine.stop()
         await audit.stop()
-        await db.stop()
+        await store.stop()

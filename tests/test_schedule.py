@@ -20,7 +20,7 @@ from siren_gateway.scheduling.engine import Scheduler
 from siren_gateway.scheduling.recurrence import Cron, occurrences
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal, Role
-from siren_gateway.store.database import Database
+from siren_gateway.store.sqlite import SqliteStore
 from tests.conftest import FakeClock, wait_until
 
 BERLIN, SHANGHAI = ZoneInfo("Europe/Berlin"), ZoneInfo("Asia/Shanghai")
@@ -164,7 +164,8 @@ class Harness:
         site = generate_site(3)
         site["schedules"] = plans
         self.site = load_site(write_site(site, tmp_path / "site.yaml"))
-        self.db = Database(tmp_path / "schedule.db")
+        self.store = SqliteStore(tmp_path / "schedule.db")
+        self.db = self.store.database
         self.bus = Bus()
         self.events = self.bus.subscribe("test", maxsize=1000, kinds=(ScheduleEvent,))
         self.clock = FakeClock(start)
@@ -174,7 +175,7 @@ class Harness:
     async def start(self) -> Scheduler:
         if self.db._conn is None:
             await self.db.start()
-        self.scheduler = Scheduler(self.site, self.db, self.bus, AuditLog(self.db),
+        self.scheduler = Scheduler(self.site, self.store, self.bus, AuditLog(self.store),
                                    self.executor, clock=self.clock, prepare_s=3.0)
         await self.scheduler.start()
         await asyncio.sleep(0.05)

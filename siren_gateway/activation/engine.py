@@ -85,8 +85,7 @@ from siren_gateway.runtime.failpoints import failpoint
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
-from siren_gateway.store.activations import ActivationStore
-from siren_gateway.store.database import Database
+from siren_gateway.store.base import Store
 from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ _RESEND_PAUSE_S = 0.25
 
 
 class ActivationEngine:
-    def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], db: Database,
+    def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], store: Store,
                  audit: AuditLog, bus: Bus | None = None,
                  siren_locks: dict[str, asyncio.Lock] | None = None,
                  instruments: Instruments | None = None) -> None:
@@ -120,8 +119,8 @@ class ActivationEngine:
         self.bus = bus
         self.fleet = fleet
         self.links = links
-        self.db = db  # its health: whether storage takes writes now
-        self.store = ActivationStore(db)
+        self.health = store.health  # whether storage takes writes now
+        self.store = store.activations
         self.audit = audit
         self.config: ActivationConfig = site.config.activation
         self.activations: dict[int, Activation] = {}
@@ -259,7 +258,7 @@ class ActivationEngine:
                                                 and request.signal in ALWAYS_ALLOWED_SIGNALS)
 
     def _storage_refusal(self) -> StorageUnavailable:
-        health = self.db.health
+        health = self.health
         return StorageUnavailable("the state database cannot be written "
                                f"({health.last_error}); tests and exercises wait until it "
                                "works again, emergencies and all-clear still go out")
@@ -355,7 +354,7 @@ class ActivationEngine:
         critical = self._critical(request)
         async with self._lock:
             try:
-                if not critical and self.db.health.failing:
+                if not critical and self.health.failing:
                     raise self._storage_refusal()
                 activation, preempted = self._admit(who, request)
             except Refused as exc:
@@ -812,12 +811,12 @@ class ActivationEngine:
         try:
             await self.store.write(changed, records)
         except StorageError as exc:
-            self.db.health.failed(exc)
+            self.health.failed(exc)
             log.warning("activations %s held in memory until storage works: %s",
                         sorted(dirty)[:10], exc)
             self._dirty |= dirty  # try again at the next flush
             return False
-        self.db.health.succeeded()
+        self.health.succeeded()
         for result, key in written:
             result.written = key
         return True

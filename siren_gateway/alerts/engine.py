@@ -42,8 +42,7 @@ from siren_gateway.runtime.clock import Clock, iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
-from siren_gateway.store.alerts import AlertStore
-from siren_gateway.store.database import Database
+from siren_gateway.store.base import Store
 from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -66,14 +65,14 @@ KEEP_CLEARED = 500
 
 
 class AlertEngine:
-    def __init__(self, site: Site, fleet: Fleet, bus: Bus, db: Database, audit: AuditLog,
+    def __init__(self, site: Site, fleet: Fleet, bus: Bus, store: Store, audit: AuditLog,
                  clock: Clock | None = None) -> None:
         self.clock = clock or fleet.clock
         self.site = site
         self.fleet = fleet
         self.bus = bus
-        self.db = db  # its health: whether storage takes writes now
-        self.store = AlertStore(db)
+        self.health = store.health  # whether storage takes writes now
+        self.store = store.alerts
         self.audit = audit
         self.config: AlertsConfig = site.config.alerts
         self.alerts: dict[int, Alert] = {}
@@ -434,7 +433,7 @@ class AlertEngine:
                         del self._attacks[subject]
                         self._observe("login_attack", None, [], False, now, "info", "",
                                       clear_now=True, subject=subject)
-                health = self.db.health
+                health = self.health
                 self._observe("storage_failing", None, [], health.failing, now,
                               self.config.storage_failure_severity,
                               f"the state database cannot be written ({health.last_error}); "
@@ -476,10 +475,10 @@ class AlertEngine:
         try:
             await self.store.write([self.alerts[alert_id] for alert_id in dirty])
         except StorageError as exc:
-            self.db.health.failed(exc)  # kept in memory and written when storage returns
+            self.health.failed(exc)  # kept in memory and written when storage returns
             self._dirty |= dirty
         else:
-            self.db.health.succeeded()
+            self.health.succeeded()
             self._prune()
 
     def _prune(self) -> None:

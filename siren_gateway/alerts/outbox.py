@@ -18,9 +18,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from siren_gateway.store.database import Database
+from siren_gateway.store.base import Store
 from siren_gateway.store.errors import StorageError
-from siren_gateway.store.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +40,9 @@ def new_notification_id() -> str:
 
 
 class Outbox:
-    def __init__(self, db: Database) -> None:
-        self.db = db  # its health: whether storage takes writes now
-        self.store = OutboxStore(db)
+    def __init__(self, store: Store) -> None:
+        self.health = store.health  # whether storage takes writes now
+        self.store = store.outbox
         self._held: deque[tuple[str, str, str, float]] = deque()  # not yet on disk
         self.held_dropped = 0
         self._writing = asyncio.Lock()  # one writer of the held rows at a time
@@ -83,7 +82,7 @@ class Outbox:
         try:
             await self.store.add(rows)
         except StorageError as exc:
-            self.db.health.failed(exc)
+            self.health.failed(exc)
             return False
         written = {row[0] for row in rows}  # by id: put() may have trimmed meanwhile
         self._held = deque(row for row in self._held if row[0] not in written)
@@ -99,7 +98,7 @@ class Outbox:
         try:
             row = await self.store.oldest_pending(channel)
         except StorageError as exc:
-            self.db.health.failed(exc)
+            self.health.failed(exc)
             return None, now + 1.0
         if row is None:
             return None, now + 1.0
@@ -123,7 +122,7 @@ class Outbox:
             await self.store.attempted(notification.seq, time.time(), state, next_at)
         except StorageError as exc:
             # Delivered but not marked: it may be sent again, which its id makes harmless.
-            self.db.health.failed(exc)
+            self.health.failed(exc)
             log.warning("outbox: could not record notification %s: %s", notification.id, exc)
 
     async def counts(self) -> dict[str, int]:

@@ -46,8 +46,7 @@ from siren_gateway.scheduling.recurrence import occurrences
 from siren_gateway.scheduling.reports import build_report
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
-from siren_gateway.store.database import Database
-from siren_gateway.store.schedules import ScheduleStore
+from siren_gateway.store.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +57,11 @@ IDLE_WAKE_S = 30.0
 
 
 class Scheduler:
-    def __init__(self, site: Site, db: Database, bus: Bus, audit: AuditLog,
+    def __init__(self, site: Site, store: Store, bus: Bus, audit: AuditLog,
                  executor: StepExecutor, clock: Clock | None = None,
                  prepare_s: float | None = None) -> None:
         self.site = site
-        self.store = ScheduleStore(db)
+        self.store = store.schedules
         self.bus = bus
         self.audit = audit
         self.executor = executor

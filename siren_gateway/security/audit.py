@@ -23,8 +23,8 @@ from typing import Any
 
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.auth import Principal
-from siren_gateway.store.audit import AuditRow, AuditStore
-from siren_gateway.store.database import Database
+from siren_gateway.store.audit import AuditRow
+from siren_gateway.store.base import Store
 from siren_gateway.store.errors import DatabaseClosed, StorageError
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,13 @@ request_origin: contextvars.ContextVar[RequestOrigin | None] = contextvars.Conte
 
 
 class AuditLog:
-    def __init__(self, db: Database, journal_max: int = JOURNAL_MAX) -> None:
-        self.db = db
+    def __init__(self, store: Store, journal_max: int = JOURNAL_MAX) -> None:
+        self.health = store.health  # whether storage takes writes now
         self.journal: deque[AuditRow] = deque()
         self.journal_max = journal_max
         self.journal_dropped = 0
         self._retrier: asyncio.Task[None] | None = None
-        self.store = AuditStore(db)
+        self.store = store.audit
 
     async def record(self, who: Principal | str, action: str, outcome: str,
                      target: str | None = None, *, source: str | None = None,
@@ -77,10 +77,10 @@ class AuditLog:
         try:
             ids = await self.store.append([row])
         except StorageError as exc:
-            self.db.health.failed(exc)
+            self.health.failed(exc)
             self._hold(row)
             return 0
-        self.db.health.succeeded()
+        self.health.succeeded()
         return ids
 
     def _hold(self, row: AuditRow) -> None:
@@ -100,11 +100,11 @@ class AuditLog:
             except DatabaseClosed:  # stopped under us: the journal is written at our stop
                 return
             except StorageError as exc:
-                self.db.health.failed(exc)
+                self.health.failed(exc)
                 continue
             for _ in batch:
                 self.journal.popleft()
-            self.db.health.succeeded()
+            self.health.succeeded()
             log.info("audit journal: %d held entries written", len(batch))
 
     async def start(self) -> None:

@@ -15,8 +15,7 @@ import time
 
 from siren_gateway.config.api import UserConfig
 from siren_gateway.security.auth import DUMMY_HASH, hash_password, needs_rehash, verify_password
-from siren_gateway.store.credentials import PasswordUpgradeStore
-from siren_gateway.store.database import Database
+from siren_gateway.store.base import Store
 from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -26,10 +25,10 @@ def _fingerprint(stored: str) -> str:
 
 
 class Credentials:
-    def __init__(self, users: list[UserConfig], db: Database) -> None:
+    def __init__(self, users: list[UserConfig], store: Store) -> None:
         self.users = {u.username: u for u in users}
-        self.db = db  # its health: whether storage takes writes now
-        self.store = PasswordUpgradeStore(db)
+        self.health = store.health  # whether storage takes writes now
+        self.store = store.password_upgrades
         self._upgrades: dict[str, tuple[str, str]] = {}  # username -> (replaces, new hash)
         self.upgraded = 0
 
@@ -66,7 +65,7 @@ class Credentials:
         try:
             await self.store.put(user.username, replaces, new_hash, time.time())
         except StorageError as exc:  # the login stands; the upgrade waits for the next one
-            self.db.health.failed(exc)
+            self.health.failed(exc)
             return
         self._upgrades[user.username] = (replaces, new_hash)
         self.upgraded += 1
