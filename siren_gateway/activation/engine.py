@@ -36,7 +36,6 @@ import logging
 import math
 import random
 import secrets
-import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -80,7 +79,7 @@ from siren_gateway.model import (
     LinkError,
     new_command_id,
 )
-from siren_gateway.runtime.clock import iso_utc
+from siren_gateway.runtime.clock import Clock, iso_utc, utc
 from siren_gateway.runtime.failpoints import failpoint
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
@@ -113,8 +112,9 @@ class ActivationEngine:
     def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], store: Store,
                  audit: AuditLog, bus: Bus | None = None,
                  siren_locks: dict[str, asyncio.Lock] | None = None,
-                 instruments: Instruments | None = None) -> None:
+                 instruments: Instruments | None = None, clock: Clock | None = None) -> None:
         self.site = site
+        self.clock = clock or fleet.clock  # one clock with the fleet's staleness
         self.instruments = instruments or Instruments()
         self.bus = bus
         self.fleet = fleet
@@ -165,7 +165,7 @@ class ActivationEngine:
 
         found, top = await self.store.recent_and_running(self.config.keep_in_memory)
         self._next_id = top + 1
-        now = time.time()
+        now = self.clock.now()
         for activation in reversed(found):
             self.activations[activation.id] = activation
             if activation.state != "running":
@@ -240,7 +240,7 @@ class ActivationEngine:
         elif request.signal is not None:
             raise Invalid("a silent test has no signal")
         if request.start_at is not None:
-            ahead = request.start_at.timestamp() - time.time()
+            ahead = request.start_at.timestamp() - self.clock.now()
             if ahead < -1:
                 raise Invalid("start_at is in the past")
             if ahead > MAX_START_AHEAD_S:
@@ -272,7 +272,7 @@ class ActivationEngine:
             await self.audit.record(who, "activation.preview", f"refused: {exc.message}",
                                     request=describe_request(request))
             raise
-        now = time.time()
+        now = self.clock.now()
         self._confirmations = {k: v for k, v in self._confirmations.items() if v.expires_at > now}
         key = self._key(request, sirens)
         out: dict[str, Any] = {
@@ -321,7 +321,7 @@ class ActivationEngine:
 
     def _conflicts(self, sirens: list[str]) -> list[dict[str, Any]]:
         """Sirens busy with another activation (in flight, or reported sounding)."""
-        now = time.time()
+        now = self.clock.now()
         out = []
         for siren_id in sirens:
             occupation = self._busy_with(siren_id, now)
@@ -406,7 +406,7 @@ class ActivationEngine:
         if not sirens:
             raise Conflict("every targeted siren is inhibited or disarmed: "
                                   "nothing to sound")
-        now = time.time()
+        now = self.clock.now()
         key = self._key(request, sirens)
         if request.klass == "emergency":
             token = request.confirmation_token
@@ -495,7 +495,7 @@ class ActivationEngine:
             await self.audit.record(who, "activation.cancel", "refused: not found",
                                     target=f"activation {activation_id}")
             raise NotFound(f"no activation {activation_id}")
-        now = time.time()
+        now = self.clock.now()
         owned = [s for s, o in self._occupied.items()
                  if o.activation_id == activation_id and o.until > now]
         if activation.state != "running" and not owned:
@@ -515,7 +515,7 @@ class ActivationEngine:
             if result.status not in FINAL:
                 self._finish(result, Status.CANCELLED, f"cancelled by {who.username}")
         outcomes = await asyncio.gather(*stops)
-        activation.state, activation.ended_at = "cancelled", time.time()
+        activation.state, activation.ended_at = "cancelled", self.clock.now()
         self._dirty.add(activation.id)
         await self._flush()
         failed = [siren for siren, error in outcomes if error]
@@ -533,8 +533,8 @@ class ActivationEngine:
         """
         active, excluded = self.resolve(targets)
         sirens = active + list(excluded)  # setting a clock makes no sound: maintenance too
-        moment = math.floor(time.time()) + 1
-        await _sleep_until(moment)
+        moment = math.floor(self.clock.now()) + 1
+        await self._sleep_until(moment)
         command = Command(CommandKind.SET_CLOCK, clock=datetime.fromtimestamp(moment, UTC))
 
         async def one(siren_id: str) -> tuple[str, str | None]:
@@ -594,7 +594,7 @@ class ActivationEngine:
             # (at least once, even past the allowance: a siren that has it is watched).
             async with self.siren_lock(siren_id):
                 seen = await self._read_back(link, sequence,
-                                             max(deadline, time.time() + 2 * link.timeout_s),
+                                             max(deadline, self.clock.now() + 2 * link.timeout_s),
                                              since=0.0)
             if seen is Delivery.TAKEN:
                 self._accepted(activation, result)
@@ -603,12 +603,12 @@ class ActivationEngine:
                 result.reason = "the gateway restarted and the siren did not answer a " \
                                 "read-back; the command is never sent blind"
                 return True  # watch: its own status decides (sounding, or no feedback)
-            if time.time() > deadline:
+            if self.clock.now() > deadline:
                 self._finish(result, Status.FAILED, "command never delivered: the gateway "
                              "restarted after the late-start allowance, and the siren reports "
                              "it never received it")
                 return False
-        elif resumed and time.time() > deadline:
+        elif resumed and self.clock.now() > deadline:
             # Past the allowance nothing is sent late; a device that took it before the
             # restart still reports it, so watch.
             result.reason = "the gateway restarted after the late-start allowance; not sent late"
@@ -616,11 +616,11 @@ class ActivationEngine:
         command = command_for(activation, result, self.fleet.states[siren_id].sample,
                               self.config.clock_tolerance_s)
         if result.started_by_gateway:
-            await _sleep_until(start)
+            await self._sleep_until(start)
         last_error = "not attempted"
         while True:
             async with self.siren_lock(siren_id):
-                sent_at = time.time()
+                sent_at = self.clock.now()
                 result.sent_at = result.sent_at or sent_at
                 result.sends += 1
                 try:
@@ -645,8 +645,8 @@ class ActivationEngine:
                     else:
                         if exc.reason == "timeout":
                             # A slow device may still be carrying the write out.
-                            await asyncio.sleep(min(link.timeout_s,
-                                                    max(0.0, deadline - time.time())))
+                            await self.clock.sleep(min(link.timeout_s,
+                                                    max(0.0, deadline - self.clock.now())))
                         outcome = await self._read_back(link, sequence, deadline, sent_at)
                         if outcome is Delivery.UNKNOWN:
                             self._finish(result, Status.NO_FEEDBACK,
@@ -658,7 +658,7 @@ class ActivationEngine:
             if outcome is Delivery.TAKEN:
                 self._accepted(activation, result)
                 return True
-            if time.time() >= deadline:
+            if self.clock.now() >= deadline:
                 if outcome is Delivery.NOT_TAKEN:
                     # Known, not unknown: the device never got it, so it cannot sound.
                     self._finish(result, Status.FAILED, f"command never delivered: {last_error}")
@@ -672,7 +672,7 @@ class ActivationEngine:
                 return True
 
     def _accepted(self, activation: Activation, result: SirenResult) -> None:
-        result.status, result.accepted_at = Status.ACCEPTED, time.time()
+        result.status, result.accepted_at = Status.ACCEPTED, self.clock.now()
         self._dirty.add(activation.id)
         self._note_accepted(activation)
 
@@ -689,7 +689,7 @@ class ActivationEngine:
             if sample is not None:
                 seen = sample.values.get(SEQUENCE_POINT)
                 return Delivery.TAKEN if seen == sequence else Delivery.NOT_TAKEN
-            remaining = deadline - time.time()
+            remaining = deadline - self.clock.now()
             if remaining <= 0:
                 return Delivery.UNKNOWN
             await status.pause(self.fleet, link, _RESEND_PAUSE_S, remaining)
@@ -697,7 +697,7 @@ class ActivationEngine:
     def _note_accepted(self, activation: Activation) -> None:
         if activation.all_accepted_at is None and all(
                 r.status is not Status.PENDING for r in activation.results.values()):
-            activation.all_accepted_at = time.time()
+            activation.all_accepted_at = self.clock.now()
 
     async def _confirm(self, activation: Activation, result: SirenResult, link: SirenLink,
                        note: str = "") -> None:
@@ -726,14 +726,14 @@ class ActivationEngine:
             # belongs to the "start now" commands of sirens with bad clocks: begin polling a
             # moment later, spread over one poll interval so a thousand sirens are not polled
             # at once.
-            await _sleep_until(activation.start_at + 0.2
+            await self._sleep_until(activation.start_at + 0.2
                                + random.uniform(0, self.config.confirm_poll_interval_s))
         while True:
             verdict: tuple[Status, str] | None = None
             sample, why_not = await status.look(self.fleet, link, since)
             if sample is not None:
                 verdict = judge_sample(activation, sample, sequence, threshold, first_on_s,
-                                       failing, time.time())
+                                       failing, self.clock.now())
                 last_note = f"controller state {sample.values.get('state')!r}"
             elif link.polled:
                 last_note = why_not
@@ -744,24 +744,29 @@ class ActivationEngine:
             if verdict is not None:
                 self._finish(result, *verdict)
                 return
-            if time.time() >= deadline:
+            if self.clock.now() >= deadline:
                 self._finish(result, Status.NO_FEEDBACK, f"no confirmation within "
                              f"{self.config.confirm_timeout_s:g} s ({last_note}){note}")
                 return
             # (a reporting link looks again at least every second: "no current yet" becomes
             # "no current" by the clock, not by a new report)
             await status.pause(self.fleet, link, self.config.confirm_poll_interval_s,
-                               min(1.0, deadline - time.time()) if not link.polled
-                               else deadline - time.time())
+                               min(1.0, deadline - self.clock.now()) if not link.polled
+                               else deadline - self.clock.now())
+
+    async def _sleep_until(self, moment: float) -> None:
+        delay = moment - self.clock.now()
+        if delay > 0:
+            await self.clock.sleep(delay)
 
     def _finish(self, result: SirenResult, status: Status, reason: str) -> None:
         result.status, result.reason = status, reason
         if status in (Status.SOUNDED, Status.PASSED):
-            result.confirmed_at = time.time()
+            result.confirmed_at = self.clock.now()
         if self.bus is not None:
             self.bus.publish(SirenResultFinal(result.activation_id, result.klass,
                                               result.siren_id, status.value, reason,
-                                              datetime.now(UTC)))
+                                              utc(self.clock)))
 
     def _watch(self, activation: Activation, final_state: str) -> None:
         task = asyncio.create_task(self._close_when_done(activation, final_state),
@@ -776,7 +781,7 @@ class ActivationEngine:
         if self._stopping:
             return
         if activation.state == "running":
-            activation.state, activation.ended_at = final_state, time.time()
+            activation.state, activation.ended_at = final_state, self.clock.now()
             counts = activation.counts()
             log.info("activation %d %s: %s", activation.id, activation.state,
                      ", ".join(f"{n} {k}" for k, n in counts.items() if n))
@@ -855,7 +860,7 @@ class ActivationEngine:
         held = sum(len(a.results) for a in self.activations.values())
         if len(self.activations) <= keep and held <= budget:
             return
-        now = time.time()
+        now = self.clock.now()
         protected = set(self._dirty)
         protected.update(o.activation_id for o in self._occupied.values() if o.until > now)
         window = self.config.duplicate_window_s
@@ -870,7 +875,3 @@ class ActivationEngine:
             held -= len(self.activations.pop(activation_id).results)
 
 
-async def _sleep_until(moment: float) -> None:
-    delay = moment - time.time()
-    if delay > 0:
-        await asyncio.sleep(delay)

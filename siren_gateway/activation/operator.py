@@ -9,7 +9,6 @@ disarmed. They make no sound, so inhibited and disarmed sirens are commanded too
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -77,7 +76,7 @@ class OperatorCommands:
         if not profile.supports(kind):
             return CommandOutcome(siren_id, "unsupported",
                                   f"model {profile.name} has no {kind.value} command")
-        sent_at = time.time()
+        sent_at = self.engine.clock.now()
         try:
             async with self.engine.siren_lock(siren_id):
                 with self.instruments.command(kind.value):
@@ -103,7 +102,7 @@ class OperatorCommands:
                     remaining = sample.faults & latched
                     if not remaining:
                         return CommandOutcome(siren_id, "confirmed", "no latched fault reported",
-                                              round(time.time() - sent_at, 3))
+                                              round(self.engine.clock.now() - sent_at, 3))
                     last = (f"still reports {', '.join(sorted(remaining))}: the part is "
                             "probably still broken")
                 else:
@@ -112,10 +111,10 @@ class OperatorCommands:
                     if armed is wanted:
                         return CommandOutcome(siren_id, "confirmed",
                                               "reports armed" if wanted else "reports disarmed",
-                                              round(time.time() - sent_at, 3))
+                                              round(self.engine.clock.now() - sent_at, 3))
                     last = ("the controller does not report whether it is armed"
                             if armed is None else f"still reports armed={armed}")
-            remaining_s = deadline - time.time()
+            remaining_s = deadline - self.engine.clock.now()
             if remaining_s <= 0:
                 return CommandOutcome(siren_id, "not_confirmed", last)
             await status.pause(self.fleet, link, self.poll_interval_s, remaining_s)
