@@ -30,8 +30,9 @@ from siren_gateway.runtime.lifecycle import Service, running
 from siren_gateway.scheduling.engine import Scheduler
 from siren_gateway.scheduling.executor import ActivationExecutor
 from siren_gateway.security.audit import AuditLog
-from siren_gateway.security.auth import LoginThrottle, Principal, Role, TokenStore
+from siren_gateway.security.auth import Principal, Role, TokenStore
 from siren_gateway.security.credentials import Credentials
+from siren_gateway.security.login import Logins
 from siren_gateway.store.database import database_path
 from siren_gateway.store.sqlite import SqliteStore
 from siren_gateway.store.telemetry import TelemetryStore
@@ -95,13 +96,7 @@ class Gateway:
         self.users = {u.username: u for u in site.config.users}
         self.credentials = Credentials(site.config.users, self.store)
         self.tokens = TokenStore(api.token_ttl_s, api.token_idle_s, api.tokens_per_user)
-        login = api.login
-        self.login_by_address = LoginThrottle(
-            login.free_failures, login.base_delay_s, login.max_delay_s, login.lockout_after,
-            login.lockout_s, login.window_s)
-        self.login_by_username = LoginThrottle(
-            login.free_failures, login.base_delay_s, login.max_delay_s,
-            window_s=login.window_s)
+        self.logins = Logins(api, self.credentials, self.tokens, self.audit, self.bus)
         self.started_at: float | None = None
         self._running: AsyncExitStack | None = None
         self.instruments.registry.register(GatewayCollector(self))
