@@ -93,7 +93,6 @@ class Gateway:
                                               self.alerts.query)
                             if alert_config.mqtt else None)
         api = site.config.api
-        self.users = {u.username: u for u in site.config.users}
         self.credentials = Credentials(site.config.users, self.store)
         self.tokens = TokenStore(api.token_ttl_s, api.token_idle_s, api.tokens_per_user)
         self.logins = Logins(api, self.credentials, self.tokens, self.audit, self.bus)

@@ -1,34 +1,12 @@
-"""This process's own footprint: resident memory, open descriptors, live asyncio tasks.
-
-Exposed in /metrics so a soak (bench/soak.py) or an operator's Prometheus can see a leak
-the way it shows on a machine that has run for months.
+"""This process's own footprint beyond what prometheus_client's process collector reports
+(memory, descriptors, CPU): live asyncio tasks, in /metrics so a soak (bench/soak.py) or an
+operator's Prometheus sees a task leak; and the open-file limit a large site needs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
-from pathlib import Path
-
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def resident_bytes() -> int:
-    """Resident set size now (Linux /proc); elsewhere the peak, which is all getrusage has."""
-    try:
-        fields = Path("/proc/self/statm").read_text(encoding="ascii").split()
-        return int(fields[1]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak * 1024  # kilobytes on Linux; the fallback is only approximate elsewhere
-
-
-def open_descriptors() -> int | None:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return None
 
 
 def task_count() -> int:
