@@ -21,6 +21,7 @@ from siren_gateway.links.base import SirenLink
 from siren_gateway.links.modbus import ModbusLinks
 from siren_gateway.links.mqtt import MqttHub
 from siren_gateway.links.poller import Poller
+from siren_gateway.links.status import StatusReader
 from siren_gateway.live.bus import Bus
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.metrics import GatewayCollector, Instruments
@@ -75,7 +76,9 @@ class Gateway:
         self.audit = AuditLog(self.store)
         # One command exchange per siren at a time, across activations and operator commands.
         self.siren_locks: dict[str, asyncio.Lock] = {}
-        self.activations = ActivationEngine(site, self.fleet, self.links, self.store, self.audit,
+        self.activations = ActivationEngine(site, self.fleet, self.links,
+                                            StatusReader(self.fleet, self.poller),
+                                            self.store, self.audit,
                                             self.bus, self.siren_locks, self.instruments)
         self.commands = OperatorCommands(site, self.fleet, self.links, self.audit,
                                          self.activations, self.instruments)

@@ -13,7 +13,7 @@ from siren_gateway.links.base import SirenLink
 from siren_gateway.links.poller import Poller, next_delay
 from siren_gateway.live.bus import Bus
 from siren_gateway.live.fleet import Fleet
-from siren_gateway.model import Command, Sample, utc_now
+from siren_gateway.model import Command, LinkError, Sample, utc_now
 from tests.conftest import wait_until
 
 
@@ -98,3 +98,78 @@ async def test_hung_polls_hold_only_their_own_workers(tmp_path: Path) -> None:
     assert all(links[i].polls == 1 for i in hung)  # type: ignore[attr-defined]
     await asyncio.wait_for(poller.stop(), timeout=5)
     assert poller.scheduled() == 0
+
+
+class GatedLink(CancelSwallowingLink):
+    """Answers each poll when the test opens the gate, numbering its answers."""
+
+    def __init__(self, siren_id: str) -> None:
+        super().__init__(siren_id)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def poll(self) -> Sample:
+        self.polls += 1
+        number = self.polls
+        await self.gate.wait()
+        return Sample(self.siren_id, utc_now(), {"state": "idle", "n": number})
+
+
+async def _one_gated_siren(tmp_path: Path, interval_s: float
+                           ) -> tuple[Fleet, GatedLink, Poller]:
+    site = load_site(write_site(generate_site(1, poll_interval_s=interval_s),
+                                tmp_path / "s.yaml"))
+    fleet = Fleet(site, Bus())
+    link = GatedLink(site.config.sirens[0].id)
+    poller = Poller(fleet, {link.siren_id: link}, seed=1)
+    await poller.start()
+    return fleet, link, poller
+
+
+async def test_poll_now_takes_the_next_poll_early_and_keeps_the_timetable(tmp_path: Path
+                                                                          ) -> None:
+    """An activation's request for a fresh answer is one poll, not a second stream of polls:
+    each request costs one poll, the answer reaches the fleet, and the regular poll still
+    comes on its own time."""
+    fleet, link, poller = await _one_gated_siren(tmp_path, interval_s=3.0)
+    try:
+        for n in range(1, 4):
+            outcome = await poller.poll_now(link.siren_id)
+            assert isinstance(outcome, Sample) and outcome.values["n"] == n
+            assert fleet.states[link.siren_id].sample is outcome
+        assert link.polls == 3
+        assert poller.scheduled() == 1  # the regular poll is still waiting for its time
+        await wait_until(lambda: link.polls == 4, 10, "the regular poll came on its own")
+    finally:
+        await poller.stop()
+
+
+async def test_poll_now_during_a_poll_waits_for_one_that_starts_after_it(tmp_path: Path
+                                                                         ) -> None:
+    """A poll already on the wire may have been asked before the caller's command went out:
+    its answer goes to those who asked before it started, the later caller gets the next."""
+    _, link, poller = await _one_gated_siren(tmp_path, interval_s=60.0)
+    try:
+        link.gate.clear()
+        first = asyncio.create_task(poller.poll_now(link.siren_id))
+        await wait_until(lambda: link.polls == 1, 5, "the first poll is on the wire")
+        second = asyncio.create_task(poller.poll_now(link.siren_id))
+        await asyncio.sleep(0)
+        link.gate.set()
+        one, two = await first, await second
+        assert isinstance(one, Sample) and one.values["n"] == 1
+        assert isinstance(two, Sample) and two.values["n"] == 2
+        assert link.polls == 2
+    finally:
+        await poller.stop()
+
+
+async def test_stop_answers_whoever_waits_for_a_poll(tmp_path: Path) -> None:
+    _, link, poller = await _one_gated_siren(tmp_path, interval_s=60.0)
+    link.gate.clear()
+    waiting = asyncio.create_task(poller.poll_now(link.siren_id))
+    await wait_until(lambda: link.polls == 1, 5, "the poll is on the wire")
+    await asyncio.wait_for(poller.stop(), timeout=5)
+    outcome = await asyncio.wait_for(waiting, timeout=1)
+    assert isinstance(outcome, LinkError) and outcome.reason == "stopped"
+    assert isinstance(await poller.poll_now(link.siren_id), LinkError)

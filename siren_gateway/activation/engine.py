@@ -66,8 +66,8 @@ from siren_gateway.errors import (
     Refused,
     StorageUnavailable,
 )
-from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
+from siren_gateway.links.status import StatusReader
 from siren_gateway.live.bus import Bus, SirenResultFinal
 from siren_gateway.live.fleet import Fleet, Reachability
 from siren_gateway.metrics import Instruments
@@ -109,8 +109,8 @@ _RESEND_PAUSE_S = 0.25
 
 
 class ActivationEngine:
-    def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], store: Store,
-                 audit: AuditLog, bus: Bus | None = None,
+    def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink],
+                 status: StatusReader, store: Store, audit: AuditLog, bus: Bus | None = None,
                  siren_locks: dict[str, asyncio.Lock] | None = None,
                  instruments: Instruments | None = None, clock: Clock | None = None) -> None:
         self.site = site
@@ -119,6 +119,7 @@ class ActivationEngine:
         self.bus = bus
         self.fleet = fleet
         self.links = links
+        self.status = status  # fresh answers come from the poller, never from a poll of ours
         self.health = store.health  # whether storage takes writes now
         self.store = store.activations
         self.audit = audit
@@ -685,14 +686,14 @@ class ActivationEngine:
                          since: float) -> Delivery:
         """Ask the device which command it carried out last, until `deadline`."""
         while True:
-            sample, _ = await status.look(self.fleet, link, since)
+            sample, _ = await self.status.look(link, since)
             if sample is not None:
                 seen = sample.values.get(SEQUENCE_POINT)
                 return Delivery.TAKEN if seen == sequence else Delivery.NOT_TAKEN
             remaining = deadline - self.clock.now()
             if remaining <= 0:
                 return Delivery.UNKNOWN
-            await status.pause(self.fleet, link, _RESEND_PAUSE_S, remaining)
+            await self.status.pause(link, _RESEND_PAUSE_S, remaining)
 
     def _note_accepted(self, activation: Activation) -> None:
         if activation.all_accepted_at is None and all(
@@ -730,7 +731,7 @@ class ActivationEngine:
                                + random.uniform(0, self.config.confirm_poll_interval_s))
         while True:
             verdict: tuple[Status, str] | None = None
-            sample, why_not = await status.look(self.fleet, link, since)
+            sample, why_not = await self.status.look(link, since)
             if sample is not None:
                 verdict = judge_sample(activation, sample, sequence, threshold, first_on_s,
                                        failing, self.clock.now())
@@ -750,7 +751,7 @@ class ActivationEngine:
                 return
             # (a reporting link looks again at least every second: "no current yet" becomes
             # "no current" by the clock, not by a new report)
-            await status.pause(self.fleet, link, self.config.confirm_poll_interval_s,
+            await self.status.pause(link, self.config.confirm_poll_interval_s,
                                min(1.0, deadline - self.clock.now()) if not link.polled
                                else deadline - self.clock.now())
 

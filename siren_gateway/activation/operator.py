@@ -16,7 +16,6 @@ from siren_gateway.activation.engine import ActivationEngine
 from siren_gateway.activation.model import Targets
 from siren_gateway.config.site import Site
 from siren_gateway.errors import Invalid, Refused
-from siren_gateway.links import status
 from siren_gateway.links.base import SirenLink
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.metrics import Instruments
@@ -94,7 +93,7 @@ class OperatorCommands:
         latched = profile.latched_faults
         last = "no status since the command"
         while True:
-            sample, why_not = await status.look(self.fleet, link, sent_at)
+            sample, why_not = await self.engine.status.look(link, sent_at)
             if sample is None and link.polled:
                 last = why_not
             if sample is not None:
@@ -117,4 +116,4 @@ class OperatorCommands:
             remaining_s = deadline - self.engine.clock.now()
             if remaining_s <= 0:
                 return CommandOutcome(siren_id, "not_confirmed", last)
-            await status.pause(self.fleet, link, self.poll_interval_s, remaining_s)
+            await self.engine.status.pause(link, self.poll_interval_s, remaining_s)

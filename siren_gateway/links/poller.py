@@ -4,6 +4,11 @@ A poll on the wire holds a worker task of its own, so a slow or dead device only
 itself (on a shared RS-485 line it costs its timeout, which the back-off keeps rare). Polls are
 scheduled on a fixed grid rather than "interval after the last answer", so the rate stays true
 under load.
+
+The poller is the only one that asks a polled siren for its status: an activation that needs a
+fresh answer (a read-back after a lost reply, a confirmation) asks the poller for one
+(`poll_now`), which takes the siren's next poll early instead of adding a second stream of polls
+to the device, and the answer reaches the fleet the way every poll's does.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from siren_gateway.config.site import PollingConfig
 from siren_gateway.links.base import SirenLink
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.metrics import Instruments
-from siren_gateway.model import LinkError
+from siren_gateway.model import LinkError, Sample
 from siren_gateway.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -35,14 +40,17 @@ def next_delay(interval_s: float, failures: int, polling: PollingConfig, rng: ra
 class _Schedule:
     """One polled siren's place on the timetable."""
 
-    __slots__ = ("due", "first", "interval_s", "link", "timer")
+    __slots__ = ("due", "early", "first", "interval_s", "link", "timer", "wanted")
 
     def __init__(self, link: SirenLink, interval_s: float) -> None:
         self.link = link
         self.interval_s = interval_s
         self.due = 0.0
         self.first = True
-        self.timer: asyncio.TimerHandle | None = None  # waiting for its next poll
+        self.timer: asyncio.Handle | None = None  # waiting for its next poll
+        # Callers of poll_now waiting for the outcome of a poll that starts after they asked.
+        self.wanted: list[asyncio.Future[Sample | LinkError]] = []
+        self.early = False  # this poll was taken before its due time, for a poll_now
 
 
 # Workers kept waiting for the next due poll; one more poll at once starts another task.
@@ -69,6 +77,7 @@ class Poller:
         self.links = links
         self._rng = random.Random(seed)
         self._schedules: list[_Schedule] = []
+        self._by_siren: dict[str, _Schedule] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._idle: list[asyncio.Future[_Schedule]] = []  # workers waiting for a poll
         self._busy = 0  # polls on the wire now
@@ -87,6 +96,7 @@ class Poller:
             schedule.due = now + self._rng.uniform(0, min(schedule.interval_s, 5.0))
             schedule.timer = loop.call_at(schedule.due, self._fire, schedule)
             self._schedules.append(schedule)
+            self._by_siren[siren_id] = schedule
         self._sweeper = asyncio.create_task(self._sweep(), name="staleness sweep")
 
     async def stop(self) -> None:
@@ -98,14 +108,32 @@ class Poller:
                 schedule.timer.cancel()
                 schedule.timer = None
         await cancel_and_wait([*self._workers, *([self._sweeper] if self._sweeper else [])])
+        for schedule in self._schedules:
+            _answer(schedule.wanted, LinkError("stopped", "the gateway is stopping"))
         self._workers.clear()
         self._idle.clear()
         self._schedules.clear()
+        self._by_siren.clear()
         self._sweeper = None
 
     def scheduled(self) -> int:
         """Sirens with a poll waiting or on the wire (every polled siren, while running)."""
         return sum(1 for s in self._schedules if s.timer is not None) + self._busy
+
+    async def poll_now(self, siren_id: str) -> Sample | LinkError:
+        """The outcome of a poll of this siren that starts after this call: its next poll,
+        taken now if it was waiting for its time, or right after the one on the wire (whose
+        request may predate the caller's command). The regular timetable is kept."""
+        schedule = self._by_siren.get(siren_id)
+        if schedule is None or not self._running:
+            return LinkError("stopped", "the siren is not being polled")
+        waiter: asyncio.Future[Sample | LinkError] = asyncio.get_running_loop().create_future()
+        schedule.wanted.append(waiter)
+        if schedule.timer is not None:  # waiting for its time: take it now
+            schedule.timer.cancel()
+            schedule.early = True
+            self._fire(schedule)
+        return await waiter
 
     def _fire(self, schedule: _Schedule) -> None:
         schedule.timer = None
@@ -139,32 +167,62 @@ class Poller:
         link = schedule.link
         loop = asyncio.get_running_loop()
         started = loop.time()
+        # Who asked before this request went out; later askers wait for the next one.
+        served = schedule.wanted
+        if served:
+            schedule.wanted = []
+        outcome: Sample | LinkError
         try:
-            sample = await link.poll()
+            outcome = await link.poll()
         except LinkError as exc:
             self._poll_failed.observe(loop.time() - started)
             self.fleet.record_failure(link.siren_id, exc)
+            outcome = exc
+        except asyncio.CancelledError:
+            _answer(served, LinkError("stopped", "the gateway is stopping"))
+            raise
         except Exception as exc:  # never let one siren's surprise end its polling
             log.exception("poll of %s failed unexpectedly", link.siren_id)
-            self.fleet.record_failure(link.siren_id, LinkError("internal", repr(exc)))
+            outcome = LinkError("internal", repr(exc))
+            self.fleet.record_failure(link.siren_id, outcome)
         else:
             self._poll_ok.observe(loop.time() - started)
-            self.fleet.record_sample(sample)
+            self.fleet.record_sample(outcome)
+        if served:
+            _answer(served, outcome)
         if not self._running:
             return
+        # A poll taken early for poll_now stands in for nobody: the regular one still comes
+        # on time. One that ran into its due time counts as the regular poll.
+        if not (schedule.early and schedule.due > loop.time()):
+            self._advance(schedule, loop.time())
+        if schedule.wanted:  # asked again while this poll was on the wire: poll again now
+            schedule.early = True
+            schedule.timer = loop.call_soon(self._fire, schedule)
+        else:
+            schedule.early = False
+            schedule.timer = loop.call_at(schedule.due, self._fire, schedule)
+
+    def _advance(self, schedule: _Schedule, now: float) -> None:
         interval_s = schedule.interval_s
         if schedule.first:
             # ... then each siren settles on its own phase of the whole interval, so a large
             # fleet is polled evenly instead of in bursts.
             schedule.due += self._rng.uniform(0, interval_s)
             schedule.first = False
-        failures = self.fleet.states[link.siren_id].consecutive_failures
+        failures = self.fleet.states[schedule.link.siren_id].consecutive_failures
         schedule.due += next_delay(interval_s, failures, self.fleet.polling, self._rng)
         # Fell behind (slow device): poll now, don't burst to catch up.
-        schedule.due = max(schedule.due, loop.time())
-        schedule.timer = loop.call_at(schedule.due, self._fire, schedule)
+        schedule.due = max(schedule.due, now)
 
     async def _sweep(self) -> None:
         while self._running:
             await asyncio.sleep(1.0)
             self.fleet.sweep()
+
+
+def _answer(waiters: list[asyncio.Future[Sample | LinkError]], outcome: Sample | LinkError
+            ) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(outcome)

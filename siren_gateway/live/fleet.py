@@ -1,7 +1,8 @@
 """The live picture of every siren: reachability, latest status, active faults.
 
-Only the links' owners (the poller, the MQTT hub, activations) write here; the API reads. Every change of
-reachability or of the fault set is published once on the bus, at the moment it is observed.
+Only the links' owners (the poller, the MQTT hub) write here; activations ask the poller for
+fresh answers; the API reads. Every change of reachability or of the fault set is published once
+on the bus, at the moment it is observed.
 """
 
 from __future__ import annotations
