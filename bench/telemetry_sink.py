@@ -83,7 +83,7 @@ async def via_sink(site: Site, url: str, samples: list[Sample], batch: int, spoo
     config = InfluxConfig(url=url, batch_size=batch, flush_interval_s=0.2, string_fields=False,
                           queue_size=len(samples) + 1000)
     bus = Bus()
-    sink = InfluxSink(site, bus, config, spool)
+    sink = InfluxSink(site.config.sirens, bus, config, spool)
     await sink.start()
     c0, t0 = cpu(), time.perf_counter()
     for s in samples:
@@ -159,7 +159,7 @@ async def run(count: int, batch: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-sink-"))
     site = load_site(write_site(generate_site(1000), work / "site.yaml"))
     samples = make_samples(site, count)
-    encoder = LineEncoder(site, string_fields=False)
+    encoder = LineEncoder(site.config.sirens, string_fields=False)
     t0 = time.perf_counter()
     lines = [encoder.encode(s) or "" for s in samples]
     encode_s = time.perf_counter() - t0

@@ -94,7 +94,7 @@ class SimulatorFleet:
         self.sirens[siren_cfg.id] = siren
         self.mqtt[siren_cfg.id] = SimulatedMqttSiren(
             siren, profile, link.device_id or siren_cfg.id, broker,
-            reporting_interval(self.site, siren_cfg), self.clock)
+            reporting_interval(self.site.profiles, siren_cfg), self.clock)
 
     async def start(self) -> None:
         for endpoint in self.endpoints:

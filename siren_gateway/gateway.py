@@ -48,7 +48,9 @@ class Gateway:
         self.bus = Bus()
         self.instruments = Instruments()
         self.clock = SystemClock()  # one clock for the engines that measure time
-        self.fleet = Fleet(site, self.bus, self.clock)
+        config = site.config
+        catalogue = site.catalogue  # what every part may know; its own section beside it
+        self.fleet = Fleet(catalogue, config.polling, config.mqtt, self.bus, self.clock)
         path = database_path(site, database)
         self.store = SqliteStore(path)
         self.db = self.store.database  # the telemetry history shares the file
@@ -56,7 +58,7 @@ class Gateway:
         self.influx: InfluxSink | None = None
         if site.config.influx is not None:
             spool = path.parent / site.config.influx.spool_dir
-            self.influx = InfluxSink(site, self.bus, site.config.influx, spool)
+            self.influx = InfluxSink(config.sirens, self.bus, site.config.influx, spool)
         self.links: dict[str, SirenLink] = {}
         modbus, mqtt = [], []
         for siren in site.config.sirens:
@@ -76,18 +78,19 @@ class Gateway:
         self.audit = AuditLog(self.store)
         # One command exchange per siren at a time, across activations and operator commands.
         self.siren_locks: dict[str, asyncio.Lock] = {}
-        self.activations = ActivationEngine(site, self.fleet, self.links,
+        self.activations = ActivationEngine(catalogue, config.activation, self.fleet, self.links,
                                             StatusReader(self.fleet, self.poller),
                                             self.store, self.audit,
                                             self.bus, self.siren_locks, self.instruments)
-        self.commands = OperatorCommands(site, self.fleet, self.links, self.audit,
+        self.commands = OperatorCommands(site.profiles, config.activation, self.fleet, self.links, self.audit,
                                          self.activations, self.instruments)
-        self.alerts = AlertEngine(site, self.fleet, self.bus, self.store, self.audit, self.clock)
-        self.coverage = CoverageEngine(site, self.fleet, self.bus)
+        self.alerts = AlertEngine(config.alerts, config.coverage.severity, self.fleet, self.bus,
+                                  self.store, self.audit, self.clock)
+        self.coverage = CoverageEngine(catalogue, config.coverage, self.fleet, self.bus)
         self.scheduler = Scheduler(
-            site, self.store, self.bus, self.audit,
+            config.schedules, config.sirens, self.store, self.bus, self.audit,
             ActivationExecutor(self.activations, lambda tag: Principal(tag, Role.OPERATOR)),
-            self.clock)
+            prepare_s=config.activation.sync_lead_s + 1.0, clock=self.clock)
         alert_config = site.config.alerts
         self.outbox = Outbox(self.store)
         self.webhooks = [WebhookNotifier(self.bus, hook, self.outbox)

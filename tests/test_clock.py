@@ -40,7 +40,7 @@ def test_silence_turns_stale_then_offline_exactly_when_the_clock_says(tmp_path: 
     clock = FakeClock(START)
     bus = Bus()
     changes = bus.subscribe("test", kinds=(StatusChanged,))
-    fleet = Fleet(site, bus, clock)
+    fleet = Fleet(site.catalogue, site.config.polling, site.config.mqtt, bus, clock)
     mqtt_id = next(s.id for s in site.config.sirens if s.link.type == "mqtt")
     modbus_id = next(s.id for s in site.config.sirens if s.link.type != "mqtt")
     mqtt_state, modbus_state = fleet.states[mqtt_id], fleet.states[modbus_id]
@@ -80,11 +80,12 @@ async def test_the_offline_alert_follows_the_clock(tmp_path: Path) -> None:
     site = load_site(_site(tmp_path))
     clock = FakeClock(START)
     bus = Bus()
-    fleet = Fleet(site, bus, clock)
+    fleet = Fleet(site.catalogue, site.config.polling, site.config.mqtt, bus, clock)
     store = SqliteStore(tmp_path / "alerts.db")
     await store.start()
     audit = AuditLog(store)
-    engine = AlertEngine(site, fleet, bus, store, audit)
+    engine = AlertEngine(site.config.alerts, site.config.coverage.severity, fleet, bus, store,
+                         audit)
     assert engine.clock is clock  # the fleet's clock, unless given another
     await engine.start()
     try:

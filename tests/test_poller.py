@@ -50,7 +50,7 @@ class CancelSwallowingLink:
 
 async def test_stop_finishes_even_when_a_cancellation_is_swallowed(tmp_path: Path) -> None:
     site = load_site(write_site(generate_site(3, poll_interval_s=0.05), tmp_path / "s.yaml"))
-    fleet = Fleet(site, Bus())
+    fleet = Fleet(site.catalogue, site.config.polling, site.config.mqtt, Bus())
     links: dict[str, SirenLink] = {s.id: CancelSwallowingLink(s.id) for s in site.config.sirens}
     poller = Poller(fleet, links, seed=1)
     await poller.start()
@@ -82,7 +82,7 @@ async def test_hung_polls_hold_only_their_own_workers(tmp_path: Path) -> None:
     """More hung devices than idle workers are kept: each holds one worker, the healthy keep
     their rate, and stop() ends the hung polls too."""
     site = load_site(write_site(generate_site(50, poll_interval_s=0.05), tmp_path / "s.yaml"))
-    fleet = Fleet(site, Bus())
+    fleet = Fleet(site.catalogue, site.config.polling, site.config.mqtt, Bus())
     ids = [s.id for s in site.config.sirens]
     hung = set(ids[:40])
     links: dict[str, SirenLink] = {
@@ -119,7 +119,7 @@ async def _one_gated_siren(tmp_path: Path, interval_s: float
                            ) -> tuple[Fleet, GatedLink, Poller]:
     site = load_site(write_site(generate_site(1, poll_interval_s=interval_s),
                                 tmp_path / "s.yaml"))
-    fleet = Fleet(site, Bus())
+    fleet = Fleet(site.catalogue, site.config.polling, site.config.mqtt, Bus())
     link = GatedLink(site.config.sirens[0].id)
     poller = Poller(fleet, {link.siren_id: link}, seed=1)
     await poller.start()

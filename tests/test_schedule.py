@@ -175,8 +175,9 @@ class Harness:
     async def start(self) -> Scheduler:
         if self.db._conn is None:
             await self.db.start()
-        self.scheduler = Scheduler(self.site, self.store, self.bus, AuditLog(self.store),
-                                   self.executor, clock=self.clock, prepare_s=3.0)
+        self.scheduler = Scheduler(self.site.config.schedules, self.site.config.sirens,
+                                   self.store, self.bus, AuditLog(self.store), self.executor,
+                                   prepare_s=3.0, clock=self.clock)
         await self.scheduler.start()
         await asyncio.sleep(0.05)
         return self.scheduler

@@ -125,7 +125,7 @@ def points(export: list[dict[str, Any]], field: str) -> dict[tuple[str, int], fl
 
 def test_line_protocol_types_and_escaping(site: Site) -> None:
     at = datetime(2026, 9, 18, 2, 0, 0, 123000, tzinfo=UTC)
-    line = LineEncoder(site).encode(Sample("s00001", at, {
+    line = LineEncoder(site.config.sirens).encode(Sample("s00001", at, {
         "battery_voltage": 26.5, "activation_counter": 7, "mains_present": True,
         "firmware": 'SG "2" \\ x'}, frozenset({"door_open", "mains_lost"})))
     assert line == ('siren_status,model=generic_siren_controller,siren_id=s00001,zone=zone-1,'
@@ -134,7 +134,7 @@ def test_line_protocol_types_and_escaping(site: Site) -> None:
                     '1789696800123')
     assert escape_key("a b,c=d") == "a\\ b\\,c\\=d"
     assert field_value(False) == "false" and field_value(3) == "3i"
-    assert LineEncoder(site).encode(Sample("nobody", at, {})) is None
+    assert LineEncoder(site.config.sirens).encode(Sample("nobody", at, {})) is None
 
 
 @needs_victoria
@@ -173,7 +173,7 @@ async def test_every_sample_of_a_running_gateway_reads_back_exactly(
 async def test_an_outage_under_load_loses_nothing_and_duplicates_nothing(
         victoria: Victoria, site: Site, tmp_path: Path) -> None:
     bus = Bus()
-    sink = InfluxSink(site, bus, influx_config(victoria.url), tmp_path / "spool")
+    sink = InfluxSink(site.config.sirens, bus, influx_config(victoria.url), tmp_path / "spool")
     await sink.start()
     start = datetime.now(UTC).replace(microsecond=0)
     sent = 0
@@ -239,7 +239,7 @@ async def scripted() -> AsyncIterator[ScriptedServer]:
 async def run_sink(site: Site, url: str, spool: Path, samples: list[Sample],
                    **config: Any) -> InfluxSink:
     bus = Bus()
-    sink = InfluxSink(site, bus, influx_config(url, **config), spool)
+    sink = InfluxSink(site.config.sirens, bus, influx_config(url, **config), spool)
     await sink.start()
     for s in samples:
         bus.publish(SampleReceived(s))
@@ -297,7 +297,7 @@ async def test_a_full_spool_drops_the_oldest_and_says_so(site: Site, tmp_path: P
     server = ScriptedServer()  # not started yet: nothing listens on its port
     bus = Bus()
     overflow = bus.subscribe("alerts", kinds=(SpoolOverflow,))
-    sink = InfluxSink(site, bus, influx_config(server.url, spool_max_mb=0.002, batch_size=10,
+    sink = InfluxSink(site.config.sirens, bus, influx_config(server.url, spool_max_mb=0.002, batch_size=10,
                                                retry_max_s=0.2), tmp_path / "spool")
     await sink.start()
     for s in batch(100):

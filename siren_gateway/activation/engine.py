@@ -57,7 +57,7 @@ from siren_gateway.activation.model import (
 )
 from siren_gateway.activation.proof import command_for, judge_progress, judge_sample
 from siren_gateway.config.activation import ActivationConfig
-from siren_gateway.config.site import Site
+from siren_gateway.config.site import Catalogue
 from siren_gateway.errors import (
     ConfirmationRequired,
     Conflict,
@@ -109,11 +109,12 @@ _RESEND_PAUSE_S = 0.25
 
 
 class ActivationEngine:
-    def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink],
-                 status: StatusReader, store: Store, audit: AuditLog, bus: Bus | None = None,
+    def __init__(self, catalogue: Catalogue, config: ActivationConfig, fleet: Fleet,
+                 links: dict[str, SirenLink], status: StatusReader, store: Store,
+                 audit: AuditLog, bus: Bus | None = None,
                  siren_locks: dict[str, asyncio.Lock] | None = None,
                  instruments: Instruments | None = None, clock: Clock | None = None) -> None:
-        self.site = site
+        self.catalogue = catalogue
         self.clock = clock or fleet.clock  # one clock with the fleet's staleness
         self.instruments = instruments or Instruments()
         self.bus = bus
@@ -123,7 +124,7 @@ class ActivationEngine:
         self.health = store.health  # whether storage takes writes now
         self.store = store.activations
         self.audit = audit
-        self.config: ActivationConfig = site.config.activation
+        self.config = config
         self.activations: dict[int, Activation] = {}
         self._next_id = 1
         self._confirmations: dict[str, _PendingConfirmation] = {}
@@ -204,18 +205,18 @@ class ActivationEngine:
 
         Excluded: inhibited in the site file, or disarmed (maintenance) as its controller
         reports now. Nobody is sounded next to a technician working at the pole."""
-        known = {s.id: s for s in self.site.config.sirens}
+        known = {s.id: s for s in self.catalogue.sirens}
         unknown = [s for s in targets.sirens if s not in known]
         if unknown:
             raise NotFound(f"unknown siren(s): {', '.join(unknown[:20])}")
-        zones = {z.id for z in self.site.config.zones}
+        zones = {z.id for z in self.catalogue.zones}
         bad_zones = [z for z in targets.zones if z not in zones]
         if bad_zones:
             raise NotFound(f"unknown zone(s): {', '.join(bad_zones[:20])}")
         if not (targets.all or targets.sirens or targets.zones):
             raise Invalid("no targets: name sirens, zones, or all")
         wanted = set(targets.sirens)
-        chosen = [s for s in self.site.config.sirens if targets.all or s.id in wanted
+        chosen = [s for s in self.catalogue.sirens if targets.all or s.id in wanted
                   or any(z in targets.zones for z in s.zones)]
         sirens: list[str] = []
         excluded: dict[str, str] = {}
@@ -235,9 +236,9 @@ class ActivationEngine:
 
     def _validate(self, request: ActivationRequest) -> None:
         if request.action == "sound":
-            if request.signal not in self.site.signals:
+            if request.signal not in self.catalogue.signals:
                 raise Invalid(f"unknown signal {str(request.signal)[:40]!r}; "
-                                      f"known: {', '.join(sorted(self.site.signals))}")
+                                      f"known: {', '.join(sorted(self.catalogue.signals))}")
         elif request.signal is not None:
             raise Invalid("a silent test has no signal")
         if request.start_at is not None:
@@ -473,7 +474,7 @@ class ActivationEngine:
     def _occupy(self, activation: Activation, siren_id: str) -> None:
         """The longest the siren can belong to this activation: until its signal (or test)
         could have played out. `_busy_with` frees it earlier on the device's own word."""
-        duration = (self.site.signals[activation.signal].duration_s if activation.signal
+        duration = (self.catalogue.signals[activation.signal].duration_s if activation.signal
                     else 30.0)
         until = max(activation.start_at + duration,
                     activation.start_at + self.config.confirm_timeout_s) + 1.0
@@ -710,7 +711,7 @@ class ActivationEngine:
         siren_id = result.siren_id
         state = self.fleet.states[siren_id]
         threshold = state.sounding_current_threshold
-        signal = self.site.signals.get(activation.signal or "")
+        signal = self.catalogue.signals.get(activation.signal or "")
         first_on_s = signal.steps[0].on_s if signal else 0.0
         sequence = sequence_of(activation.id)
         deadline = activation.start_at + self.config.confirm_timeout_s

@@ -9,17 +9,19 @@ disarmed. They make no sound, so inhibited and disarmed sirens are commanded too
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from siren_gateway.activation.engine import ActivationEngine
 from siren_gateway.activation.model import Targets
-from siren_gateway.config.site import Site
+from siren_gateway.config.activation import ActivationConfig
 from siren_gateway.errors import Invalid, Refused
 from siren_gateway.links.base import SirenLink
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.metrics import Instruments
 from siren_gateway.model import Command, CommandKind, LinkError
+from siren_gateway.profiles.modbus import DeviceProfile
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal
 
@@ -35,16 +37,17 @@ class CommandOutcome:
 
 
 class OperatorCommands:
-    def __init__(self, site: Site, fleet: Fleet, links: dict[str, SirenLink], audit: AuditLog,
+    def __init__(self, profiles: Mapping[str, DeviceProfile], config: ActivationConfig,
+                 fleet: Fleet, links: dict[str, SirenLink], audit: AuditLog,
                  engine: ActivationEngine, instruments: Instruments | None = None) -> None:
-        self.site = site
+        self.profiles = profiles
         self.instruments = instruments or engine.instruments
         self.fleet = fleet
         self.links = links
         self.audit = audit
         self.engine = engine
-        self.confirm_timeout_s = site.config.activation.confirm_timeout_s
-        self.poll_interval_s = site.config.activation.confirm_poll_interval_s
+        self.confirm_timeout_s = config.confirm_timeout_s
+        self.poll_interval_s = config.confirm_poll_interval_s
 
     async def run(self, who: Principal, kind: CommandKind, targets: Targets,
                   comment: str) -> dict[str, Any]:
@@ -71,7 +74,7 @@ class OperatorCommands:
 
     async def _one(self, siren_id: str, kind: CommandKind) -> CommandOutcome:
         link = self.links[siren_id]
-        profile = self.site.profiles[self.fleet.states[siren_id].config.profile]
+        profile = self.profiles[self.fleet.states[siren_id].config.profile]
         if not profile.supports(kind):
             return CommandOutcome(siren_id, "unsupported",
                                   f"model {profile.name} has no {kind.value} command")
@@ -89,7 +92,7 @@ class OperatorCommands:
                        ) -> CommandOutcome:
         siren_id = link.siren_id
         deadline = sent_at + self.confirm_timeout_s
-        profile = self.site.profiles[self.fleet.states[siren_id].config.profile]
+        profile = self.profiles[self.fleet.states[siren_id].config.profile]
         latched = profile.latched_faults
         last = "no status since the command"
         while True:

@@ -22,7 +22,6 @@ from typing import Any
 from siren_gateway.alerts.model import Alert
 from siren_gateway.config.alerts import AlertsConfig, ThresholdRule
 from siren_gateway.config.common import SEVERITY_RANK
-from siren_gateway.config.site import Site
 from siren_gateway.errors import Conflict, NotFound
 from siren_gateway.live.bus import (
     AlertChanged,
@@ -65,16 +64,16 @@ KEEP_CLEARED = 500
 
 
 class AlertEngine:
-    def __init__(self, site: Site, fleet: Fleet, bus: Bus, store: Store, audit: AuditLog,
-                 clock: Clock | None = None) -> None:
+    def __init__(self, config: AlertsConfig, coverage_severity: str, fleet: Fleet, bus: Bus,
+                 store: Store, audit: AuditLog, clock: Clock | None = None) -> None:
         self.clock = clock or fleet.clock
-        self.site = site
+        self.coverage_severity = coverage_severity  # the coverage section says how bad
         self.fleet = fleet
         self.bus = bus
         self.health = store.health  # whether storage takes writes now
         self.store = store.alerts
         self.audit = audit
-        self.config: AlertsConfig = site.config.alerts
+        self.config = config
         self.alerts: dict[int, Alert] = {}
         self._trackers: dict[tuple[str, str | None], _Tracker] = {}
         self._next_id = 1
@@ -402,7 +401,7 @@ class AlertEngine:
             repair = (f"; repairing {', '.join(event.repair)} restores it" if event.repair
                       else "; no repair of a siren alone restores it")
             self._observe("coverage_low", None, [event.zone_id], event.below, now,
-                          self.site.config.coverage.severity,
+                          self.coverage_severity,
                           f"{event.zone_name}: {event.share:.1%} of its area would hear the "
                           f"alarm now, under the target of {event.target:.0%}{repair}",
                           clear_now=not event.below, subject=f"coverage:{event.zone_id}")

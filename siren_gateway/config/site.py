@@ -8,6 +8,7 @@ its own module of this package; this one holds the whole file's model and the va
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,19 @@ class SiteConfig(StrictModel):
 
 
 @dataclass(frozen=True)
+class Catalogue:
+    """The site's things, which any part may know of: sirens, zones, device profiles, signals.
+
+    A part's own settings come to it as its own config section beside this, never the whole
+    site file, so no part can come to depend on another's settings."""
+
+    sirens: list[SirenConfig]
+    zones: list[ZoneConfig]
+    profiles: dict[str, DeviceProfile]
+    signals: dict[str, SignalConfig]
+
+
+@dataclass(frozen=True)
 class Site:
     """A validated configuration together with what it refers to (profiles, signals)."""
 
@@ -114,6 +128,10 @@ class Site:
     profiles: dict[str, DeviceProfile]
     signals: dict[str, SignalConfig]
     source: Path | None
+
+    @cached_property
+    def catalogue(self) -> Catalogue:
+        return Catalogue(self.config.sirens, self.config.zones, self.profiles, self.signals)
 
     def siren(self, siren_id: str) -> SirenConfig | None:
         return next((s for s in self.config.sirens if s.id == siren_id), None)

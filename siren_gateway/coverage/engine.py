@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from siren_gateway.config.site import SirenConfig, Site
-from siren_gateway.coverage.config import Source, ZoneArea, zone_area
+from siren_gateway.config.site import Catalogue, SirenConfig
+from siren_gateway.coverage.config import CoverageConfig, Source, ZoneArea, zone_area
 from siren_gateway.live.bus import Bus, CoverageChanged, SampleReceived, StatusChanged, Subscription
 from siren_gateway.live.fleet import Fleet, Reachability, SirenState
 from siren_gateway.runtime.tasks import cancel_and_wait
@@ -44,13 +44,13 @@ class Candidate:
 
 
 class CoverageEngine:
-    def __init__(self, site: Site, fleet: Fleet, bus: Bus) -> None:
-        config = site.config
-        self.site, self.fleet, self.bus = site, fleet, bus
-        self.config = config.coverage
-        self._names = {z.id: z.name for z in config.zones}
+    def __init__(self, catalogue: Catalogue, config: CoverageConfig, fleet: Fleet, bus: Bus
+                 ) -> None:
+        self.catalogue, self.fleet, self.bus = catalogue, fleet, bus
+        self.config = config
+        self._names = {z.id: z.name for z in catalogue.zones}
         zones: list[ZoneArea] = []
-        for zone in config.zones:
+        for zone in catalogue.zones:
             if zone.area is None:
                 continue
             threshold = zone.threshold_db if zone.threshold_db is not None else max(
@@ -65,12 +65,12 @@ class CoverageEngine:
 
             self.grid = CoverageGrid(zones, self.config)
         self.sources = [Source(s.id, s.location.lat, s.location.lon, self._rated(s))
-                        for s in config.sirens]
+                        for s in catalogue.sirens]
         self._index = {s.id: i for i, s in enumerate(self.sources)}
         by_profile = {name: frozenset(self.config.silencing_faults)
                       | frozenset(profile.spec.silencing_faults)
-                      for name, profile in site.profiles.items()}
-        self._silencing = {s.id: by_profile[s.profile] for s in config.sirens}  # shared sets
+                      for name, profile in catalogue.profiles.items()}
+        self._silencing = {s.id: by_profile[s.profile] for s in catalogue.sirens}  # shared sets
         self._healthy: np.ndarray[Any, np.dtype[np.bool_]] | None = None
         self._healthy_counts: np.ndarray[Any, np.dtype[np.int64]] | None = None
         self._counts: np.ndarray[Any, np.dtype[np.int64]] | None = None
@@ -84,7 +84,7 @@ class CoverageEngine:
         self.settled = False  # every siren heard from (or the start-up grace is over)
 
     def _rated(self, siren: SirenConfig) -> float:
-        spec = self.site.profiles[siren.profile].spec
+        spec = self.catalogue.profiles[siren.profile].spec
         if siren.rated_db_c is not None:
             return siren.rated_db_c
         return spec.rated_db_c if spec.rated_db_c is not None else self.config.default_rated_db_c

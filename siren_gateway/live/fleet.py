@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from siren_gateway.config.links import MqttLink
-from siren_gateway.config.site import PollingConfig, SirenConfig, Site
+from siren_gateway.config.links import MqttBrokerConfig, MqttLink
+from siren_gateway.config.site import Catalogue, PollingConfig, SirenConfig
 from siren_gateway.live.bus import Bus, FaultsChanged, SampleReceived, StatusChanged
 from siren_gateway.model import LinkError, Sample, utc_now
+from siren_gateway.profiles.modbus import DeviceProfile
 from siren_gateway.profiles.mqtt import MqttProfile
 from siren_gateway.runtime.clock import Clock, SystemClock, utc
 from siren_gateway.runtime.logs import RateLimitedLog
@@ -118,32 +120,34 @@ class SirenState:
 _ONLINE = Reachability.ONLINE
 
 
-def reporting_interval(site: Site, siren: SirenConfig) -> float:
+def reporting_interval(profiles: Mapping[str, DeviceProfile], siren: SirenConfig) -> float:
     """How often fresh status is expected: the poll interval, or an MQTT device's report period."""
     link = siren.link
     if isinstance(link, MqttLink):
         if link.telemetry_interval_s is not None:
             return link.telemetry_interval_s
-        profile = site.profiles[siren.profile]
+        profile = profiles[siren.profile]
         if isinstance(profile, MqttProfile):
             return profile.spec.telemetry_interval_s
     return siren.poll_interval_s
 
 
 class Fleet:
-    def __init__(self, site: Site, bus: Bus, clock: Clock | None = None) -> None:
+    def __init__(self, catalogue: Catalogue, polling: PollingConfig,
+                 mqtt: MqttBrokerConfig | None, bus: Bus, clock: Clock | None = None) -> None:
         self.bus = bus
         self.clock = clock or SystemClock()
         self._monotonic = self.clock.monotonic  # bound once: record_sample is the hot path
-        self.polling: PollingConfig = site.config.polling
+        self.polling = polling
         self.states: dict[str, SirenState] = {}
         started = self._monotonic()
-        for siren in site.config.sirens:
-            interval = reporting_interval(site, siren)
-            state = SirenState(siren, site.profiles[siren.profile].spec.sounding_current_threshold,
+        for siren in catalogue.sirens:
+            interval = reporting_interval(catalogue.profiles, siren)
+            state = SirenState(siren,
+                               catalogue.profiles[siren.profile].spec.sounding_current_threshold,
                                stale_after_s=interval * self.polling.stale_after_intervals)
-            if isinstance(siren.link, MqttLink) and site.config.mqtt is not None:
-                state.offline_after_s = interval * site.config.mqtt.offline_after_intervals
+            if isinstance(siren.link, MqttLink) and mqtt is not None:
+                state.offline_after_s = interval * mqtt.offline_after_intervals
                 state.last_seen_mono = started  # "never reported" counts from our start
             state.quiet_s = min(state.stale_after_s, state.offline_after_s or state.stale_after_s)
             self.states[siren.id] = state

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from siren_gateway.config.plans import PlanConfig, compile_rule
-from siren_gateway.config.site import Site
+from siren_gateway.config.site import SirenConfig
 from siren_gateway.errors import Conflict, Invalid, NotFound
 from siren_gateway.live.bus import Bus, ScheduleEvent
 from siren_gateway.runtime.clock import Clock, SystemClock, iso_utc
@@ -57,10 +57,11 @@ IDLE_WAKE_S = 30.0
 
 
 class Scheduler:
-    def __init__(self, site: Site, store: Store, bus: Bus, audit: AuditLog,
-                 executor: StepExecutor, clock: Clock | None = None,
-                 prepare_s: float | None = None) -> None:
-        self.site = site
+    def __init__(self, plans: list[PlanConfig], sirens: list[SirenConfig], store: Store,
+                 bus: Bus, audit: AuditLog, executor: StepExecutor, prepare_s: float,
+                 clock: Clock | None = None) -> None:
+        self.config_plans = plans  # the site file's; the API adds its own in the store
+        self.sirens = sirens
         self.store = store.schedules
         self.bus = bus
         self.audit = audit
@@ -68,8 +69,7 @@ class Scheduler:
         self.clock: Clock = clock or SystemClock()
         # Activations are created this long before a step's start, so commands (which carry
         # the start time) are on the sirens before the second they sound on.
-        self.prepare_s = (prepare_s if prepare_s is not None
-                          else site.config.activation.sync_lead_s + 1.0)
+        self.prepare_s = prepare_s
         self.plans: dict[str, PlanConfig] = {}
         self.sources: dict[str, str] = {}
         self.baselines: dict[str, float] = {}  # since when each plan has its present form
@@ -82,7 +82,7 @@ class Scheduler:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        config_plans = {p.id: p for p in self.site.config.schedules}
+        config_plans = {p.id: p for p in self.config_plans}
         now = self.clock.now()
 
         # The site file is the truth for its own plans; API plans live only in the store.
@@ -445,7 +445,7 @@ class Scheduler:
         plan = self.plans.get(occ.plan_id)
         ids = [int(s["activation_id"]) for s in occ.steps.values() if "activation_id" in s]
         reports = await self.executor.reports(ids)
-        return build_report(occ, plan, reports, self.site)
+        return build_report(occ, plan, reports, self.sirens)
 
     def stats(self) -> dict[str, Any]:
         return {"plans": len(self.plans), "running": len(self._runners)}

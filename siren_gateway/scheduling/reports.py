@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from siren_gateway.config.plans import PlanConfig
-from siren_gateway.config.site import Site
+from siren_gateway.config.site import SirenConfig
 from siren_gateway.scheduling.model import Occurrence
 
 
 def build_report(occ: Occurrence, plan: PlanConfig | None, reports: dict[int, dict[str, Any]],
-                 site: Site) -> dict[str, Any]:
+                 sirens_of_site: list[SirenConfig]) -> dict[str, Any]:
     """Per siren and step the result, and the sounding rate per zone and overall (鸣响率)."""
-    sirens = {s.id: s for s in site.config.sirens}
+    sirens = {s.id: s for s in sirens_of_site}
     steps_out: list[dict[str, Any]] = []
     warnings: list[str] = []
     per_siren: dict[str, dict[str, Any]] = {}

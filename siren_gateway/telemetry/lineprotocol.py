@@ -13,7 +13,7 @@ counts whole seconds and may be wrong, which is what the field checks for).
 
 from __future__ import annotations
 
-from siren_gateway.config.site import Site
+from siren_gateway.config.site import SirenConfig
 from siren_gateway.model import Sample, Value
 
 _KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
@@ -43,13 +43,13 @@ def field_value(value: Value) -> str:
 
 
 class LineEncoder:
-    def __init__(self, site: Site, measurement: str = "siren_status",
+    def __init__(self, sirens: list[SirenConfig], measurement: str = "siren_status",
                  string_fields: bool = True) -> None:
         self.measurement = measurement.translate(_MEASUREMENT_ESCAPES)
         self.string_fields = string_fields
         self._prefix: dict[str, str] = {}
         self._field_keys: dict[str, str] = {}
-        for siren in site.config.sirens:
+        for siren in sirens:
             tags = {"siren_id": siren.id, "model": siren.profile}
             if siren.zones:
                 tags["zone"] = siren.zones[0]

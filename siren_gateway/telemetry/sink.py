@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from siren_gateway.config.site import Site
+from siren_gateway.config.site import SirenConfig
 from siren_gateway.config.telemetry import InfluxConfig
 from siren_gateway.live.bus import Bus, SampleReceived, SpoolOverflow, Subscription
 from siren_gateway.model import utc_now
@@ -69,11 +69,11 @@ BATCH_TASK, REPLAY_TASK = "influx batches", "influx replay"
 class InfluxSink:
     name = "influx"
 
-    def __init__(self, site: Site, bus: Bus, config: InfluxConfig, spool_dir: Path,
+    def __init__(self, sirens: list[SirenConfig], bus: Bus, config: InfluxConfig, spool_dir: Path,
                  writer: Writer | None = None) -> None:
         self.config = config
         self.bus = bus
-        self.encoder = LineEncoder(site, config.measurement, config.string_fields)
+        self.encoder = LineEncoder(sirens, config.measurement, config.string_fields)
         self._writer = writer  # made in open(): influxdb-client binds to the running loop
         self.spool = DiskSpool(spool_dir, int(config.spool_max_mb * 1024 * 1024))
         self._subscription: Subscription = bus.subscribe(
