@@ -74,6 +74,7 @@ class CoverageEngine:
         self._healthy: np.ndarray[Any, np.dtype[np.bool_]] | None = None
         self._healthy_counts: np.ndarray[Any, np.dtype[np.int64]] | None = None
         self._counts: np.ndarray[Any, np.dtype[np.int64]] | None = None
+        self._counted = 0  # sirens counted in _counts
         self._below: dict[str, bool] = {}
         self._repair: dict[str, tuple[str, ...]] = {}
         self._layer: dict[str, Any] | None = None  # built on demand, until the next change
@@ -180,21 +181,24 @@ class CoverageEngine:
     # -- results -------------------------------------------------------------------------------
 
     async def _recount(self) -> None:
+        """Count again after a change. The counts, the repair lists and the number of sirens
+        counted change together, after the repairs are chosen, so no reader sees a zone below
+        its target without the repairs that would restore it."""
         grid = self.grid
         assert grid is not None
-        self._counts = grid.covered_per_zone()
-        self._layer = None
-        if not self.settled:
-            return
-        shares = [self._share(i) for i in range(len(grid.zones))]
+        counts = grid.covered_per_zone()
+        counted = int(grid.on.sum())
+        repairs: dict[int, tuple[str, ...]] = {}
+        shares = [self._share(i, counts) for i in range(len(grid.zones))]
         below = [i for i, z in enumerate(grid.zones) if shares[i] < z.target_share]
-        if below:
+        if self.settled and below:
             # Choosing the repairs tries each siren that cannot sound: off the loop, on a copy.
             trial = grid.copy()
             repairs = await asyncio.to_thread(
                 lambda: {i: self.repairs(trial.copy(), i) for i in below})
-        else:
-            repairs = {}
+        self._counts, self._counted, self._layer = counts, counted, None
+        if not self.settled:
+            return
         for index, zone in enumerate(grid.zones):
             is_below = index in repairs
             if is_below or self._below.get(zone.id):
@@ -251,7 +255,7 @@ class CoverageEngine:
         total = int(grid.cells_per_zone.sum())
         return {
             "enabled": True, "cell_m": grid.cell_m,
-            "sirens_counted": int(grid.on.sum()), "sirens": len(self.sources),
+            "sirens_counted": self._counted, "sirens": len(self.sources),
             "zones": zones,
             "district": {
                 "area_km2": round(total * cell_km2, 3),
