@@ -69,12 +69,23 @@ def ensure_test_servers() -> None:
         print("apt-get failed: the tests that need these will be skipped", flush=True)
 
 
+def parallel(args: list[str]) -> list[str]:
+    """Workers for the whole suite: its tests mostly wait on devices, servers and deadlines,
+    so more workers than cores shorten it (SIREN_TEST_WORKERS=0 runs it in one process; a
+    command line that chooses its own -n or its own tests keeps its choice)."""
+    if any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in args) or any(
+            not a.startswith("-") for a in args):
+        return []
+    workers = int(os.environ.get("SIREN_TEST_WORKERS", "4"))
+    return ["-n", str(workers), "--maxschedchunk", "1"] if workers > 1 else []
+
+
 def test(args: list[str]) -> int:
     ensure_test_servers()
     steps: list[tuple[str, list[str | Path]]] = [
         ("ruff", [BIN / "ruff", "check", "."]),
         ("mypy", [BIN / "mypy"]),
-        ("pytest", [BIN / "python", "-m", "pytest", *args]),
+        ("pytest", [BIN / "python", "-m", "pytest", *parallel(args), *args]),
     ]
     failed = []
     for name, command in steps:

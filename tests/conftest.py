@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
@@ -95,6 +96,30 @@ class SimulatedDistrict:
 
 class StartDistrict(Protocol):
     def __call__(self, site: dict[str, Any], profiles_dir: Path = ...) -> SimulatedDistrict: ...
+
+
+# The longest tests start first, so that with several workers (`python3 dev.py test` runs
+# pytest-xdist, one test handed out at a time) the run does not end on one of them alone.
+LONGEST_FIRST = ("test_soak.py", "test_openapi_fuzz.py", "test_truth_chaos.py",
+                 "test_schedule_e2e.py", "test_packaging.py", "test_security.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep order
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs the CLI in-process leaves its log handler on the root logger, writing to
+    a capture stream that is closed after the test: later tests' log lines would fail there."""
+    root = logging.getLogger()
+    before, level = set(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in before and type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture
