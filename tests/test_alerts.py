@@ -350,6 +350,7 @@ async def test_raise_latency_on_the_websocket(
     """From a fault injected in the simulator to the alert on the websocket, over real sockets."""
     import uvicorn
     import websockets
+    import websockets.exceptions
     from websockets.typing import Subprotocol
 
     from siren_gateway.api.app import create_app

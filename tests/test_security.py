@@ -22,6 +22,7 @@ import httpx
 import psutil
 import pytest
 import websockets
+import websockets.exceptions  # not loaded by the package itself: some runs never import it
 from websockets.typing import Subprotocol
 
 from simulators.launcher import REPO_DIR
