@@ -28,6 +28,11 @@ class ConfirmationRequired(Refused):
     confirmation token from a preview)."""
 
 
+class Forbidden(Refused):
+    """The role may not do this at all (a technician asking for an audible signal, or a test
+    of a siren it has no work order for)."""
+
+
 class Conflict(Refused):
     """A safety rule or the current state forbids it (a siren busy with an emergency, an
     occurrence already past, a plan defined in the site file)."""

@@ -26,7 +26,8 @@ from siren_gateway.gateway import Gateway
 from siren_gateway.security.auth import hash_password
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-PASSWORDS = {"viewer": "viewer-pass", "operator": "operator-pass", "admin": "admin-pass"}
+PASSWORDS = {"viewer": "viewer-pass", "technician": "technician-pass",
+             "operator": "operator-pass", "admin": "admin-pass"}
 USERS = [{"username": name, "role": name, "password_hash": hash_password(password)}
          for name, password in PASSWORDS.items()]
 

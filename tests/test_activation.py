@@ -46,6 +46,9 @@ class Api:
     async def post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
         return await self.http.post(path, json=body or {}, headers=self._headers())
 
+    async def patch(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return await self.http.patch(path, json=body, headers=self._headers())
+
     async def finished(self, activation_id: int, timeout_s: float = 15) -> dict[str, Any]:
         report: dict[str, Any] = {}
 

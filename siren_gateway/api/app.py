@@ -27,12 +27,14 @@ from siren_gateway.api.routes import (
     signals,
     sirens,
     stream,
+    workorders,
 )
 from siren_gateway.gateway import Gateway
 
 # The one place a domain refusal becomes HTTP (most specific kind first).
 REFUSAL_STATUS: tuple[tuple[type[errors.Refused], int], ...] = (
-    (errors.NotFound, 404), (errors.ConfirmationRequired, 403), (errors.Conflict, 409),
+    (errors.NotFound, 404), (errors.ConfirmationRequired, 403), (errors.Forbidden, 403),
+    (errors.Conflict, 409),
     (errors.Invalid, 422), (errors.StorageUnavailable, 503))
 
 
@@ -72,7 +74,7 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
     app = FastAPI(title="Siren Gateway", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway
     for module in (health, auth, sirens, signals, activations, alerts, audit, schedules, stream,
-                   coverage):
+                   coverage, workorders):
         app.include_router(module.router, prefix="/api", responses=ERRORS)
     app.include_router(metrics.router, responses=ERRORS)  # /metrics and /api/site
     app.add_middleware(EdgeMiddleware, max_body_bytes=gateway.site.config.api.max_body_bytes)

@@ -76,5 +76,6 @@ def needs_name(role: Role) -> str:
 
 
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
+Technician = Annotated[Principal, Depends(require(Role.TECHNICIAN))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]

@@ -372,3 +372,33 @@ class SiteGainOut(Out):
 class SitingOut(Out):
     candidates: list[SiteGainOut]
     best: list[SiteGainOut] = Field(description="chosen one after another, greedily")
+
+
+# -- work orders -------------------------------------------------------------------------------
+
+class WorkOrderVerificationOut(Out):
+    clear_since: str | None
+    test_activation_id: int | None
+
+
+class WorkOrderOut(Out):
+    id: int
+    siren_id: str
+    cause: str
+    priority: Literal["low", "normal", "high", "urgent"]
+    state: Literal["open", "assigned", "in_progress", "resolved", "verified", "reopened",
+                   "cancelled"]
+    created_at: str | None
+    created_by: str
+    faults: list[str]
+    audio: bool
+    alert_id: int | None
+    rule: str | None
+    assignee: str | None
+    due_at: str | None
+    resolved_at: str | None
+    verified_at: str | None
+    evidence: dict[str, Any] | None
+    notes: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    verification: WorkOrderVerificationOut

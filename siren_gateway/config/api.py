@@ -48,7 +48,8 @@ class ApiConfig(StrictModel):
 
 class UserConfig(StrictModel):
     username: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
-    role: Literal["viewer", "operator", "admin"]
+    # technician: viewer, plus its own work orders and silent tests of their sirens
+    role: Literal["viewer", "technician", "operator", "admin"]
     # argon2id hash from `siren-gateway hash-password` (scrypt hashes of earlier versions are
     # still accepted and upgraded at login); never a plain password
     password_hash: Annotated[str, Field(

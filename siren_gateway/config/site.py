@@ -19,6 +19,7 @@ from siren_gateway.config.alerts import AlertsConfig
 from siren_gateway.config.api import ApiConfig, UserConfig
 from siren_gateway.config.common import Identifier, StrictModel
 from siren_gateway.config.links import Link, MqttBrokerConfig
+from siren_gateway.config.maintenance import MaintenanceConfig
 from siren_gateway.config.plans import PlanConfig
 from siren_gateway.config.signals import SignalConfig
 from siren_gateway.config.telemetry import InfluxConfig, StorageConfig
@@ -95,6 +96,7 @@ class SiteConfig(StrictModel):
     alerts: AlertsConfig = AlertsConfig()
     schedules: list[PlanConfig] = []
     coverage: CoverageConfig = CoverageConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
 
     @model_validator(mode="after")
     def _check_signal_ids(self) -> SiteConfig:

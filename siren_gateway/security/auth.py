@@ -34,8 +34,9 @@ class Role(enum.IntEnum):
     """Ordered: each role may do everything the roles below it may."""
 
     VIEWER = 1
-    OPERATOR = 2
-    ADMIN = 3
+    TECHNICIAN = 2  # work orders, and a silent test on a siren it has an open order for
+    OPERATOR = 3
+    ADMIN = 4
 
     @classmethod
     def parse(cls, name: str) -> Role:

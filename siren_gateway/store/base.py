@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from siren_gateway.activation.model import Activation
 from siren_gateway.alerts.model import Alert
+from siren_gateway.maintenance.model import WorkOrder
 from siren_gateway.scheduling.model import Occurrence
 from siren_gateway.store.audit import AuditRow
 from siren_gateway.store.database import StorageHealth
@@ -89,6 +90,16 @@ class ScheduleRepository(Protocol):
     async def newest(self, plan_id: str | None, limit: int) -> list[Occurrence]: ...
 
 
+class WorkOrderRepository(Protocol):
+    async def open_and_recent(self, keep_closed: int) -> tuple[list[WorkOrder], int]: ...
+
+    async def get(self, order_id: int) -> WorkOrder | None: ...
+
+    async def for_siren(self, siren_id: str, limit: int) -> list[WorkOrder]: ...
+
+    async def write(self, orders: list[WorkOrder]) -> None: ...
+
+
 class Store(Protocol):
     """All durable state of one gateway, and whether the database takes writes now."""
 
@@ -99,6 +110,7 @@ class Store(Protocol):
     password_upgrades: PasswordUpgradeRepository
     outbox: OutboxRepository
     schedules: ScheduleRepository
+    work_orders: WorkOrderRepository
 
     async def start(self) -> None: ...
 

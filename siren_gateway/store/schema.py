@@ -128,9 +128,22 @@ CREATE TABLE IF NOT EXISTS password_upgrades (
 );
 """
 
+WORK_ORDERS = """
+CREATE TABLE work_orders (
+    id         INTEGER PRIMARY KEY,
+    siren_id   TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    data       TEXT NOT NULL  -- JSON: maintenance.model.WorkOrder.record()
+);
+CREATE INDEX work_orders_siren ON work_orders (siren_id, id);
+CREATE INDEX work_orders_state ON work_orders (state, id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: telemetry, audit, activations, alerts, schedules, outbox, "
                  "password upgrades", BASELINE, _audit_chain_columns),
+    Migration(2, "work orders", WORK_ORDERS),
 )
 CURRENT = MIGRATIONS[-1].version
 

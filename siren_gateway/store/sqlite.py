@@ -15,11 +15,13 @@ from siren_gateway.store.base import (
     OutboxRepository,
     PasswordUpgradeRepository,
     ScheduleRepository,
+    WorkOrderRepository,
 )
 from siren_gateway.store.credentials import PasswordUpgradeStore
 from siren_gateway.store.database import Database
 from siren_gateway.store.outbox import OutboxStore
 from siren_gateway.store.schedules import ScheduleStore
+from siren_gateway.store.workorders import WorkOrderStore
 
 
 class SqliteStore:
@@ -33,6 +35,7 @@ class SqliteStore:
         self.password_upgrades: PasswordUpgradeRepository = PasswordUpgradeStore(self.database)
         self.outbox: OutboxRepository = OutboxStore(self.database)
         self.schedules: ScheduleRepository = ScheduleStore(self.database)
+        self.work_orders: WorkOrderRepository = WorkOrderStore(self.database)
 
     async def start(self) -> None:
         await self.database.start()

@@ -1,0 +1,151 @@
+"""Work orders over real sockets against the simulators: opened by an alert, resolved by a
+technician, and verified (or reopened, with the evidence) by the siren itself."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from simulators.sitegen import generate_site
+from siren_gateway.config.site import Site
+from siren_gateway.gateway import Gateway
+from siren_gateway.model import Command, CommandKind
+from tests.conftest import SimulatedDistrict, StartDistrict, wait_until, with_users
+from tests.test_activation import Api
+
+StartGateway = Callable[[Site], Awaitable[Gateway]]
+
+
+def maintenance_site(**maintenance: Any) -> dict[str, Any]:
+    # (the simulated silent test takes 6 s)
+    site = with_users(generate_site(3, poll_interval_s=0.25, timeout_s=0.3),
+                      confirm_timeout_s=10.0, sync_lead_s=1.0, confirm_poll_interval_s=0.25,
+                      duplicate_window_s=1.0)
+    site["alerts"] = {"clear_after_s": 1.0, "offline_after_s": 2.0}
+    site["maintenance"] = {"settle_s": 1.0} | maintenance
+    return site
+
+
+@pytest.fixture
+async def district(start_district: StartDistrict, gateways: StartGateway
+                   ) -> AsyncIterator[tuple[SimulatedDistrict, Gateway]]:
+    simulated = start_district(maintenance_site())
+    gateway = await gateways(simulated.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 3, 10, "all online")
+    yield simulated, gateway
+
+
+def orders_of(gateway: Gateway, siren: str) -> list[dict[str, Any]]:
+    return gateway.work_orders.query(siren_id=siren)
+
+
+async def test_a_repair_is_verified_by_the_siren_not_by_the_technician(
+        district: tuple[SimulatedDistrict, Gateway]) -> None:
+    simulated, gateway = district
+    operator = await Api(gateway).login("operator")
+    technician = await Api(gateway).login("technician")
+
+    # An amplifier fault (critical, audio chain) opens an order by itself.
+    await simulated.control.inject("s00002", "amplifier_fault", amplifier=2)
+    await wait_until(lambda: bool(orders_of(gateway, "s00002")), 5, "order opened by the alert")
+    order = orders_of(gateway, "s00002")[0]
+    assert (order["rule"], order["faults"], order["audio"], order["priority"], order["state"]) \
+        == ("amplifier_fault", ["amplifier_fault"], True, "urgent", "open")
+    assert order["alert_id"] == next(a["id"] for a in gateway.alerts.query()
+                                     if a["rule"] == "amplifier_fault")
+    path = f"/api/workorders/{order['id']}"
+    assigned = await operator.patch(path, {"assignee": "technician"})
+    assert assigned.status_code == 200, assigned.text
+    assert assigned.json()["state"] == "assigned"
+    assert (await technician.patch(path, {"state": "in_progress"})).status_code == 200
+    by_hand = await technician.patch(path, {"state": "verified"})
+    assert by_hand.status_code == 409 and "only the siren" in by_hand.text
+
+    # Resolved while the siren still reports the fault: reopened, with what it showed.
+    resolved = await technician.patch(path, {"state": "resolved", "note": "looked at it"})
+    assert resolved.status_code == 200, resolved.text
+    await wait_until(lambda: orders_of(gateway, "s00002")[0]["state"] == "reopened", 5,
+                     "reopened by the siren's own status")
+    reopened = orders_of(gateway, "s00002")[0]
+    assert "amplifier_fault" in reopened["evidence"]["faults"]
+    assert reopened["history"][-1]["by"] == "siren"
+    assert reopened["evidence"]["reachability"] == "online"
+
+    # The technician can sound nothing, and test only the siren it works on.
+    audible = await technician.post("/api/activations", {
+        "targets": {"sirens": ["s00002"]}, "class": "test", "signal": "growl_test"})
+    assert audible.status_code == 403, audible.text
+    other = await technician.post("/api/activations", {
+        "targets": {"sirens": ["s00001"]}, "class": "test", "action": "silent_test"})
+    assert other.status_code == 403, other.text
+    zone = await technician.post("/api/activations", {
+        "targets": {"all": True}, "class": "test", "action": "silent_test"})
+    assert zone.status_code == 403, zone.text
+    audit = (await Api(gateway).login("admin"))
+    entries = (await audit.get("/api/audit", limit=50)).json()
+    refusals = [e for e in entries if e["action"] == "activation.request"
+                and e["username"] == "technician" and e["outcome"].startswith("refused")]
+    assert len(refusals) == 3, entries
+
+    # The part is replaced, the latched fault reset: the technician's own silent test passes.
+    await simulated.control.inject("s00002", "amplifier_fault", active=False, amplifier=2)
+    await gateway.links["s00002"].send(Command(CommandKind.RESET_FAULTS))
+    await wait_until(lambda: not gateway.fleet.states["s00002"].faults, 5, "fault gone")
+    test = await technician.post("/api/activations", {
+        "targets": {"sirens": ["s00002"]}, "class": "test", "action": "silent_test"})
+    assert test.status_code == 201, test.text
+    report = await technician.finished(test.json()["id"])
+    assert report["sirens"][0]["status"] == "passed", report
+
+    # Resolved again: the fault stays gone for the settling time and the verifier's silent
+    # test passes, so the siren itself verifies the repair.
+    assert (await technician.patch(path, {"state": "resolved"})).status_code == 200
+    await wait_until(lambda: orders_of(gateway, "s00002")[0]["state"] == "verified", 30,
+                     "verified by the siren")
+    verified = orders_of(gateway, "s00002")[0]
+    assert verified["evidence"]["silent_test"]["status"] == "passed"
+    assert verified["evidence"]["faults"] == []
+    assert [h.get("to") for h in verified["history"] if "to" in h] == [
+        "open", "assigned", "in_progress", "resolved", "reopened", "resolved", "verified"]
+    # A closed order stays closed to the technician's hands, and its siren too.
+    late = await technician.post("/api/activations", {
+        "targets": {"sirens": ["s00002"]}, "class": "test", "action": "silent_test"})
+    assert late.status_code == 403
+
+
+async def test_orders_by_hand_survive_a_restart_and_moves_are_checked(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    simulated = start_district(maintenance_site())
+    first = await gateways(simulated.site())
+    await wait_until(lambda: first.fleet.counts()["online"] == 3, 10, "all online")
+    operator = await Api(first).login("operator")
+    viewer = await Api(first).login("viewer")
+    body = {"siren": "s00001", "cause": "cabinet door hinge broken", "priority": "low"}
+    assert (await viewer.post("/api/workorders", body)).status_code == 403
+    created = await operator.post("/api/workorders", body)
+    assert created.status_code == 201, created.text
+    order = created.json()
+    assert order["state"] == "open" and order["faults"] == [] and not order["audio"]
+    path = f"/api/workorders/{order['id']}"
+    assert (await operator.patch(path, {"state": "assigned"})).status_code == 422  # nobody
+    wrong = await operator.patch(path, {"state": "reopened"})
+    assert wrong.status_code == 409, wrong.text
+    noted = await operator.patch(path, {"note": "parts ordered", "assignee": "technician"})
+    assert noted.json()["notes"][0]["text"] == "parts ordered"
+    assert (await operator.post("/api/workorders", {"siren": "nope", "cause": "x"})
+            ).status_code == 404
+    await first.stop()
+
+    second = await gateways(simulated.site())
+    again = (await (await Api(second).login("viewer")).get(path)).json()
+    assert again["state"] == "assigned" and again["assignee"] == "technician"
+    assert again["notes"][0]["text"] == "parts ordered"
+    # With no fault to wait for, a resolved order is verified once the siren answers healthy
+    # for the settling time.
+    await wait_until(lambda: second.fleet.counts()["online"] == 3, 10, "all online")
+    technician = await Api(second).login("technician")
+    assert (await technician.patch(path, {"state": "resolved"})).status_code == 200
+    await wait_until(lambda: orders_of(second, "s00001")[0]["state"] == "verified", 10,
+                     "verified")
