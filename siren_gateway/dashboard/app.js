@@ -13,7 +13,7 @@ const S = {
 };
 // What tests and the benchmark read: when the first full render happened, how many since.
 window.__sg = { firstRenderMs: null, renders: 0, renderMsTotal: 0, renderMsMax: 0, streamEvents: 0 };
-const ROLE_RANK = { viewer: 1, operator: 2, admin: 3 };
+const ROLE_RANK = { viewer: 1, technician: 2, operator: 3, admin: 4 };
 const canControl = () => (ROLE_RANK[S.role] || 0) >= ROLE_RANK.operator;
 const t = (key) => (TEXT[S.lang] && TEXT[S.lang][key]) || TEXT.en[key] || key;
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
