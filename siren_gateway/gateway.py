@@ -25,6 +25,7 @@ from siren_gateway.links.status import StatusReader
 from siren_gateway.live.bus import Bus
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.maintenance.engine import WorkOrders
+from siren_gateway.maintenance.inspections import Inspections
 from siren_gateway.metrics import GatewayCollector, Instruments
 from siren_gateway.profiles.mqtt import MqttProfile
 from siren_gateway.runtime.clock import SystemClock
@@ -87,6 +88,8 @@ class Gateway:
                                          self.activations, self.instruments)
         self.work_orders = WorkOrders(config.maintenance, catalogue, self.fleet, self.bus,
                                       self.store, self.audit, self.activations)
+        self.inspections = Inspections(config.maintenance, catalogue, self.fleet, self.bus,
+                                       self.store, self.audit, self.activations)
         self.alerts = AlertEngine(config.alerts, config.coverage.severity, self.fleet, self.bus,
                                   self.store, self.audit, self.clock)
         self.coverage = CoverageEngine(catalogue, config.coverage, self.fleet, self.bus)
@@ -115,8 +118,8 @@ class Gateway:
         Storage first and last; the links before what reads the fleet; alerts before coverage
         (its first count may already be low) and before the notifiers that publish them; the
         poller, then activations (which resume what a restart interrupted), then work orders
-        (whose verifier asks activations for silent tests), then the scheduler (which resumes
-        the steps those activations belong to).
+        and inspections (whose verifier and evidence ask activations for silent tests), then
+        the scheduler (which resumes the steps those activations belong to).
         """
         parts: list[tuple[str, Service]] = [
             ("store", self.store), ("audit log", self.audit), ("outbox", self.outbox),
@@ -131,7 +134,8 @@ class Gateway:
         if self.mqtt_alerts is not None:
             parts.append(("mqtt alert notifier", self.mqtt_alerts))
         parts += [("poller", self.poller), ("activation engine", self.activations),
-                  ("work orders", self.work_orders), ("scheduler", self.scheduler)]
+                  ("work orders", self.work_orders), ("inspections", self.inspections),
+                  ("scheduler", self.scheduler)]
         return parts
 
     async def start(self) -> None:

@@ -3,8 +3,12 @@ technician, and verified (or reopened, with the evidence) by the siren itself.""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -12,7 +16,13 @@ from simulators.sitegen import generate_site
 from siren_gateway.config.site import Site
 from siren_gateway.gateway import Gateway
 from siren_gateway.model import Command, CommandKind
-from tests.conftest import SimulatedDistrict, StartDistrict, wait_until, with_users
+from tests.conftest import (
+    FakeClock,
+    SimulatedDistrict,
+    StartDistrict,
+    wait_until,
+    with_users,
+)
 from tests.test_activation import Api
 
 StartGateway = Callable[[Site], Awaitable[Gateway]]
@@ -149,3 +159,93 @@ async def test_orders_by_hand_survive_a_restart_and_moves_are_checked(
     assert (await technician.patch(path, {"state": "resolved"})).status_code == 200
     await wait_until(lambda: orders_of(second, "s00001")[0]["state"] == "verified", 10,
                      "verified")
+
+
+async def test_an_inspection_plan_makes_tasks_once_which_go_overdue_and_alert(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    """Tasks for every siren at the plan's local time (once, across a restart), completed with
+    the checklist and the siren's own evidence; the one left undone goes overdue and alerts."""
+    zone = ZoneInfo("Asia/Shanghai")
+    # The occurrence a minute ago (local time), so the real silent test below comes after it.
+    fire = math.floor(time.time() / 60) * 60 - 60
+    local = datetime.fromtimestamp(fire, zone)
+    site = maintenance_site(inspection_plans=[{
+        "id": "pre-flood", "name": "Before the flood season", "name_zh": "汛前检查",
+        "recurrence": {"type": "cron", "expression": f"{local.minute} {local.hour} * * *"},
+        "due_after_days": 0.002}])  # 172.8 s
+    simulated = start_district(site)
+    started: list[Gateway] = []
+
+    async def start(clock: FakeClock) -> Gateway:
+        gateway = Gateway(simulated.site())
+        gateway.inspections.clock = clock  # the rest keeps real time: sirens, activations
+        await gateway.start()
+        started.append(gateway)
+        return gateway
+
+    try:
+        await inspect_the_district(start, fire, local)
+    finally:
+        for gateway in started:
+            await gateway.stop()
+
+
+async def inspect_the_district(start: Callable[[FakeClock], Awaitable[Gateway]], fire: float,
+                               local: datetime) -> None:
+    clock = FakeClock(fire - 30)
+    first = await start(clock)
+    await wait_until(lambda: first.fleet.counts()["online"] == 3, 10, "all online")
+    plans = (await (await Api(first).login("viewer")).get("/api/inspections/plans")).json()
+    assert plans[0]["sirens"] == 3 and plans[0]["next"].startswith(local.date().isoformat())
+    assert not first.inspections.query()
+    await clock.advance(60, step=5)
+    await wait_until(lambda: len(first.inspections.query()) == 3, 5, "a task per siren")
+    tasks = first.inspections.query()
+    assert {t["scheduled_at"] for t in tasks} == {datetime.fromtimestamp(fire, UTC).isoformat()}
+    assert tasks[0]["checklist"][0]["text_zh"] == "机柜密封、干燥，无锈蚀"
+    await first.stop()
+
+    second = await start(clock)  # a restart at the same moment makes nothing twice
+    await clock.advance(5, step=1)
+    assert len(second.inspections.query()) == 3
+    await wait_until(lambda: second.fleet.counts()["online"] == 3, 10, "all online")
+
+    # The technician may silent-test a siren under inspection, then completes its task.
+    technician = await Api(second).login("technician")
+    task = next(t for t in second.inspections.query() if t["siren_id"] == "s00002")
+    test = await technician.post("/api/activations", {
+        "targets": {"sirens": ["s00002"]}, "class": "test", "action": "silent_test"})
+    assert test.status_code == 201, test.text
+    await technician.finished(test.json()["id"])
+    items = {item["id"]: {"result": "ok"} for item in task["checklist"]}
+    partial = await technician.post(f"/api/inspections/tasks/{task['id']}/complete",
+                                    {"items": {"mounting": {"result": "ok"}}})
+    assert partial.status_code == 422 and "missing" in partial.text
+    items["earthing_lightning"] = {"result": "fault", "note": "earth strap corroded"}
+    done = await technician.post(f"/api/inspections/tasks/{task['id']}/complete",
+                                 {"items": items, "notes": "all else fine"})
+    assert done.status_code == 200, done.text
+    body = done.json()
+    assert body["state"] == "done" and body["completed_by"] == "technician"
+    assert body["results"]["earthing_lightning"] == {"result": "fault",
+                                                      "note": "earth strap corroded"}
+    evidence = body["evidence"]
+    assert evidence["reachability"] == "online" and "battery_voltage" in evidence["values"]
+    assert evidence["silent_test"]["status"] == "passed"
+    again = await technician.post(f"/api/inspections/tasks/{task['id']}/complete",
+                                  {"items": items})
+    assert again.status_code == 409
+
+    # Past the due time the two left undone go overdue, and alert until they are done.
+    await clock.advance(200, step=10)
+
+    def overdue_alerts() -> set[str]:
+        return {a["siren_id"] for a in second.alerts.query()
+                if a["rule"] == "inspection_overdue" and a["state"] != "cleared"}
+
+    await wait_until(lambda: overdue_alerts() == {"s00001", "s00003"}, 5, "overdue alerts")
+    late = next(t for t in second.inspections.query() if t["siren_id"] == "s00001")
+    assert late["overdue"]
+    assert (await technician.post(f"/api/inspections/tasks/{late['id']}/complete",
+                                  {"items": items})).status_code == 200
+    await wait_until(lambda: overdue_alerts() == {"s00003"}, 5, "its alert cleared")

@@ -28,6 +28,7 @@ from siren_gateway.live.bus import (
     Bus,
     CoverageChanged,
     Event,
+    InspectionOverdue,
     SampleReceived,
     ScheduleEvent,
     SecurityEvent,
@@ -80,7 +81,7 @@ class AlertEngine:
         self._subscription: Subscription = bus.subscribe(
             "alerts", maxsize=100_000,
             kinds=(SampleReceived, SpoolOverflow, SirenResultFinal, ScheduleEvent,
-                   SecurityEvent, CoverageChanged))
+                   SecurityEvent, CoverageChanged, InspectionOverdue))
         self._attacks: dict[str, float] = {}  # login_attack subject -> last seen
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -397,6 +398,13 @@ class AlertEngine:
             elif event.kind == "done":
                 self._observe("scheduled_test_missed", None, list(event.zones), False, now,
                               "info", "", clear_now=True, subject=subject)
+        elif isinstance(event, InspectionOverdue):
+            state = self.fleet.states.get(event.siren_id)
+            self._observe("inspection_overdue", event.siren_id,
+                          list(state.config.zones) if state else [], event.overdue, now,
+                          event.severity, f"{event.plan_name}: inspection of {event.siren_id} "
+                          f"was due {event.due_at.isoformat()} and is not done",
+                          clear_now=not event.overdue)
         elif isinstance(event, CoverageChanged):
             repair = (f"; repairing {', '.join(event.repair)} restores it" if event.repair
                       else "; no repair of a siren alone restores it")

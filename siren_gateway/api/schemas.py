@@ -402,3 +402,31 @@ class WorkOrderOut(Out):
     notes: list[dict[str, Any]]
     history: list[dict[str, Any]]
     verification: WorkOrderVerificationOut
+
+
+# -- inspections -------------------------------------------------------------------------------
+
+class InspectionTaskOut(Out):
+    id: int
+    plan_id: str
+    siren_id: str
+    scheduled_at: str | None
+    due_at: str | None
+    checklist: list[dict[str, Any]]
+    state: Literal["open", "done"]
+    overdue: bool
+    completed_at: str | None
+    completed_by: str | None
+    results: dict[str, dict[str, Any]]
+    notes: str
+    evidence: dict[str, Any] | None
+
+
+class InspectionPlanOut(BaseModel):
+    """The plan as configured (config/maintenance.py), its next occurrence and its sirens."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    name: str
+    next: str | None
+    sirens: int

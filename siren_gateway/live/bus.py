@@ -105,8 +105,20 @@ class CoverageChanged:
     repair: tuple[str, ...]  # sirens whose repair would bring it back to target
 
 
+@dataclass(frozen=True, slots=True)
+class InspectionOverdue:
+    """A siren's inspection task passed its due time unfinished (or, overdue=False, is done)."""
+
+    task_id: int
+    plan_name: str
+    siren_id: str
+    due_at: datetime
+    overdue: bool
+    severity: str  # the maintenance section's choice
+
+
 Event = (SampleReceived | StatusChanged | FaultsChanged | SpoolOverflow | SirenResultFinal
-         | AlertChanged | ScheduleEvent | SecurityEvent | CoverageChanged)
+         | AlertChanged | ScheduleEvent | SecurityEvent | CoverageChanged | InspectionOverdue)
 
 
 class EventQueue:

@@ -107,14 +107,15 @@ class WorkOrders:
             raise NotFound(f"no work order {order_id}")
         return order
 
-    async def check_technician_request(self, who: Principal, request: ActivationRequest
-                                       ) -> None:
+    async def check_technician_request(self, who: Principal, request: ActivationRequest,
+                                       inspecting: set[str]) -> None:
         """A technician may ask for one thing only: a silent test of sirens it has an open work
-        order for. Anything else is refused (Forbidden) and audited."""
+        order for, or that have an inspection task open (`inspecting`). Anything else is
+        refused (Forbidden) and audited."""
         if who.role >= Role.OPERATOR:
             return
-        mine = {o.siren_id for o in self.orders.values()
-                if not o.closed and o.assignee == who.username}
+        mine = inspecting | {o.siren_id for o in self.orders.values()
+                             if not o.closed and o.assignee == who.username}
         targets = request.targets
         why = None
         if request.action != "silent_test":
@@ -122,7 +123,8 @@ class WorkOrders:
         elif targets.zones or targets.all or not targets.sirens:
             why = "a technician names the sirens to test, not zones or all"
         elif not_mine := sorted(set(targets.sirens) - mine):
-            why = f"no open work order assigned to {who.username} for {', '.join(not_mine)}"
+            why = (f"no open work order assigned to {who.username} and no open inspection "
+                   f"for {', '.join(not_mine)}")
         if why is not None:
             await self.audit.record(who, "activation.request", f"refused: {why}",
                                     requested=request.action, signal=request.signal,

@@ -109,3 +109,30 @@ class WorkOrder:
                 "clear_since": iso_utc(self.verification.clear_since),
                 "test_activation_id": self.verification.test_activation_id},
         }
+
+
+@dataclass(slots=True)
+class InspectionTask:
+    """One siren's part of one occurrence of an inspection plan."""
+
+    id: int
+    plan_id: str
+    siren_id: str
+    scheduled_at: float  # the occurrence's instant
+    due_at: float
+    checklist: list[dict[str, Any]]  # the plan's items when the task was made: id, text, text_zh
+    state: Literal["open", "done"] = "open"
+    overdue: bool = False
+    completed_at: float | None = None
+    completed_by: str | None = None
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # item id -> result, note
+    notes: str = ""
+    evidence: dict[str, Any] | None = None  # what the siren showed at completion
+
+    def record(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def public(self) -> dict[str, Any]:
+        return self.record() | {
+            "scheduled_at": iso_utc(self.scheduled_at), "due_at": iso_utc(self.due_at),
+            "completed_at": iso_utc(self.completed_at)}

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from siren_gateway.activation.model import Activation
 from siren_gateway.alerts.model import Alert
-from siren_gateway.maintenance.model import WorkOrder
+from siren_gateway.maintenance.model import InspectionTask, WorkOrder
 from siren_gateway.scheduling.model import Occurrence
 from siren_gateway.store.audit import AuditRow
 from siren_gateway.store.database import StorageHealth
@@ -100,6 +100,18 @@ class WorkOrderRepository(Protocol):
     async def write(self, orders: list[WorkOrder]) -> None: ...
 
 
+class InspectionRepository(Protocol):
+    async def open_and_recent(self, keep_done: int) -> tuple[list[InspectionTask], int]: ...
+
+    async def last_occurrences(self) -> dict[str, float]: ...
+
+    async def get(self, task_id: int) -> InspectionTask | None: ...
+
+    async def create(self, tasks: list[InspectionTask]) -> list[InspectionTask]: ...
+
+    async def write(self, tasks: list[InspectionTask]) -> None: ...
+
+
 class Store(Protocol):
     """All durable state of one gateway, and whether the database takes writes now."""
 
@@ -111,6 +123,7 @@ class Store(Protocol):
     outbox: OutboxRepository
     schedules: ScheduleRepository
     work_orders: WorkOrderRepository
+    inspections: InspectionRepository
 
     async def start(self) -> None: ...
 

@@ -140,10 +140,24 @@ CREATE INDEX work_orders_siren ON work_orders (siren_id, id);
 CREATE INDEX work_orders_state ON work_orders (state, id);
 """
 
+INSPECTIONS = """
+CREATE TABLE inspection_tasks (
+    id           INTEGER PRIMARY KEY,
+    plan_id      TEXT NOT NULL,
+    siren_id     TEXT NOT NULL,
+    scheduled_at REAL NOT NULL,
+    state        TEXT NOT NULL,
+    data         TEXT NOT NULL,  -- JSON: maintenance.model.InspectionTask.record()
+    UNIQUE (plan_id, scheduled_at, siren_id)  -- an occurrence makes each siren's task once
+);
+CREATE INDEX inspection_tasks_state ON inspection_tasks (state, id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: telemetry, audit, activations, alerts, schedules, outbox, "
                  "password upgrades", BASELINE, _audit_chain_columns),
     Migration(2, "work orders", WORK_ORDERS),
+    Migration(3, "inspection tasks", INSPECTIONS),
 )
 CURRENT = MIGRATIONS[-1].version
 

@@ -12,6 +12,7 @@ from siren_gateway.store.base import (
     ActivationRepository,
     AlertRepository,
     AuditRepository,
+    InspectionRepository,
     OutboxRepository,
     PasswordUpgradeRepository,
     ScheduleRepository,
@@ -19,6 +20,7 @@ from siren_gateway.store.base import (
 )
 from siren_gateway.store.credentials import PasswordUpgradeStore
 from siren_gateway.store.database import Database
+from siren_gateway.store.inspections import InspectionStore
 from siren_gateway.store.outbox import OutboxStore
 from siren_gateway.store.schedules import ScheduleStore
 from siren_gateway.store.workorders import WorkOrderStore
@@ -36,6 +38,7 @@ class SqliteStore:
         self.outbox: OutboxRepository = OutboxStore(self.database)
         self.schedules: ScheduleRepository = ScheduleStore(self.database)
         self.work_orders: WorkOrderRepository = WorkOrderStore(self.database)
+        self.inspections: InspectionRepository = InspectionStore(self.database)
 
     async def start(self) -> None:
         await self.database.start()

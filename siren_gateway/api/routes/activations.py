@@ -44,7 +44,8 @@ class ActivationBody(BaseModel):
              response_model_exclude_unset=True)
 async def preview(body: ActivationBody, gateway: GatewayDep, who: Technician) -> dict[str, Any]:
     request = body.to_request()
-    await gateway.work_orders.check_technician_request(who, request)
+    await gateway.work_orders.check_technician_request(who, request,
+                                                       gateway.inspections.open_sirens())
     return await gateway.activations.preview(who, request)
 
 
@@ -54,7 +55,8 @@ async def create(body: ActivationBody, gateway: GatewayDep, who: Technician) -> 
     """Operators: any activation. Technicians: a silent test of sirens they have an open work
     order for, nothing else (403, audited)."""
     request = body.to_request()
-    await gateway.work_orders.check_technician_request(who, request)
+    await gateway.work_orders.check_technician_request(who, request,
+                                                       gateway.inspections.open_sirens())
     activation = await gateway.activations.activate(who, request)
     return activation.report()
 
