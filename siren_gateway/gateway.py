@@ -25,6 +25,7 @@ from siren_gateway.links.status import StatusReader
 from siren_gateway.live.bus import Bus
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.maintenance.engine import WorkOrders
+from siren_gateway.maintenance.history import SirenHistory
 from siren_gateway.maintenance.inspections import Inspections
 from siren_gateway.metrics import GatewayCollector, Instruments
 from siren_gateway.profiles.mqtt import MqttProfile
@@ -90,6 +91,8 @@ class Gateway:
                                       self.store, self.audit, self.activations)
         self.inspections = Inspections(config.maintenance, catalogue, self.fleet, self.bus,
                                        self.store, self.audit, self.activations)
+        self.history = SirenHistory(catalogue, self.work_orders.audio_faults,
+                                    config.site.timezone, self.store, self.clock)
         self.alerts = AlertEngine(config.alerts, config.coverage.severity, self.fleet, self.bus,
                                   self.store, self.audit, self.clock)
         self.coverage = CoverageEngine(catalogue, config.coverage, self.fleet, self.bus)

@@ -3,19 +3,28 @@ technician, and verified (or reopened, with the evidence) by the siren itself.""
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from simulators.sitegen import generate_site
+from simulators.sitegen import generate_site, write_site
+from siren_gateway.alerts.model import Alert
+from siren_gateway.config.loading import load_site
 from siren_gateway.config.site import Site
+from siren_gateway.errors import Invalid
 from siren_gateway.gateway import Gateway
+from siren_gateway.maintenance.history import SirenHistory, report_csv_rows, report_html
+from siren_gateway.maintenance.model import OrderState, WorkOrder
 from siren_gateway.model import Command, CommandKind
+from siren_gateway.store.sqlite import SqliteStore
 from tests.conftest import (
     FakeClock,
     SimulatedDistrict,
@@ -119,6 +128,14 @@ async def test_a_repair_is_verified_by_the_siren_not_by_the_technician(
     assert verified["evidence"]["faults"] == []
     assert [h.get("to") for h in verified["history"] if "to" in h] == [
         "open", "assigned", "in_progress", "resolved", "reopened", "resolved", "verified"]
+    # The siren's timeline tells the story: the fault, the order's moves, the tests.
+    async def story() -> bool:
+        entries = (await technician.get("/api/sirens/s00002/timeline")).json()
+        summaries = {e["summary"] for e in entries}
+        return {"amplifier_fault raised", "work order reopened", "work order verified",
+                "test silent_test: passed"} <= summaries
+
+    await wait_until(story, 5, "the timeline shows fault, order and tests")
     # A closed order stays closed to the technician's hands, and its siren too.
     late = await technician.post("/api/activations", {
         "targets": {"sirens": ["s00002"]}, "class": "test", "action": "silent_test"})
@@ -249,3 +266,65 @@ async def inspect_the_district(start: Callable[[FakeClock], Awaitable[Gateway]],
     assert (await technician.post(f"/api/inspections/tasks/{late['id']}/complete",
                                   {"items": items})).status_code == 200
     await wait_until(lambda: overdue_alerts() == {"s00003"}, 5, "its alert cleared")
+
+
+def local(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+
+
+async def test_availability_and_repair_times_match_a_scripted_history(tmp_path: Path) -> None:
+    """March 2027 (744 h), scripted in the store: overlapping outages count once, a fault not on
+    the audio chain not at all, what started in February or lasts into April only in part."""
+    site = load_site(write_site(generate_site(3), tmp_path / "site.yaml"))
+    store = SqliteStore(tmp_path / "history.db")
+    await store.start()
+    try:
+        def alert(i: int, rule: str, siren: str, raised: str, cleared: str | None) -> Alert:
+            return Alert(i, rule, siren, [], "major", rule, "cleared" if cleared else "active",
+                         local(raised), cleared_at=local(cleared) if cleared else None)
+
+        await store.alerts.write([
+            alert(1, "offline", "s00001", "2027-03-10 00:00", "2027-03-10 12:00"),
+            alert(2, "amplifier_fault", "s00001", "2027-03-10 06:00", "2027-03-11 06:00"),
+            alert(3, "door_open", "s00001", "2027-03-20 00:00", "2027-03-20 05:00"),
+            alert(4, "offline", "s00002", "2027-02-27 00:00", "2027-03-01 02:00"),
+            alert(5, "amplifier_fault", "s00003", "2027-03-31 20:00", None)])
+
+        def order(i: int, siren: str, created: str, verified: str | None) -> WorkOrder:
+            return WorkOrder(i, siren, "fault", "urgent",
+                             OrderState.VERIFIED if verified else OrderState.OPEN,
+                             local(created), "alert:1", alert_id=i,
+                             verified_at=local(verified) if verified else None)
+
+        await store.work_orders.write([
+            order(1, "s00001", "2027-03-10 06:00", "2027-03-11 08:00"),  # 26 h
+            order(2, "s00002", "2027-02-27 00:00", "2027-03-01 03:00"),  # 51 h, a Feb failure
+            order(3, "s00003", "2027-03-31 20:00", None)])
+        audio = {s.id: frozenset({"amplifier_fault"}) for s in site.config.sirens}
+        history = SirenHistory(site.catalogue, audio, "Asia/Shanghai", store,
+                               FakeClock(local("2027-04-02 00:00")))
+        report = await history.monthly_report("2027-03")
+        assert report["hours"] == 744
+        rows = {row["siren"]: row for row in report["sirens"]}
+        assert [rows[s]["down_h"] for s in ("s00001", "s00002", "s00003")] == [30, 2, 4]
+        assert rows["s00001"]["availability"] == round(1 - 30 / 744, 5)
+        assert (rows["s00001"]["failures"], rows["s00001"]["mttr_h"], rows["s00001"]["mtbf_h"]) \
+            == (1, 26, 714)
+        assert (rows["s00002"]["failures"], rows["s00002"]["mttr_h"]) == (0, 51)
+        assert rows["s00003"]["orders_open"] == 1 and rows["s00003"]["mttr_h"] is None
+        total = report["total"]
+        assert (total["failures"], total["repaired"], total["mttr_h"], total["mtbf_h"]) \
+            == (2, 2, 38.5, 1098)
+        assert total["availability"] == round(1 - 36 / 2232, 5)
+        table = list(csv.reader(io.StringIO(
+            "\n".join(",".join(map(str, r)) for r in report_csv_rows(report)))))
+        header, last = table[0], table[-1]
+        assert last[0] == "TOTAL" and float(last[header.index("down_h")]) == 36
+        assert float(last[header.index("mttr_h")]) == 38.5
+        assert "<table>" in report_html(report, "test")
+        with pytest.raises(Invalid):
+            await history.monthly_report("2027-13")
+        timeline = await history.timeline("s00001")
+        assert [e["summary"] for e in timeline[:2]] == ["door_open cleared", "door_open raised"]
+    finally:
+        await store.stop()

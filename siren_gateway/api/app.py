@@ -23,6 +23,7 @@ from siren_gateway.api.routes import (
     coverage,
     health,
     inspections,
+    maintenance,
     metrics,
     schedules,
     signals,
@@ -74,8 +75,9 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
 
     app = FastAPI(title="Siren Gateway", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway
-    for module in (health, auth, sirens, signals, activations, alerts, audit, schedules, stream,
-                   coverage, workorders, inspections):
+    # (maintenance before schedules: /reports/maintenance is not an occurrence's report)
+    for module in (health, auth, sirens, signals, activations, alerts, audit, maintenance,
+                   schedules, stream, coverage, workorders, inspections):
         app.include_router(module.router, prefix="/api", responses=ERRORS)
     app.include_router(metrics.router, responses=ERRORS)  # /metrics and /api/site
     app.add_middleware(EdgeMiddleware, max_body_bytes=gateway.site.config.api.max_body_bytes)

@@ -430,3 +430,56 @@ class InspectionPlanOut(BaseModel):
     name: str
     next: str | None
     sirens: int
+
+
+# -- maintenance history -----------------------------------------------------------------------
+
+class TimelineEntryOut(Out):
+    at: str | None
+    kind: Literal["alert", "work_order", "inspection", "activation"]
+    id: int
+    summary: str
+    details: dict[str, Any]
+
+
+class MaintenanceFiguresOut(Out):
+    sirens: int
+    availability: float | None
+    down_h: float
+    failures: int
+    repaired: int
+    mttr_h: float | None
+    mtbf_h: float | None
+    orders_open: int
+    inspections: int
+    inspections_done: int
+    inspections_overdue: int
+
+
+class MaintenanceSirenOut(Out):
+    siren: str
+    name: str
+    zones: list[str]
+    availability: float
+    down_h: float
+    up_h: float
+    failures: int
+    repaired: int
+    repair_hours: list[float]
+    mttr_h: float | None
+    mtbf_h: float | None
+    orders_open: int
+    inspections: int
+    inspections_done: int
+    inspections_overdue: int
+
+
+class MaintenanceReportOut(Out):
+    month: str
+    timezone: str
+    from_: str | None = Field(alias="from")
+    until: str | None
+    hours: float
+    total: MaintenanceFiguresOut
+    zones: dict[str, MaintenanceFiguresOut]
+    sirens: list[MaintenanceSirenOut]

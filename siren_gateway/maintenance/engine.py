@@ -60,7 +60,7 @@ class WorkOrders:
         self.orders: dict[int, WorkOrder] = {}
         self._next_id = 1
         self._dirty: set[int] = set()
-        self._audio_faults = {
+        self.audio_faults = {
             siren.id: frozenset(config.audio_faults)
             | frozenset(catalogue.profiles[siren.profile].spec.silencing_faults)
             for siren in catalogue.sirens}
@@ -149,7 +149,7 @@ class WorkOrders:
             order = WorkOrder(
                 self._next_id, siren_id, cause, priority,
                 OrderState.ASSIGNED if assignee else OrderState.OPEN, now, by, wanted,
-                silent_test or bool(set(wanted) & self._audio_faults[siren_id]),
+                silent_test or bool(set(wanted) & self.audio_faults[siren_id]),
                 alert_id=alert["id"] if alert else None, rule=alert["rule"] if alert else None,
                 assignee=assignee, due_at=due_at)
             self._next_id += 1

@@ -61,6 +61,24 @@ class ActivationStore:
         found = await self.db.run(lambda conn: _select(conn, "WHERE id = ?", (activation_id,)))
         return found[0] if found else None
 
+    async def for_siren(self, siren_id: str, limit: int) -> list[dict[str, Any]]:
+        """The siren's newest activations with its own result in each, newest first."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            return conn.execute(
+                "SELECT a.data, r.data FROM activation_results r JOIN activations a "
+                "ON a.id = r.activation_id WHERE r.siren_id = ? ORDER BY r.activation_id DESC "
+                "LIMIT ?", (siren_id, limit)).fetchall()
+
+        out = []
+        for activation, result in await self.db.run(read):
+            a, r = json.loads(activation), json.loads(result)
+            out.append({"id": a["id"], "created_at": a["created_at"], "class": a["klass"],
+                        "action": a["action"], "signal": a["signal"],
+                        "start_at": a["start_at"], "requested_by": a["requested_by"],
+                        "status": r.get("status"), "reason": r.get("reason", "")})
+        return out
+
     async def older(self, below: int, limit: int) -> list[Activation]:
         """Up to `limit` activations with ids below `below`, newest first."""
         return await self.db.run(lambda conn: _select(

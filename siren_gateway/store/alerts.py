@@ -25,6 +25,24 @@ class AlertStore:
         rows, top = await self.db.run(load)
         return [Alert(**json.loads(data)) for data in rows], top
 
+    async def for_siren(self, siren_id: str, limit: int) -> list[Alert]:
+        """The siren's newest alerts, newest first."""
+        return await self._select("WHERE siren_id = ? ORDER BY raised_at DESC LIMIT ?",
+                                  (siren_id, limit))
+
+    async def overlapping(self, since: float, until: float) -> list[Alert]:
+        """Siren alerts active at some moment of [since, until)."""
+        return await self._select(
+            "WHERE siren_id IS NOT NULL AND raised_at < ? AND (json_extract(data, "
+            "'$.cleared_at') IS NULL OR json_extract(data, '$.cleared_at') >= ?)",
+            (until, since))
+
+    async def _select(self, clause: str, params: tuple[object, ...]) -> list[Alert]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(f"SELECT data FROM alerts {clause}", params)]
+
+        return [Alert(**json.loads(data)) for data in await self.db.run(read)]
+
     async def write(self, alerts: list[Alert]) -> None:
         """Nothing is written when it raises (StorageError)."""
         rows = [(a.id, a.state, json.dumps(asdict(a), ensure_ascii=False)) for a in alerts]

@@ -63,6 +63,21 @@ class InspectionStore:
         made = set(await self.db.run(insert))
         return [t for t in tasks if t.id in made]
 
+    async def for_siren(self, siren_id: str, limit: int) -> list[InspectionTask]:
+        return await self._select("WHERE siren_id = ? ORDER BY scheduled_at DESC LIMIT ?",
+                                  (siren_id, limit))
+
+    async def scheduled_between(self, since: float, until: float) -> list[InspectionTask]:
+        return await self._select("WHERE scheduled_at >= ? AND scheduled_at < ? ORDER BY id",
+                                  (since, until))
+
+    async def _select(self, clause: str, params: tuple[object, ...]) -> list[InspectionTask]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(f"SELECT data FROM inspection_tasks {clause}",
+                                               params)]
+
+        return [InspectionTask(**json.loads(d)) for d in await self.db.run(read)]
+
     async def write(self, tasks: list[InspectionTask]) -> None:
         rows = [(t.state, json.dumps(t.record(), ensure_ascii=False), t.id) for t in tasks]
 

@@ -153,11 +153,25 @@ CREATE TABLE inspection_tasks (
 CREATE INDEX inspection_tasks_state ON inspection_tasks (state, id);
 """
 
+# A siren's history (its timeline, the maintenance report) is read by siren and time.
+HISTORY_INDEXES = """
+ALTER TABLE alerts ADD COLUMN siren_id TEXT
+    GENERATED ALWAYS AS (json_extract(data, '$.siren_id')) VIRTUAL;
+ALTER TABLE alerts ADD COLUMN raised_at REAL
+    GENERATED ALWAYS AS (json_extract(data, '$.raised_at')) VIRTUAL;
+CREATE INDEX alerts_siren ON alerts (siren_id, raised_at);
+CREATE INDEX alerts_raised ON alerts (raised_at);
+CREATE INDEX activation_results_siren ON activation_results (siren_id, activation_id);
+CREATE INDEX inspection_tasks_siren ON inspection_tasks (siren_id, scheduled_at);
+CREATE INDEX work_orders_created ON work_orders (created_at);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: telemetry, audit, activations, alerts, schedules, outbox, "
                  "password upgrades", BASELINE, _audit_chain_columns),
     Migration(2, "work orders", WORK_ORDERS),
     Migration(3, "inspection tasks", INSPECTIONS),
+    Migration(4, "indexes for a siren's history", HISTORY_INDEXES),
 )
 CURRENT = MIGRATIONS[-1].version
 

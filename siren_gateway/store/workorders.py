@@ -49,6 +49,14 @@ class WorkOrderStore:
 
         return [WorkOrder.from_record(json.loads(d)) for d in await self.db.run(read)]
 
+    async def created_between(self, since: float, until: float) -> list[WorkOrder]:
+        def read(conn: sqlite3.Connection) -> list[str]:
+            return [r[0] for r in conn.execute(
+                "SELECT data FROM work_orders WHERE created_at >= ? AND created_at < ? "
+                "ORDER BY id", (since, until))]
+
+        return [WorkOrder.from_record(json.loads(d)) for d in await self.db.run(read)]
+
     async def write(self, orders: list[WorkOrder]) -> None:
         """Nothing is written when it raises (StorageError)."""
         rows = [(o.id, o.siren_id, o.state.value, o.created_at,

@@ -1,0 +1,53 @@
+"""A siren's timeline, and the monthly maintenance report (JSON, CSV, a printable page).
+
+Registered before the schedules' routes: `/reports/maintenance` must not be read as an
+occurrence's report.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse, Response
+
+from siren_gateway.api.deps import GatewayDep, Viewer
+from siren_gateway.api.limits import Name
+from siren_gateway.api.schemas import MaintenanceReportOut, TimelineEntryOut
+from siren_gateway.maintenance.history import report_csv_rows, report_html
+
+router = APIRouter(tags=["maintenance"])
+Month = Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, in "
+                             "the site's time zone")]
+
+
+@router.get("/sirens/{siren_id}/timeline", response_model=list[TimelineEntryOut])
+async def timeline(siren_id: Name, gateway: GatewayDep, _: Viewer,
+                   limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+    """Newest first: alerts, work-order moves, inspections and activations of one siren."""
+    return await gateway.history.timeline(siren_id, limit)
+
+
+@router.get("/reports/maintenance.csv", response_class=Response, responses={
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+          "description": "one row per siren, then the total"}})
+async def report_csv(month: Month, gateway: GatewayDep, _: Viewer) -> Response:
+    report = await gateway.history.monthly_report(month)
+    out = io.StringIO()
+    csv.writer(out).writerows(report_csv_rows(report))
+    return Response("\ufeff" + out.getvalue(), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="maintenance-{month}.csv"'})
+
+
+@router.get("/reports/maintenance.html", response_class=HTMLResponse)
+async def report_page(month: Month, gateway: GatewayDep, _: Viewer) -> HTMLResponse:
+    report = await gateway.history.monthly_report(month)
+    return HTMLResponse(report_html(report, gateway.site.config.site.name))
+
+
+@router.get("/reports/maintenance", response_model=MaintenanceReportOut)
+async def report_json(month: Month, gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
+    """Availability, failures, MTTR and MTBF per siren, zone and district; inspections."""
+    return await gateway.history.monthly_report(month)
