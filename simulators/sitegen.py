@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import socket
 from contextlib import ExitStack
@@ -30,10 +31,18 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
     They are taken from below the kernel's ephemeral range: ports the kernel hands to outgoing
     connections (thousands of them, with a large simulated fleet) can never collide with them.
+    Under pytest-xdist each worker (and what it starts) takes its own slice of that range: a
+    port found free and then bound a moment later by another worker's simulator was a clash.
     """
     if count == 0:
         return []
     low, high = 10000, _ephemeral_low() - 1
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get(
+        "PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and workers.isdigit():
+        size = (high - low) // int(workers)
+        low += size * (int(worker[2:]) % int(workers))
+        high = low + size
     candidates = random.sample(range(low, high), k=min(high - low, count * 4 + 64))
     ports: list[int] = []
     with ExitStack() as stack:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import shutil
 import time
@@ -154,7 +155,21 @@ async def gateways() -> AsyncIterator[Callable[[Site], Awaitable[Gateway]]]:
 
     yield start
     for gateway in started:
-        await gateway.stop()
+        await stop_or_explain(gateway)
+
+
+async def stop_or_explain(gateway: Gateway, timeout_s: float = 60.0) -> None:
+    """Stop a gateway; one that does not stop fails the test with every task's stack, instead
+    of hanging the run."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await gateway.stop()
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=12, file=stacks)
+        pytest.fail(f"the gateway did not stop within {timeout_s:g} s; tasks:\n"
+                    f"{stacks.getvalue()[-20000:]}")
 
 
 @pytest.fixture

@@ -38,8 +38,9 @@ def user_agent(request: Request) -> str:
     return request.headers.get("user-agent", "")[:200]
 
 
-def require(role: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that admits a valid bearer token of at least `role`."""
+def require(role: Role, needs: str | None = None) -> Callable[..., Awaitable[Principal]]:
+    """A dependency that admits a valid bearer token of at least `role`; `needs` says what the
+    refusal names, where the least role is not the whole story."""
 
     async def check(request: Request, gateway: GatewayDep, token: BearerToken) -> Principal:
         principal = gateway.tokens.resolve(token) if token else None
@@ -48,7 +49,7 @@ def require(role: Role) -> Callable[..., Awaitable[Principal]]:
                                 headers={"WWW-Authenticate": "Bearer"})
         if principal.role < role:
             await _audit_denied(request, gateway, principal, role)
-            raise HTTPException(403, f"this needs the {role.name.lower()} role; "
+            raise HTTPException(403, f"this needs the {needs or role.name.lower() + ' role'}; "
                                 f"{principal.username} is {principal.role.name.lower()}")
         return principal
 
@@ -77,5 +78,8 @@ def needs_name(role: Role) -> str:
 
 Viewer = Annotated[Principal, Depends(require(Role.VIEWER))]
 Technician = Annotated[Principal, Depends(require(Role.TECHNICIAN))]
+# Activations: operators; technicians only for silent tests of the sirens they work on.
+Activator = Annotated[Principal, Depends(require(
+    Role.TECHNICIAN, "operator role (a technician: silent tests of its own sirens only)"))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]

@@ -39,6 +39,8 @@ def month_bounds(month: str, zone: ZoneInfo) -> tuple[float, float]:
     if found is None:
         raise Invalid("month is YYYY-MM")
     year, number = int(found[1]), int(found[2])
+    if not 1970 <= year <= 2200:
+        raise Invalid("month: a year from 1970 to 2200")
     start = datetime(year, number, 1, tzinfo=zone)
     end = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=zone)
     return start.timestamp(), end.timestamp()

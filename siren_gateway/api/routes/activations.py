@@ -7,7 +7,7 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from siren_gateway.activation.model import ActivationRequest, Targets
-from siren_gateway.api.deps import GatewayDep, Operator, Technician, Viewer
+from siren_gateway.api.deps import Activator, GatewayDep, Operator, Viewer
 from siren_gateway.api.limits import MAX_SIRENS, MAX_ZONES, RowId, SirenId, ZoneId
 from siren_gateway.api.schemas import ActivationOut, ActivationSummaryOut, PreviewOut
 
@@ -42,7 +42,7 @@ class ActivationBody(BaseModel):
 
 @router.post("/activations/preview", response_model=PreviewOut,
              response_model_exclude_unset=True)
-async def preview(body: ActivationBody, gateway: GatewayDep, who: Technician) -> dict[str, Any]:
+async def preview(body: ActivationBody, gateway: GatewayDep, who: Activator) -> dict[str, Any]:
     request = body.to_request()
     await gateway.work_orders.check_technician_request(who, request,
                                                        gateway.inspections.open_sirens())
@@ -51,7 +51,7 @@ async def preview(body: ActivationBody, gateway: GatewayDep, who: Technician) ->
 
 @router.post("/activations", status_code=201, response_model=ActivationOut,
              response_model_exclude_unset=True)
-async def create(body: ActivationBody, gateway: GatewayDep, who: Technician) -> dict[str, Any]:
+async def create(body: ActivationBody, gateway: GatewayDep, who: Activator) -> dict[str, Any]:
     """Operators: any activation. Technicians: a silent test of sirens they have an open work
     order for, nothing else (403, audited)."""
     request = body.to_request()

@@ -19,8 +19,8 @@ from siren_gateway.api.schemas import MaintenanceReportOut, TimelineEntryOut
 from siren_gateway.maintenance.history import report_csv_rows, report_html
 
 router = APIRouter(tags=["maintenance"])
-Month = Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", description="YYYY-MM, in "
-                             "the site's time zone")]
+Month = Annotated[str, Query(pattern=r"^(19[7-9]\d|2[01]\d\d|2200)-(0[1-9]|1[0-2])$",
+                             description="YYYY-MM (1970 to 2200), in the site's time zone")]
 
 
 @router.get("/sirens/{siren_id}/timeline", response_model=list[TimelineEntryOut])
@@ -41,7 +41,9 @@ async def report_csv(month: Month, gateway: GatewayDep, _: Viewer) -> Response:
         "Content-Disposition": f'attachment; filename="maintenance-{month}.csv"'})
 
 
-@router.get("/reports/maintenance.html", response_class=HTMLResponse)
+@router.get("/reports/maintenance.html", response_class=Response, responses={
+    200: {"content": {"text/html": {"schema": {"type": "string"}}},
+          "description": "a page to print"}})
 async def report_page(month: Month, gateway: GatewayDep, _: Viewer) -> HTMLResponse:
     report = await gateway.history.monthly_report(month)
     return HTMLResponse(report_html(report, gateway.site.config.site.name))
