@@ -7,6 +7,7 @@ Each test saves a screenshot to test-artifacts/ when it fails.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -57,7 +58,14 @@ async def served(broker: Mosquitto, start_district: StartDistrict, gateways: Sta
     await wait_until(lambda: gateway.fleet.counts()["online"] == 20, 20, "all 20 sirens online")
     yield Served(district, gateway, f"http://127.0.0.1:{port}", server)
     server.should_exit = True
-    await serving
+    try:
+        async with asyncio.timeout(30):
+            await serving
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=12, file=stacks)
+        pytest.fail(f"the dashboard server did not stop; tasks:\n{stacks.getvalue()[-20000:]}")
 
 
 @pytest.fixture
