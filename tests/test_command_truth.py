@@ -100,11 +100,19 @@ async def test_a_write_whose_reply_is_lost_sounds_once_and_is_reported_sounded(
 async def test_a_command_that_never_arrived_is_sent_again_after_the_read_back(
         modbus_district: tuple[SimulatedDistrict, Gateway, Api]) -> None:
     """no_response drops the request unexecuted: the read-back shows the old sequence."""
-    simulated, _, api = modbus_district
+    simulated, gateway, api = modbus_district
     control = simulated.control
     await control.inject("s00003", "no_response")
     created = await sound(api, ["s00003"])
-    await asyncio.sleep(0.4)
+
+    def sends_timed_out() -> float:
+        return gateway.instruments.registry.get_sample_value(
+            "siren_gateway_command_round_trip_seconds_count",
+            {"kind": "sound", "outcome": "timeout"}) or 0.0
+
+    # Healed only once the first send has timed out, i.e. the device dropped it (waiting a
+    # fixed 0.4 s instead once let a loaded run send it after the healing).
+    await wait_until(lambda: sends_timed_out() >= 1, 10, "the first send timed out")
     await control.inject("s00003", "no_response", active=False)
     report = await api.finished(created["id"])
     result = by_siren(report)["s00003"]
