@@ -456,22 +456,13 @@ class MaintenanceFiguresOut(Out):
     inspections_overdue: int
 
 
-class MaintenanceSirenOut(Out):
+class MaintenanceSirenOut(MaintenanceFiguresOut):
+    sirens: int = 1
     siren: str
     name: str
     zones: list[str]
-    availability: float
-    down_h: float
     up_h: float
-    failures: int
-    repaired: int
     repair_hours: list[float]
-    mttr_h: float | None
-    mtbf_h: float | None
-    orders_open: int
-    inspections: int
-    inspections_done: int
-    inspections_overdue: int
 
 
 class MaintenanceReportOut(Out):

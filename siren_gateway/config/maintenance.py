@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import Field, model_validator
 
-from siren_gateway.config.common import Identifier, Severity, StrictModel
+from siren_gateway.config.common import Identifier, Severity, StrictModel, TimeZoneName
 from siren_gateway.config.plans import PlanTargets, RecurrenceConfig
 
 
@@ -56,7 +56,7 @@ class InspectionPlanConfig(StrictModel):
     id: Identifier
     name: str = Field(min_length=1, max_length=200)
     name_zh: str | None = Field(default=None, max_length=200)
-    timezone: str = Field(default="Asia/Shanghai", max_length=64)
+    timezone: TimeZoneName = "Asia/Shanghai"
     recurrence: RecurrenceConfig
     targets: PlanTargets = PlanTargets(all=True)
     due_after_days: float = Field(default=30.0, gt=0, le=366)
@@ -65,10 +65,6 @@ class InspectionPlanConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> InspectionPlanConfig:
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.timezone!r}") from None
         ids = [item.id for item in self.checklist]
         if len(ids) != len(set(ids)):
             raise ValueError("checklist item ids must be unique")

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from pydantic import ConfigDict, Field, model_validator
 
-from siren_gateway.config.common import MAX_LIST, ConfigProblem, Identifier, StrictModel
+from siren_gateway.config.common import (
+    MAX_LIST,
+    ConfigProblem,
+    Identifier,
+    StrictModel,
+    TimeZoneName,
+)
 from siren_gateway.config.signals import SignalConfig
 from siren_gateway.scheduling.recurrence import (
     WEEKDAYS,
@@ -99,7 +105,7 @@ class PlanConfig(StrictModel):
     id: Identifier
     name: str = Field(min_length=1, max_length=200)
     name_zh: str | None = Field(default=None, max_length=200)
-    timezone: str = Field(default="Asia/Shanghai", max_length=64)
+    timezone: TimeZoneName = "Asia/Shanghai"
     recurrence: RecurrenceConfig
     steps: list[PlanStep] = Field(min_length=1, max_length=20)
     klass: Literal["exercise", "test"] = Field(default="test", alias="class")
@@ -116,10 +122,6 @@ class PlanConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> PlanConfig:
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {self.timezone!r}") from None
         offsets = [s.offset_s for s in self.steps]
         if offsets != sorted(set(offsets)) or offsets[0] != 0:
             raise ValueError("step offsets start at 0 and increase")

@@ -46,6 +46,16 @@ _NOT_JUDGED = {Status.EXCLUDED, Status.CANCELLED, Status.PREEMPTED}
 _VERIFIER = Principal("work-order verifier", Role.OPERATOR)
 
 
+def siren_evidence(fleet: Fleet, siren_id: str, now: float) -> dict[str, Any]:
+    """What the siren itself shows at this moment, kept with a verdict or an inspection."""
+    state = fleet.states[siren_id]
+    values = state.sample.values if state.sample else {}
+    return {"at": iso_utc(now), "reachability": state.reachability.value,
+            "faults": sorted(state.faults),
+            "last_seen": state.last_seen.isoformat() if state.last_seen else None,
+            "values": {k: values[k] for k in EVIDENCE_POINTS if k in values}}
+
+
 class WorkOrders:
     def __init__(self, config: MaintenanceConfig, catalogue: Catalogue, fleet: Fleet, bus: Bus,
                  store: Store, audit: AuditLog, activations: ActivationEngine,
@@ -344,12 +354,7 @@ class WorkOrders:
         self._dirty.add(order.id)
 
     def _evidence(self, order: WorkOrder) -> dict[str, Any]:
-        state = self.fleet.states[order.siren_id]
-        values = state.sample.values if state.sample else {}
-        return {"at": iso_utc(self.clock.now()), "reachability": state.reachability.value,
-                "faults": sorted(state.faults),
-                "last_seen": state.last_seen.isoformat() if state.last_seen else None,
-                "values": {k: values[k] for k in EVIDENCE_POINTS if k in values}}
+        return siren_evidence(self.fleet, order.siren_id, self.clock.now())
 
     # -- storage -------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from siren_gateway.config.site import Catalogue
 from siren_gateway.errors import Conflict, Invalid, NotFound
 from siren_gateway.live.bus import Bus, InspectionOverdue
 from siren_gateway.live.fleet import Fleet
-from siren_gateway.maintenance.engine import EVIDENCE_POINTS
+from siren_gateway.maintenance.engine import siren_evidence
 from siren_gateway.maintenance.model import InspectionTask
 from siren_gateway.runtime.clock import Clock, iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
@@ -132,13 +132,8 @@ class Inspections:
         return task
 
     def _evidence(self, siren_id: str, since: float) -> dict[str, Any]:
-        state = self.fleet.states[siren_id]
-        values = state.sample.values if state.sample else {}
-        return {"at": iso_utc(self.clock.now()), "reachability": state.reachability.value,
-                "faults": sorted(state.faults),
-                "last_seen": state.last_seen.isoformat() if state.last_seen else None,
-                "values": {k: values[k] for k in EVIDENCE_POINTS if k in values},
-                "silent_test": self._latest_silent_test(siren_id, since)}
+        return siren_evidence(self.fleet, siren_id, self.clock.now()) | {
+            "silent_test": self._latest_silent_test(siren_id, since)}
 
     def _latest_silent_test(self, siren_id: str, since: float) -> dict[str, Any] | None:
         """The newest silent test of this siren since the task was made (in memory: recent)."""

@@ -6,14 +6,12 @@ occurrence's report.
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 
-from siren_gateway.api.deps import GatewayDep, Viewer
+from siren_gateway.api.deps import GatewayDep, Viewer, csv_download
 from siren_gateway.api.limits import Name
 from siren_gateway.api.schemas import MaintenanceReportOut, TimelineEntryOut
 from siren_gateway.maintenance.history import report_csv_rows, report_html
@@ -35,10 +33,7 @@ async def timeline(siren_id: Name, gateway: GatewayDep, _: Viewer,
           "description": "one row per siren, then the total"}})
 async def report_csv(month: Month, gateway: GatewayDep, _: Viewer) -> Response:
     report = await gateway.history.monthly_report(month)
-    out = io.StringIO()
-    csv.writer(out).writerows(report_csv_rows(report))
-    return Response("\ufeff" + out.getvalue(), media_type="text/csv; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="maintenance-{month}.csv"'})
+    return csv_download(report_csv_rows(report), f"maintenance-{month}.csv")
 
 
 @router.get("/reports/maintenance.html", response_class=Response, responses={

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import ValidationError
 
-from siren_gateway.api.deps import Admin, GatewayDep, Operator, Viewer
+from siren_gateway.api.deps import Admin, GatewayDep, Operator, Viewer, csv_download
 from siren_gateway.api.limits import Name, OccurrenceKey, RowId
 from siren_gateway.api.schemas import NextOccurrenceOut, OccurrenceOut, PlanDetailOut, PlanOut, ReportOut
 from siren_gateway.config.plans import PlanConfig, plan_problems
@@ -102,11 +100,7 @@ async def run_now(plan_id: Name, gateway: GatewayDep, who: Operator) -> dict[str
           "description": "one row per siren and step"}})
 async def report_csv(occurrence_id: RowId, gateway: GatewayDep, who: Viewer) -> Response:
     report = await gateway.scheduler.report(occurrence_id)
-    out = io.StringIO()
-    csv.writer(out).writerows(report_csv_rows(report))
-    # A BOM so that spreadsheet programs read the Chinese names as UTF-8.
-    return Response("\ufeff" + out.getvalue(), media_type="text/csv; charset=utf-8", headers={
-        "Content-Disposition": f'attachment; filename="occurrence-{occurrence_id}.csv"'})
+    return csv_download(report_csv_rows(report), f"occurrence-{occurrence_id}.csv")
 
 
 @router.get("/reports/{occurrence_id}", response_model=ReportOut)
