@@ -157,8 +157,11 @@ async def test_orders_by_hand_survive_a_restart_and_moves_are_checked(
     assert order["state"] == "open" and order["faults"] == [] and not order["audio"]
     path = f"/api/workorders/{order['id']}"
     assert (await operator.patch(path, {"state": "assigned"})).status_code == 422  # nobody
-    wrong = await operator.patch(path, {"state": "reopened"})
+    wrong = await operator.patch(path, {"state": "reopened", "priority": "urgent",
+                                        "note": "should not stay"})
     assert wrong.status_code == 409, wrong.text
+    unchanged = (await operator.get(path)).json()  # a refused request changes nothing
+    assert unchanged["priority"] == "low" and unchanged["notes"] == []
     noted = await operator.patch(path, {"note": "parts ordered", "assignee": "technician"})
     assert noted.json()["notes"][0]["text"] == "parts ordered"
     assert (await operator.post("/api/workorders", {"siren": "nope", "cause": "x"})

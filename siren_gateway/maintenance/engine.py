@@ -183,28 +183,36 @@ class WorkOrders:
             now = self.clock.now()
             if who.role < Role.OPERATOR and order.assignee not in (None, who.username):
                 raise Conflict(f"work order {order_id} is assigned to {order.assignee}")
+            # The move is checked before anything changes: a refused request changes nothing.
+            will_assign = state is None and assignee is not None and (
+                order.state is OrderState.OPEN and assignee != order.assignee)
+            target = self._check_move(order, OrderState.ASSIGNED.value if will_assign else state,
+                                      assignee or order.assignee)
             if assignee is not None and assignee != order.assignee:
                 order.assignee = assignee
                 order.history.append({"at": iso_utc(now), "by": who.username,
                                       "assignee": assignee})
-                if state is None and order.state is OrderState.OPEN:
-                    state = OrderState.ASSIGNED.value
+
             if priority is not None:
                 order.priority = priority
             if due_at is not None:
                 order.due_at = due_at
             if note:
                 order.notes.append({"at": iso_utc(now), "by": who.username, "text": note})
-            if state is not None and state != order.state.value:
-                self._move_by_hand(who, order, state, note, now)
+            if target is not None:
+                self._move_by_hand(who, order, target, note, now)
             self._dirty.add(order.id)
         await self.audit.record(who, "workorder.update", "ok", target=f"workorder:{order.id}",
                                 state=state, assignee=assignee, priority=priority, note=note)
         await self._flush()
         return order
 
-    def _move_by_hand(self, who: Principal, order: WorkOrder, to: str, note: str | None,
-                      now: float) -> None:
+    @staticmethod
+    def _check_move(order: WorkOrder, to: str | None, assignee: str | None
+                    ) -> OrderState | None:
+        """The state a person may move the order to (None: no move), or the refusal."""
+        if to is None or to == order.state.value:
+            return None
         try:
             target = OrderState(to)
         except ValueError:
@@ -216,8 +224,12 @@ class WorkOrders:
         if target not in MANUAL_MOVES[order.state]:
             raise Conflict(f"a {order.state.value} work order cannot move to {to}; it can "
                            f"move to {', '.join(sorted(MANUAL_MOVES[order.state])) or 'nothing'}")
-        if target is OrderState.ASSIGNED and not order.assignee:
+        if target is OrderState.ASSIGNED and not assignee:
             raise Invalid("name the assignee")
+        return target
+
+    def _move_by_hand(self, who: Principal, order: WorkOrder, target: OrderState,
+                      note: str | None, now: float) -> None:
         if target is OrderState.RESOLVED:
             order.resolved_at = now
             order.verification.clear_since = None
