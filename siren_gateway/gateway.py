@@ -24,6 +24,7 @@ from siren_gateway.links.poller import Poller
 from siren_gateway.links.status import StatusReader
 from siren_gateway.live.bus import Bus
 from siren_gateway.live.fleet import Fleet
+from siren_gateway.maintenance.assets import AssetRegister
 from siren_gateway.maintenance.engine import WorkOrders
 from siren_gateway.maintenance.history import SirenHistory
 from siren_gateway.maintenance.inspections import Inspections
@@ -91,6 +92,7 @@ class Gateway:
                                       self.store, self.audit, self.activations)
         self.inspections = Inspections(config.maintenance, catalogue, self.fleet, self.bus,
                                        self.store, self.audit, self.activations)
+        self.assets = AssetRegister(catalogue, self.fleet, self.store, self.audit)
         self.history = SirenHistory(catalogue, self.work_orders.audio_faults,
                                     config.site.timezone, self.store, self.clock)
         self.alerts = AlertEngine(config.alerts, config.coverage.severity, self.fleet, self.bus,
@@ -138,7 +140,7 @@ class Gateway:
             parts.append(("mqtt alert notifier", self.mqtt_alerts))
         parts += [("poller", self.poller), ("activation engine", self.activations),
                   ("work orders", self.work_orders), ("inspections", self.inspections),
-                  ("scheduler", self.scheduler)]
+                  ("asset register", self.assets), ("scheduler", self.scheduler)]
         return parts
 
     async def start(self) -> None:

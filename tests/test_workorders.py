@@ -75,6 +75,8 @@ async def test_a_repair_is_verified_by_the_siren_not_by_the_technician(
     assert order["alert_id"] == next(a["id"] for a in gateway.alerts.query()
                                      if a["rule"] == "amplifier_fault")
     path = f"/api/workorders/{order['id']}"
+    handed = await technician.patch(path, {"assignee": "operator"})
+    assert handed.status_code == 403  # a technician takes an order, never gives one away
     assigned = await operator.patch(path, {"assignee": "technician"})
     assert assigned.status_code == 200, assigned.text
     assert assigned.json()["state"] == "assigned"
@@ -291,7 +293,8 @@ async def test_availability_and_repair_times_match_a_scripted_history(tmp_path: 
             alert(2, "amplifier_fault", "s00001", "2027-03-10 06:00", "2027-03-11 06:00"),
             alert(3, "door_open", "s00001", "2027-03-20 00:00", "2027-03-20 05:00"),
             alert(4, "offline", "s00002", "2027-02-27 00:00", "2027-03-01 02:00"),
-            alert(5, "amplifier_fault", "s00003", "2027-03-31 20:00", None)])
+            alert(5, "amplifier_fault", "s00003", "2027-03-31 20:00", None),
+            alert(6, "disarmed", "s00002", "2027-03-15 00:00", "2027-03-15 04:00")])
 
         def order(i: int, siren: str, created: str, verified: str | None) -> WorkOrder:
             return WorkOrder(i, siren, "fault", "urgent",
@@ -309,20 +312,20 @@ async def test_availability_and_repair_times_match_a_scripted_history(tmp_path: 
         report = await history.monthly_report("2027-03")
         assert report["hours"] == 744
         rows = {row["siren"]: row for row in report["sirens"]}
-        assert [rows[s]["down_h"] for s in ("s00001", "s00002", "s00003")] == [30, 2, 4]
-        assert rows["s00001"]["availability"] == round(1 - 30 / 744, 5)
+        assert [rows[s]["down_h"] for s in ("s00001", "s00002", "s00003")] == [30, 6, 4]
+        assert rows["s00001"]["availability"] == round(1 - 30 / 744, 6)
         assert (rows["s00001"]["failures"], rows["s00001"]["mttr_h"], rows["s00001"]["mtbf_h"]) \
             == (1, 26, 714)
         assert (rows["s00002"]["failures"], rows["s00002"]["mttr_h"]) == (0, 51)
         assert rows["s00003"]["orders_open"] == 1 and rows["s00003"]["mttr_h"] is None
         total = report["total"]
         assert (total["failures"], total["repaired"], total["mttr_h"], total["mtbf_h"]) \
-            == (2, 2, 38.5, 1098)
-        assert total["availability"] == round(1 - 36 / 2232, 5)
+            == (2, 2, 38.5, 1096)
+        assert total["availability"] == round(1 - 40 / 2232, 6)
         table = list(csv.reader(io.StringIO(
             "\n".join(",".join(map(str, r)) for r in report_csv_rows(report)))))
         header, last = table[0], table[-1]
-        assert last[0] == "TOTAL" and float(last[header.index("down_h")]) == 36
+        assert last[0] == "TOTAL" and float(last[header.index("down_h")]) == 40
         assert float(last[header.index("mttr_h")]) == 38.5
         assert "<table>" in report_html(report, "test")
         with pytest.raises(Invalid):

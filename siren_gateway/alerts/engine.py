@@ -91,6 +91,7 @@ class AlertEngine:
         self._dirty: set[int] = set()
         self._fault_rules = frozenset(self.config.faults)
         self._fault_trackers: dict[str, set[str]] = {}  # siren -> fault rules being tracked
+        self._disarmed: set[str] = set()  # sirens with a "disarmed" tracker
         self._overridden = frozenset(o.rule for o in self.config.overrides)
         # Each siren's threshold rules; sirens without overrides share one tuple.
         self._siren_thresholds: dict[str, tuple[tuple[str, ThresholdRule], ...]] = {}
@@ -112,6 +113,8 @@ class AlertEngine:
                 true_since=alert.raised_at, alert=alert)
             if alert.rule in self._fault_rules and alert.siren_id is not None:
                 self._fault_trackers.setdefault(alert.siren_id, set()).add(alert.rule)
+            if alert.rule == "disarmed" and alert.siren_id is not None:
+                self._disarmed.add(alert.siren_id)
         self._started_at = self.clock.now()
         self._started_mono = self.clock.monotonic()
         self._running = True
@@ -215,6 +218,11 @@ class AlertEngine:
                     self._observe(fault, siren_id, zones, fault in present, now,
                                   override or self.config.faults[fault],
                                   f"controller reports {fault}")
+        # Disarmed (maintenance) is a state, not a fault: raised so that it shows, and so
+        # that the time a siren could not sound is on record (availability counts it).
+        disarmed = values.get("armed") is False
+        if disarmed or siren_id in self._disarmed:
+            self._observe_disarmed(siren_id, zones, disarmed, now)
         if sample.device_time is not None:
             enabled, override = self._enabled("clock_skew", siren_id, zones)
             skew = sample.device_time.timestamp() - sample.received_at.timestamp()
@@ -224,6 +232,19 @@ class AlertEngine:
                               now, override or self.config.clock_skew_severity,
                               f"controller clock {skew:+.0f} s from the gateway's" if skewed
                               else "")
+
+    def _observe_disarmed(self, siren_id: str, zones: list[str], disarmed: bool,
+                          now: float) -> None:
+        enabled, override = self._enabled("disarmed", siren_id, zones)
+        if not enabled:
+            return
+        self._observe("disarmed", siren_id, zones, disarmed, now,
+                      override or self.config.disarmed_severity,
+                      "disarmed for maintenance: it cannot sound until armed again")
+        if ("disarmed", siren_id) in self._trackers:
+            self._disarmed.add(siren_id)
+        else:
+            self._disarmed.discard(siren_id)
 
     def _evaluate_offline(self, now: float) -> None:
         """Runs over the whole fleet once a second: an answering siren costs one float
@@ -457,6 +478,8 @@ class AlertEngine:
                             now - tracker.false_since >= self.config.clear_after_s):
                         self._clear(tracker.alert, now)
                         self._forget((rule, siren_id))
+                        if rule == "disarmed" and siren_id is not None:
+                            self._disarmed.discard(siren_id)
                 await self._flush()
             except Exception:
                 log.exception("alert clock failed")

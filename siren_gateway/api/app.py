@@ -18,6 +18,7 @@ from siren_gateway.api.edge import EdgeMiddleware
 from siren_gateway.api.routes import (
     activations,
     alerts,
+    assets,
     audit,
     auth,
     coverage,
@@ -77,7 +78,7 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
     app.state.gateway = gateway
     # (maintenance before schedules: /reports/maintenance is not an occurrence's report)
     for module in (health, auth, sirens, signals, activations, alerts, audit, maintenance,
-                   schedules, stream, coverage, workorders, inspections):
+                   schedules, stream, coverage, workorders, inspections, assets):
         app.include_router(module.router, prefix="/api", responses=ERRORS)
     app.include_router(metrics.router, responses=ERRORS)  # /metrics and /api/site
     app.add_middleware(EdgeMiddleware, max_body_bytes=gateway.site.config.api.max_body_bytes)

@@ -432,12 +432,52 @@ class InspectionPlanOut(BaseModel):
     sirens: int
 
 
+# -- asset register ----------------------------------------------------------------------------
+
+class DeviceEvidenceOut(Out):
+    """What the siren itself shows now (values its profile does not report are left out)."""
+
+    at: str | None
+    reachability: Reachability
+    faults: list[str]
+    last_seen: str | None
+    values: dict[str, Any]
+
+
+class AssetChangeOut(Out):
+    at: str | None
+    by: str  # a user, or "site file"
+    changes: dict[str, list[Any]]  # field -> [old, new]
+
+
+class AssetOut(Out):
+    siren_id: str
+    name: str
+    zones: list[str]
+    profile: str
+    location: LocationOut
+    serial_number: str | None
+    model: str | None
+    installed_on: str | None  # a date, YYYY-MM-DD
+    installer: str | None
+    mount_height_m: float | None
+    battery_capacity_ah: float | None
+    notes: str | None
+    rated_db_c: float | None = Field(description="dB(C) at 30 m: the site file's, else the "
+                                     "device profile's")
+    device: DeviceEvidenceOut
+
+
+class AssetDetailOut(AssetOut):
+    history: list[AssetChangeOut]
+
+
 # -- maintenance history -----------------------------------------------------------------------
 
 class TimelineEntryOut(Out):
     at: str | None
-    kind: Literal["alert", "work_order", "inspection", "activation"]
-    id: int
+    kind: Literal["alert", "work_order", "inspection", "activation", "asset"]
+    id: int | None  # the alert's, order's, task's or activation's; none for an asset change
     summary: str
     details: dict[str, Any]
 

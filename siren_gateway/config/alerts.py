@@ -96,6 +96,7 @@ class AlertsConfig(StrictModel):
     offline_severity: Severity = "major"
     clock_skew_s: float = Field(default=5.0, gt=0)
     clock_skew_severity: Severity = "minor"
+    disarmed_severity: Severity = "info"  # disarmed for maintenance: shown, counted as down
     activation_failure_severity: Severity = "major"
     spool_overflow_severity: Severity = "major"
     missed_test_severity: Severity = "major"  # a scheduled test that did not sound

@@ -163,7 +163,8 @@ def _check_references(
                 "Modbus address"))
         units[unit] = siren.id
     alerts = config.alerts
-    rules = {*alerts.thresholds, *alerts.faults, "offline", "clock_skew", "activation_failed"}
+    rules = {*alerts.thresholds, *alerts.faults, "offline", "clock_skew", "activation_failed",
+             "disarmed"}
     for i, override in enumerate(alerts.overrides):
         where = f"alerts.overrides[{i}]"
         if override.rule not in rules:

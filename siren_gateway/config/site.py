@@ -8,6 +8,7 @@ its own module of this package; this one holds the whole file's model and the va
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,20 @@ class Location(StrictModel):
     lon: float = Field(ge=-180, le=180)
 
 
+class AssetConfig(StrictModel):
+    """A siren's asset record as the site file keeps it (the API may edit it since: the latest
+    edit of a field wins, see maintenance/assets.py). Firmware and what the siren measures come
+    from the device, never from here; the rated sound level is the siren's `rated_db_c`."""
+
+    serial_number: str | None = Field(default=None, min_length=1, max_length=64)
+    model: str | None = Field(default=None, min_length=1, max_length=120)
+    installed_on: date | None = None
+    installer: str | None = Field(default=None, min_length=1, max_length=120)
+    mount_height_m: float | None = Field(default=None, ge=0, le=200)
+    battery_capacity_ah: float | None = Field(default=None, gt=0, le=10_000)
+    notes: str | None = Field(default=None, max_length=4000)
+
+
 class SirenConfig(StrictModel):
     id: Identifier
     name: str = Field(min_length=1)
@@ -44,6 +59,7 @@ class SirenConfig(StrictModel):
     inhibited: bool = False
     # Rated sound level, dB(C) at 30 m, from the asset record; default: its profile's.
     rated_db_c: float | None = Field(default=None, ge=60, le=150)
+    asset: AssetConfig = AssetConfig()
 
 
 class ZoneConfig(StrictModel):
@@ -120,6 +136,12 @@ class Catalogue:
     zones: list[ZoneConfig]
     profiles: dict[str, DeviceProfile]
     signals: dict[str, SignalConfig]
+
+    def rated_db_c(self, siren: SirenConfig) -> float | None:
+        """The siren's rated sound level: its own, else its profile's; None: neither says."""
+        if siren.rated_db_c is not None:
+            return siren.rated_db_c
+        return self.profiles[siren.profile].spec.rated_db_c
 
 
 @dataclass(frozen=True)

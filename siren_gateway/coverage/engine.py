@@ -85,10 +85,8 @@ class CoverageEngine:
         self.settled = False  # every siren heard from (or the start-up grace is over)
 
     def _rated(self, siren: SirenConfig) -> float:
-        spec = self.catalogue.profiles[siren.profile].spec
-        if siren.rated_db_c is not None:
-            return siren.rated_db_c
-        return spec.rated_db_c if spec.rated_db_c is not None else self.config.default_rated_db_c
+        rated = self.catalogue.rated_db_c(siren)
+        return rated if rated is not None else self.config.default_rated_db_c
 
     @property
     def enabled(self) -> bool:

@@ -183,6 +183,8 @@ class WorkOrders:
             now = self.clock.now()
             if who.role < Role.OPERATOR and order.assignee not in (None, who.username):
                 raise Conflict(f"work order {order_id} is assigned to {order.assignee}")
+            if who.role < Role.OPERATOR and assignee not in (None, who.username):
+                raise Forbidden("a technician may take an order, not give it to someone else")
             # The move is checked before anything changes: a refused request changes nothing.
             will_assign = state is None and assignee is not None and (
                 order.state is OrderState.OPEN and assignee != order.assignee)

@@ -3,8 +3,8 @@
 The timeline merges what is stored of one siren: its alerts (faults, offline, thresholds), its
 work orders and their moves, its inspections and its activations with their results.
 
-Availability is the share of the month (up to now) in which the siren was neither offline nor
-reporting a fault of its audio chain, from the stored alerts of those rules (an alert is raised
+Availability is the share of the month (up to now) in which the siren was online, armed and
+free of faults of its audio chain, from the stored alerts of those rules (an alert is raised
 when the condition starts and cleared when it ends). A failure is a work order opened from an
 alert; the mean time to repair is from an order's opening to its verification (by the siren),
 over the orders verified in the month; the mean time between failures is the available time
@@ -27,7 +27,8 @@ from siren_gateway.runtime.clock import Clock, iso_utc
 from siren_gateway.store.base import Store
 
 MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
-DOWN_RULES = frozenset({"offline"})  # beside each siren's audio-chain faults
+# Beside each siren's audio-chain faults: it could not sound while offline or disarmed.
+DOWN_RULES = frozenset({"offline", "disarmed"})
 CSV_COLUMNS = ("zone", "siren", "name", "availability", "down_h", "failures", "repaired",
                "mttr_h", "mtbf_h", "orders_open", "inspections", "inspections_done",
                "inspections_overdue")
@@ -92,6 +93,9 @@ class SirenHistory:
                 out.append(_entry(task.completed_at, "inspection", task.id,
                                   f"inspection {task.plan_id} done",
                                   {"by": task.completed_by, "faults": faults}))
+        for at, by, diff in [c[1:] for c in await self.store.assets.changes(siren_id, limit)]:
+            out.append(_entry(at, "asset", None, f"asset record: {', '.join(sorted(diff))}",
+                              {"by": by, "changes": diff}))
         for act in await self.store.activations.for_siren(siren_id, limit):
             what = act["signal"] or act["action"]
             out.append(_entry(act["start_at"], "activation", act["id"],
@@ -135,7 +139,7 @@ class SirenHistory:
         siren = self.sirens[siren_id]
         return {
             "siren": siren_id, "name": siren.name, "zones": list(siren.zones),
-            "availability": round(1 - down / period, 5), "down_h": round(down / 3600, 3),
+            "availability": round(1 - down / period, 6), "down_h": round(down / 3600, 3),
             "up_h": round(up_h, 3),
             "failures": len(failures), "repaired": len(repaired),
             "repair_hours": [round(h, 3) for h in repairs_h],
@@ -149,7 +153,7 @@ class SirenHistory:
         }
 
 
-def _entry(at: float, kind: str, ident: int, summary: str,
+def _entry(at: float, kind: str, ident: int | None, summary: str,
            details: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"at": iso_utc(at), "kind": kind, "id": ident, "summary": summary,
             "details": details or {}}
@@ -162,7 +166,7 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     up_h = sum(row["up_h"] for row in rows)
     return {
         "sirens": len(rows),
-        "availability": round(sum(r["availability"] for r in rows) / len(rows), 5)
+        "availability": round(sum(r["availability"] for r in rows) / len(rows), 6)
         if rows else None,
         "down_h": round(sum(r["down_h"] for r in rows), 3), "failures": failures,
         "repaired": len(repairs),

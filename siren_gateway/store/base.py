@@ -14,6 +14,7 @@ from siren_gateway.activation.model import Activation
 from siren_gateway.alerts.model import Alert
 from siren_gateway.maintenance.model import InspectionTask, WorkOrder
 from siren_gateway.scheduling.model import Occurrence
+from siren_gateway.store.assets import AssetChange
 from siren_gateway.store.audit import AuditRow
 from siren_gateway.store.database import StorageHealth
 
@@ -124,6 +125,15 @@ class InspectionRepository(Protocol):
     async def write(self, tasks: list[InspectionTask]) -> None: ...
 
 
+class AssetRepository(Protocol):
+    async def all(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]: ...
+
+    async def put(self, rows: list[tuple[str, dict[str, Any], dict[str, Any]]],
+                  changes: list[AssetChange]) -> None: ...
+
+    async def changes(self, siren_id: str, limit: int) -> list[AssetChange]: ...
+
+
 class Store(Protocol):
     """All durable state of one gateway, and whether the database takes writes now."""
 
@@ -136,6 +146,7 @@ class Store(Protocol):
     schedules: ScheduleRepository
     work_orders: WorkOrderRepository
     inspections: InspectionRepository
+    assets: AssetRepository
 
     async def start(self) -> None: ...
 

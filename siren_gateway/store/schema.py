@@ -166,12 +166,29 @@ CREATE INDEX inspection_tasks_siren ON inspection_tasks (siren_id, scheduled_at)
 CREATE INDEX work_orders_created ON work_orders (created_at);
 """
 
+ASSETS = """
+CREATE TABLE assets (
+    siren_id TEXT PRIMARY KEY,
+    record   TEXT NOT NULL,  -- JSON: the register's fields as they are now
+    seed     TEXT NOT NULL   -- JSON: the site file's values when last read
+);
+CREATE TABLE asset_changes (
+    id       INTEGER PRIMARY KEY,
+    siren_id TEXT NOT NULL,
+    at       REAL NOT NULL,
+    by       TEXT NOT NULL,  -- a user, or "site file"
+    changes  TEXT NOT NULL   -- JSON: {field: [old, new]}
+);
+CREATE INDEX asset_changes_siren ON asset_changes (siren_id, id);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: telemetry, audit, activations, alerts, schedules, outbox, "
                  "password upgrades", BASELINE, _audit_chain_columns),
     Migration(2, "work orders", WORK_ORDERS),
     Migration(3, "inspection tasks", INSPECTIONS),
     Migration(4, "indexes for a siren's history", HISTORY_INDEXES),
+    Migration(5, "asset register", ASSETS),
 )
 CURRENT = MIGRATIONS[-1].version
 

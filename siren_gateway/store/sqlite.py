@@ -7,10 +7,12 @@ from pathlib import Path
 
 from siren_gateway.store.activations import ActivationStore
 from siren_gateway.store.alerts import AlertStore
+from siren_gateway.store.assets import AssetStore
 from siren_gateway.store.audit import AuditStore
 from siren_gateway.store.base import (
     ActivationRepository,
     AlertRepository,
+    AssetRepository,
     AuditRepository,
     InspectionRepository,
     OutboxRepository,
@@ -39,6 +41,7 @@ class SqliteStore:
         self.schedules: ScheduleRepository = ScheduleStore(self.database)
         self.work_orders: WorkOrderRepository = WorkOrderStore(self.database)
         self.inspections: InspectionRepository = InspectionStore(self.database)
+        self.assets: AssetRepository = AssetStore(self.database)
 
     async def start(self) -> None:
         await self.database.start()
