@@ -7,6 +7,7 @@ Each test saves a screenshot to test-artifacts/ when it fails.
 from __future__ import annotations
 
 import asyncio
+import csv
 import io
 import os
 import shutil
@@ -23,13 +24,15 @@ from siren_gateway.api.app import create_app
 from siren_gateway.data import DEMO_CONFIG
 from siren_gateway.demo import demo_site
 from siren_gateway.gateway import Gateway
+from siren_gateway.security.auth import Principal, Role
 from tests.conftest import Mosquitto, SimulatedDistrict, StartDistrict, wait_until
 from tests.test_activation import StartGateway
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("SG_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent
                                 / "test-artifacts"))
-DEMO_PASSWORDS = {"viewer": "viewer-demo", "operator": "operator-demo", "admin": "admin-demo"}
+DEMO_PASSWORDS = {"viewer": "viewer-demo", "technician": "technician-demo",
+                  "operator": "operator-demo", "admin": "admin-demo"}
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
                                     reason="chromium not installed (.ci/run installs it)")
 pytestmark = needs_chromium
@@ -47,6 +50,7 @@ async def served(broker: Mosquitto, start_district: StartDistrict, gateways: Sta
     site: dict[str, Any] = demo_site(None, DEMO_CONFIG)
     site["mqtt"] = dict(site["mqtt"]) | {"port": broker.port}
     site["schedules"] = []  # nothing sounds on its own during a test
+    site["maintenance"] = dict(site["maintenance"]) | {"settle_s": 1.0}
     district = start_district(site)
     gateway = await gateways(district.site())
     port = free_ports(1)[0]
@@ -269,3 +273,85 @@ async def test_the_coverage_layer_follows_a_silenced_siren_and_the_what_if_tool(
     await page.screenshot(path=str(ARTIFACTS / "coverage-what-if.png"), full_page=True)
     await page.click("#whatif-clear")
     await expect(page.locator("#map circle.candidate")).to_have_count(0)
+
+
+async def test_a_technician_completes_an_inspection_and_takes_an_order_to_verified(
+        page: Page, served: Served) -> None:
+    """The maintenance view: a round of inspections, one completed with its checklist; an order
+    opened by hand, taken, worked and resolved, then verified by the siren itself; the siren's
+    asset record and timeline in its detail; the labels in both languages."""
+    gateway = served.gateway
+    await gateway.inspections.run_now(Principal("operator", Role.OPERATOR), "pre-flood")
+    await log_in(page, served, "technician")
+    await expect(page.locator("#activation-card")).to_be_hidden()  # it sounds nothing
+    await expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(20)
+    await expect(page.locator('#task-counts [data-task-count="open"] b')).to_have_text("20")
+
+    await page.locator('#tasks tr[data-siren="xwm-02"] button[data-complete]').click()
+    await page.select_option('select[name="result:earthing_lightning"]', "fault")
+    await page.fill('input[name="note:earthing_lightning"]', "接地扁铁锈蚀")
+    await page.fill('#task-form textarea[name="notes"]', "其余正常")
+    await page.click('#task-form button:not([type="button"])')
+    await expect(page.locator("#task-result")).to_contain_text("xwm-02")
+    await expect(page.locator("#tasks tbody tr[data-task]")).to_have_count(19)
+    done = gateway.inspections.query(siren_id="xwm-02")[0]
+    assert (done["state"], done["completed_by"], done["notes"]) == ("done", "technician", "其余正常")
+    assert done["results"]["earthing_lightning"] == {"result": "fault", "note": "接地扁铁锈蚀"}
+    assert done["results"]["mounting"]["result"] == "ok"
+    assert done["evidence"]["reachability"] in ("online", "stale")
+
+    await page.select_option("#order-siren", "xwm-03")
+    await page.fill('#order-new input[name="cause"]', "柜门锁损坏")
+    await page.click("#order-new button")
+    await wait_until(lambda: bool(gateway.work_orders.query(siren_id="xwm-03")), 10, "opened")
+    order_id = gateway.work_orders.query(siren_id="xwm-03")[0]["id"]
+    row = page.locator(f'#orders tr[data-order="{order_id}"]')
+    await expect(row).to_have_attribute("data-state", "open")
+    await row.locator("button[data-take]").click()
+    await expect(row).to_have_attribute("data-state", "assigned")
+    for step in ("in_progress", "resolved"):
+        await row.locator("select[data-move]").select_option(step)
+        await row.locator("input[data-note]").fill(f"{step}: 已更换门锁")
+        await row.locator("button[data-apply]").click()
+        if step == "in_progress":
+            await expect(row).to_have_attribute("data-state", step)
+    # Only the siren verifies: its status stays healthy for the settling time.
+    await expect(row).to_have_attribute("data-state", "verified", timeout=20_000)
+    await expect(page.locator('#order-counts [data-order-count="verified"] b')).to_have_text("1")
+    order = gateway.work_orders.query(siren_id="xwm-03")[0]
+    assert [h.get("to") for h in order["history"] if "to" in h][-3:] == [
+        "in_progress", "resolved", "verified"]
+    assert order["assignee"] == "technician"
+
+    # The month's report: a printable page (styled by the gateway's own sheet) and a CSV.
+    async with page.expect_popup() as opened:
+        await page.click("#report-html")
+    report = await opened.value
+    await expect(report.locator("tbody tr")).to_have_count(21)  # each siren, then the total
+    border = await report.locator("td").first.evaluate(
+        "cell => getComputedStyle(cell).borderTopStyle")
+    assert border == "solid"
+    async with page.expect_download() as downloading:
+        await page.click("#report-csv")
+    saved = Path(await (await downloading.value).path())
+    table = list(csv.reader(io.StringIO(await asyncio.to_thread(saved.read_text, "utf-8"))))
+    header, total = table[0], table[-1]
+    assert total[0] == "TOTAL" and len(table) == 22
+    assert total[header.index("repaired")] == "1" and total[header.index("orders_open")] == "0"
+
+    # The siren's detail: its asset record (the site file's) and its timeline.
+    await page.click('#sirens a[data-detail="xwm-01"]')
+    await expect(page.locator('#detail-maint [data-asset="serial_number"]')).to_have_text(
+        "SG-2019-0417")
+    await expect(page.locator('#detail-maint [data-asset="firmware"]')).to_have_text("SG-2.4.1")
+    await page.click('#sirens a[data-detail="xwm-03"]')
+    await expect(page.locator('#timeline li[data-kind="work_order"]').first).to_be_visible()
+    # Both languages.
+    await page.evaluate("localStorage.setItem('sg-lang', 'zh')")
+    await page.reload()
+    await expect(page.locator('#maintenance-card h2')).to_have_text("维护管理")
+    await expect(row.locator(".chip")).to_have_text("已验证")
+    await page.click("#lang")
+    await expect(page.locator('#maintenance-card h2')).to_have_text("Maintenance")
+    await expect(row.locator(".chip")).to_have_text("verified")
+    await page.screenshot(path=str(ARTIFACTS / "maintenance-view.png"), full_page=True)

@@ -327,7 +327,7 @@ async def test_availability_and_repair_times_match_a_scripted_history(tmp_path: 
         header, last = table[0], table[-1]
         assert last[0] == "TOTAL" and float(last[header.index("down_h")]) == 40
         assert float(last[header.index("mttr_h")]) == 38.5
-        assert "<table>" in report_html(report, "test")
+        assert "<table>" in report_html(report, "test", "/dashboard/report.css")
         with pytest.raises(Invalid):
             await history.monthly_report("2027-13")
         timeline = await history.timeline("s00001")

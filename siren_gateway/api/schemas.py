@@ -401,6 +401,7 @@ class WorkOrderOut(Out):
     evidence: dict[str, Any] | None
     notes: list[dict[str, Any]]
     history: list[dict[str, Any]]
+    moves: list[str] = Field(description="the states a person may move it to now")
     verification: WorkOrderVerificationOut
 
 

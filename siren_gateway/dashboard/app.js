@@ -1,6 +1,7 @@
 // Siren Gateway control-room dashboard: plain ES modules, no build step, no network but the
 // gateway itself (the control room may have no internet).
 import { TEXT } from "/dashboard/i18n.js";
+import { createMaintenance } from "/dashboard/maintenance.js";
 
 const $ = (sel) => document.querySelector(sel);
 const S = {
@@ -17,6 +18,17 @@ const ROLE_RANK = { viewer: 1, technician: 2, operator: 3, admin: 4 };
 const canControl = () => (ROLE_RANK[S.role] || 0) >= ROLE_RANK.operator;
 const t = (key) => (TEXT[S.lang] && TEXT[S.lang][key]) || TEXT.en[key] || key;
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+// A time as the control room reads it: the site's zone, the reader's language; UTC on hover.
+function when(iso) {
+  if (!iso) return "—";
+  const options = { timeZone: S.site?.timezone || undefined, weekday: "short", year: "numeric",
+    month: S.lang === "zh" ? "2-digit" : "short", day: "numeric", hour: "2-digit", minute: "2-digit",
+    hour12: false };
+  let text = iso;
+  try { text = new Intl.DateTimeFormat(S.lang === "zh" ? "zh-CN" : "en-GB", options).format(new Date(iso)); }
+  catch (error) { console.warn(error); }
+  return `<time datetime="${esc(iso)}" title="${esc(iso)}">${esc(text)}</time>`;
+}
 
 // -- API ---------------------------------------------------------------------------------------
 async function api(path, options = {}) {
@@ -49,6 +61,7 @@ function applyLanguage() {
   $("#class-filter").value = chosen;
   $("#legend").innerHTML = classes.slice(1).map((c) => `<span><i class="dot c-${c}"></i>${esc(t("cls_" + c))}</span>`).join("");
   renderZoneChoices(); renderSignals(); render(); renderAlerts(); renderSchedules(); renderCoverage();
+  if (S.token && S.site) maintenance.render();
 }
 
 // -- login -------------------------------------------------------------------------------------
@@ -74,7 +87,7 @@ function logout() {
   Object.assign(S, { token: null, role: null, user: null });
   if (S.ws) { S.ws.onclose = null; S.ws.close(); S.ws = null; }
   clearInterval(S.refreshTimer);
-  $("#app").hidden = true; $("#logout").hidden = true; $("#login").hidden = false; $("#who").textContent = "";
+  $("#app").hidden = true; $("#maintenance-card").hidden = true; $("#logout").hidden = true; $("#login").hidden = false; $("#who").textContent = "";
 }
 
 // -- siren classes -----------------------------------------------------------------------------
@@ -273,6 +286,7 @@ async function showDetail(id) {
   $("#siren-command").hidden = !canControl();
   $("#command-result").textContent = "";
   renderDetail();
+  maintenance.showSiren(id);
   try {
     const body = await api(`/api/sirens/${encodeURIComponent(id)}?history_minutes=720`);
     if (S.detail?.id === id) { S.detail.history = body.history || []; renderDetail(); }
@@ -456,7 +470,7 @@ function connectStream() {
   // The token travels as a subprotocol, never in the URL (which logs and proxies keep).
   const ws = new WebSocket(`${scheme}://${location.host}/api/stream`, ["siren-gateway", `bearer.${S.token}`]);
   S.ws = ws;
-  ws.onopen = () => { $("#stream").className = "stream live"; $("#stream").dataset.i18n = "stream_live"; $("#stream").textContent = t("stream_live"); refreshSirens(); refreshAlerts(); };
+  ws.onopen = () => { $("#stream").className = "stream live"; $("#stream").dataset.i18n = "stream_live"; $("#stream").textContent = t("stream_live"); refreshSirens(); refreshAlerts(); maintenance.refresh(); };
   ws.onmessage = (message) => {
     const event = JSON.parse(message.data);
     window.__sg.streamEvents += 1;
@@ -465,6 +479,9 @@ function connectStream() {
     else if (event.type === "SirenResultFinal" && S.activation && event.activation_id === S.activation.id) {
       const r = S.activation.sirens.find((x) => x.siren_id === event.siren_id);
       if (r) { r.status = event.status; r.reason = event.reason; renderProgress(); }
+    } else if (event.type === "MaintenanceChanged") {
+      maintenance.refreshSoon();
+      if (S.detail && S.detail.id === event.siren_id) maintenance.showSiren(event.siren_id);
     } else if (event.type === "ScheduleEvent") {
       if (event.kind === "notice") showBanner(`${t("upcoming_test")}: ${event.plan_name} ${event.scheduled_at}`);
       refreshSchedules();
@@ -487,7 +504,7 @@ async function start() {
   } catch (error) { console.warn(error); return; }
   applyLanguage();
   await refreshCoverage();  // before the first map: the zones' areas set its extent
-  await Promise.all([refreshSirens(), refreshAlerts(), refreshSchedules()]);
+  await Promise.all([refreshSirens(), refreshAlerts(), refreshSchedules(), maintenance.refresh()]);
   drawLayer();
   connectStream();
   // Measured values (battery, current) change without events: a steady refresh as well.
@@ -523,5 +540,6 @@ $("#whatif-clear").addEventListener("click", () => { S.candidates = []; drawLaye
 $("#map").addEventListener("click", pickCandidate);
 $("#schedules").addEventListener("click", (e) => { if (e.target.dataset.reportId) { e.preventDefault(); showReport(e.target.dataset.reportId); } });
 
+const maintenance = createMaintenance({ api, t, esc, $, when, state: () => S });
 applyLanguage();
 if (S.token) start(); else $("#login").hidden = false;

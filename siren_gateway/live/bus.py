@@ -117,8 +117,19 @@ class InspectionOverdue:
     severity: str  # the maintenance section's choice
 
 
+@dataclass(frozen=True, slots=True)
+class MaintenanceChanged:
+    """A work order or an inspection task changed (by a person, the siren, or the clock)."""
+
+    kind: str  # "work_order" or "inspection"
+    id: int
+    siren_id: str
+    state: str
+
+
 Event = (SampleReceived | StatusChanged | FaultsChanged | SpoolOverflow | SirenResultFinal
-         | AlertChanged | ScheduleEvent | SecurityEvent | CoverageChanged | InspectionOverdue)
+         | AlertChanged | ScheduleEvent | SecurityEvent | CoverageChanged | InspectionOverdue
+         | MaintenanceChanged)
 
 
 class EventQueue:

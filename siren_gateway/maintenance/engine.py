@@ -19,7 +19,7 @@ from siren_gateway.config.common import SEVERITY_RANK
 from siren_gateway.config.maintenance import MaintenanceConfig
 from siren_gateway.config.site import Catalogue
 from siren_gateway.errors import Conflict, Forbidden, Invalid, NotFound, Refused
-from siren_gateway.live.bus import AlertChanged, Bus, Subscription
+from siren_gateway.live.bus import AlertChanged, Bus, MaintenanceChanged, Subscription
 from siren_gateway.live.fleet import Fleet, Reachability
 from siren_gateway.maintenance.model import (
     CLOSED,
@@ -376,6 +376,10 @@ class WorkOrders:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
+        for changed in sorted(dirty):  # (the dashboard's maintenance view follows these)
+            if (item := self.orders.get(changed)) is not None:
+                self.bus.publish(MaintenanceChanged("work_order", item.id, item.siren_id,
+                                                    str(item.state)))
         try:
             await self.store.write([self.orders[i] for i in sorted(dirty) if i in self.orders])
         except StorageError as exc:

@@ -16,8 +16,8 @@ from siren_gateway.activation.engine import ActivationEngine
 from siren_gateway.config.maintenance import InspectionPlanConfig, MaintenanceConfig
 from siren_gateway.config.plans import compile_rule
 from siren_gateway.config.site import Catalogue
-from siren_gateway.errors import Conflict, Invalid, NotFound
-from siren_gateway.live.bus import Bus, InspectionOverdue
+from siren_gateway.errors import Conflict, Invalid, NotFound, StorageUnavailable
+from siren_gateway.live.bus import Bus, InspectionOverdue, MaintenanceChanged
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.maintenance.engine import siren_evidence
 from siren_gateway.maintenance.model import InspectionTask
@@ -41,6 +41,7 @@ class Inspections:
                  clock: Clock | None = None) -> None:
         self.config = config
         self.plans = {plan.id: plan for plan in config.inspection_plans}
+        self._rules = {plan.id: compile_rule(plan.recurrence) for plan in self.plans.values()}
         self.fleet = fleet
         self.bus = bus
         self.store = store.inspections
@@ -77,7 +78,7 @@ class Inspections:
         now = datetime.fromtimestamp(self.clock.now(), UTC)
         out = []
         for plan in self.plans.values():
-            upcoming = next(occurrences(compile_rule(plan.recurrence), plan.zone, now), None)
+            upcoming = next(occurrences(self._rules[plan.id], plan.zone, now), None)
             out.append(plan.model_dump(mode="json") | {
                 "next": upcoming[1].astimezone(plan.zone).isoformat() if upcoming else None,
                 "sirens": len(self._targets(plan))})
@@ -167,22 +168,50 @@ class Inspections:
         now = self.clock.now()
         for plan in self.plans.values():
             after = datetime.fromtimestamp(self._last[plan.id], UTC)
-            upcoming = next(occurrences(compile_rule(plan.recurrence), plan.zone, after), None)
+            upcoming = next(occurrences(self._rules[plan.id], plan.zone, after), None)
             if upcoming is None or upcoming[1].timestamp() > now:
                 continue
             at = upcoming[1].timestamp()
-            checklist = [item.model_dump() for item in plan.checklist]
             async with self._lock:
-                fresh = [InspectionTask(self._next_id + i, plan.id, siren_id, at,
-                                        at + plan.due_after_days * 86400, list(checklist))
-                         for i, siren_id in enumerate(self._targets(plan))]
-                made = await self.store.create(fresh)
-                self._next_id += len(fresh)
-                for task in made:
-                    self.tasks[task.id] = task
+                made = await self._make_tasks(plan, at)
                 self._last[plan.id] = at
             log.info("inspection plan %s: %d tasks for the occurrence of %s", plan.id,
                      len(made), upcoming[1].astimezone(plan.zone).isoformat())
+
+    async def _make_tasks(self, plan: InspectionPlanConfig, at: float) -> list[InspectionTask]:
+        """One task per target siren for the occurrence at `at` (those made before: left out)."""
+        checklist = [item.model_dump() for item in plan.checklist]
+        fresh = [InspectionTask(self._next_id + i, plan.id, siren_id, at,
+                                at + plan.due_after_days * 86400, list(checklist))
+                 for i, siren_id in enumerate(self._targets(plan))]
+        made = await self.store.create(fresh)
+        self._next_id += len(fresh)
+        for task in made:
+            self.tasks[task.id] = task
+            self._dirty.add(task.id)  # (already stored: marked so that the view hears of it)
+        return made
+
+    async def run_now(self, who: Principal, plan_id: str) -> list[InspectionTask]:
+        """An extra round of a plan now (before a typhoon, after a storm): its tasks are due
+        like the season's. Refused while a round of the plan is open and not yet overdue."""
+        plan = self.plans.get(plan_id)
+        if plan is None:
+            raise NotFound(f"no inspection plan {plan_id!r}")
+        async with self._lock:
+            running = [t for t in self.tasks.values()
+                       if t.plan_id == plan_id and t.state == "open" and not t.overdue]
+            if running:
+                raise Conflict(f"a round of {plan_id} is under way ({len(running)} tasks open, "
+                               "not yet due): finish it first")
+            try:
+                made = await self._make_tasks(plan, self.clock.now())
+            except StorageError as exc:
+                raise StorageUnavailable("the tasks could not be stored; nothing was made, "
+                                         "try again") from exc
+        await self.audit.record(who, "inspection.run_now", "ok", target=f"plan:{plan_id}",
+                                tasks=len(made))
+        await self._flush()
+        return made
 
     def _mark_overdue(self) -> None:
         now = self.clock.now()
@@ -203,6 +232,10 @@ class Inspections:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
+        for changed in sorted(dirty):  # (the dashboard's maintenance view follows these)
+            if (item := self.tasks.get(changed)) is not None:
+                self.bus.publish(MaintenanceChanged("inspection", item.id, item.siren_id,
+                                                    str(item.state)))
         try:
             await self.store.write([self.tasks[i] for i in sorted(dirty) if i in self.tasks])
         except StorageError as exc:

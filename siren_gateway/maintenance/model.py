@@ -105,6 +105,7 @@ class WorkOrder:
             "rule": self.rule, "assignee": self.assignee, "due_at": iso_utc(self.due_at),
             "resolved_at": iso_utc(self.resolved_at), "verified_at": iso_utc(self.verified_at),
             "evidence": self.evidence, "notes": list(self.notes), "history": list(self.history),
+            "moves": sorted(state.value for state in MANUAL_MOVES[self.state]),
             "verification": {
                 "clear_since": iso_utc(self.verification.clear_since),
                 "test_activation_id": self.verification.test_activation_id},

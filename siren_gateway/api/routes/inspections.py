@@ -7,8 +7,8 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from siren_gateway.api.deps import GatewayDep, Technician, Viewer
-from siren_gateway.api.limits import QueryText, RowId
+from siren_gateway.api.deps import GatewayDep, Operator, Technician, Viewer
+from siren_gateway.api.limits import Name, QueryText, RowId
 from siren_gateway.api.schemas import InspectionPlanOut, InspectionTaskOut
 
 router = APIRouter(tags=["inspections"])
@@ -30,6 +30,14 @@ class CompleteBody(BaseModel):
 @router.get("/inspections/plans", response_model=list[InspectionPlanOut])
 def plans(gateway: GatewayDep, _: Viewer) -> list[dict[str, Any]]:
     return gateway.inspections.plan_list()
+
+
+@router.post("/inspections/plans/{plan_id}/run", status_code=201,
+             response_model=list[InspectionTaskOut])
+async def run_now(plan_id: Name, gateway: GatewayDep, who: Operator) -> list[dict[str, Any]]:
+    """An extra round of the plan now (e.g. before a typhoon): a task per target siren, due
+    like the season's. 409 while a round of the plan is open and not yet overdue."""
+    return [task.public() for task in await gateway.inspections.run_now(who, plan_id)]
 
 
 @router.get("/inspections/tasks", response_model=list[InspectionTaskOut])

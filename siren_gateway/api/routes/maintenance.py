@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
 
 from siren_gateway.api.deps import GatewayDep, Viewer, csv_download
@@ -39,9 +39,13 @@ async def report_csv(month: Month, gateway: GatewayDep, _: Viewer) -> Response:
 @router.get("/reports/maintenance.html", response_class=Response, responses={
     200: {"content": {"text/html": {"schema": {"type": "string"}}},
           "description": "a page to print"}})
-async def report_page(month: Month, gateway: GatewayDep, _: Viewer) -> HTMLResponse:
+async def report_page(month: Month, request: Request, gateway: GatewayDep, _: Viewer
+                      ) -> HTMLResponse:
     report = await gateway.history.monthly_report(month)
-    return HTMLResponse(report_html(report, gateway.site.config.site.name))
+    # An absolute address: the dashboard shows this page from a blob, where "/..." resolves
+    # to nothing.
+    stylesheet = str(request.url_for("dashboard", path="/report.css"))
+    return HTMLResponse(report_html(report, gateway.site.config.site.name, stylesheet))
 
 
 @router.get("/reports/maintenance", response_model=MaintenanceReportOut)

@@ -15,6 +15,7 @@ from siren_gateway.gateway import Gateway
 from siren_gateway.live.bus import (
     AlertChanged,
     FaultsChanged,
+    MaintenanceChanged,
     ScheduleEvent,
     SirenResultFinal,
     StatusChanged,
@@ -23,7 +24,8 @@ from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.auth import Role
 
 router = APIRouter(tags=["stream"])
-STREAMED = (AlertChanged, StatusChanged, FaultsChanged, SirenResultFinal, ScheduleEvent)
+STREAMED = (AlertChanged, StatusChanged, FaultsChanged, SirenResultFinal, ScheduleEvent,
+            MaintenanceChanged)
 
 
 def _jsonable(value: Any) -> Any:
