@@ -165,18 +165,43 @@ function render() {
     const x = sortValue(a, key), y = sortValue(b, key);
     return (x > y ? 1 : x < y ? -1 : 0) * dir;
   });
-  $("#sirens tbody").innerHTML = rows.map((s) => `<tr data-id="${esc(s.id)}" data-class="${s._class}" class="${S.selected.has(s.id) ? "selected" : ""}">
+  updateRows($("#sirens tbody"), rows.map((s) => [s.id, `<tr data-id="${esc(s.id)}" data-class="${s._class}" class="${S.selected.has(s.id) ? "selected" : ""}">
       <td class="select-col">${canControl() ? `<input type="checkbox" data-select="${esc(s.id)}" ${S.selected.has(s.id) ? "checked" : ""}>` : ""}</td>
       <td><a href="#" data-detail="${esc(s.id)}">${esc(s.id)}</a></td><td>${esc(s.name)}</td><td>${esc(s.zones.join(" "))}</td>
       <td><span class="badge c-${s._class}">${esc(t("cls_" + s._class))}</span></td>
       <td>${esc(t("state_" + s.state))}</td><td>${s.telemetry?.battery_voltage ?? ""}</td>
-      <td>${esc(s.faults.map((f) => t("fault_" + f)).join(", "))}</td></tr>`).join("");
+      <td>${esc(s.faults.map((f) => t("fault_" + f)).join(", "))}</td></tr>`]));
   window.__sg.renders += 1;
   if (window.__sg.firstRenderMs === null) window.__sg.firstRenderMs = performance.now();
   const cost = performance.now() - started;
   window.__sg.renderMsTotal += cost;
   window.__sg.renderMsMax = Math.max(window.__sg.renderMsMax, cost);
   if (S.detail) renderDetail();
+}
+
+// Replace only the rows whose content changed, and move rows only when the order did: a row
+// being clicked is not swapped under the pointer by a refresh (a lost click, an unstable page).
+const rowCache = new WeakMap();
+function updateRows(tbody, rows) {
+  const cache = rowCache.get(tbody) || new Map();
+  const wanted = new Set(rows.map(([id]) => id));
+  for (const [id, entry] of cache) if (!wanted.has(id)) { entry.tr.remove(); cache.delete(id); }
+  let previous = null;
+  for (const [id, html] of rows) {
+    let entry = cache.get(id);
+    if (!entry || entry.html !== html) {
+      const holder = document.createElement("tbody");
+      holder.innerHTML = html;
+      const tr = holder.firstElementChild;
+      if (entry) entry.tr.replaceWith(tr);
+      entry = { tr, html };
+      cache.set(id, entry);
+    }
+    const next = previous ? previous.nextElementSibling : tbody.firstElementChild;
+    if (next !== entry.tr) tbody.insertBefore(entry.tr, next);
+    previous = entry.tr;
+  }
+  rowCache.set(tbody, cache);
 }
 
 async function refreshSirens() {

@@ -184,18 +184,19 @@ export function createMaintenance({ api, t, esc, $, state, when }) {
   // -- a siren's record and timeline, in its detail view ------------------------------------
   async function showSiren(id) {
     const box = $("#detail-maint");
-    box.innerHTML = "";
+    if (box.dataset.siren !== id) { box.innerHTML = ""; box.shown = ""; box.dataset.siren = id; }
     try {
       const [asset, timeline] = await Promise.all([
         api(`/api/assets/${encodeURIComponent(id)}`), api(`/api/sirens/${encodeURIComponent(id)}/timeline?limit=50`)]);
       if (state().detail?.id !== id) return;
       const fields = ASSET_FIELDS.map((f) => `<dt>${esc(t("asset_" + f))}</dt><dd data-asset="${f}">${esc(asset[f] ?? "—")}</dd>`).join("");
       const firmware = asset.device.values.firmware;
-      box.innerHTML = `<div class="asset"><h3>${esc(t("asset"))}</h3><dl>${fields}
+      const html = `<div class="asset"><h3>${esc(t("asset"))}</h3><dl>${fields}
           <dt>${esc(t("asset_firmware"))}</dt><dd data-asset="firmware">${esc(firmware ?? "—")}</dd></dl></div>
         <div class="timeline"><h3>${esc(t("timeline"))}</h3><ul id="timeline">${timeline.map((e) =>
           `<li data-kind="${e.kind}"><time title="${esc(e.at)}">${when(e.at)}</time> <span class="kind">${esc(t("tl_" + e.kind))}</span> ${esc(e.summary)}</li>`).join("") ||
           `<li>${esc(t("no_history"))}</li>`}</ul></div>`;
+      if (box.shown !== html) { box.innerHTML = html; box.shown = html; }  // unchanged: left alone
     } catch (error) { box.textContent = error.message; }
   }
 
