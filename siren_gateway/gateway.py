@@ -94,7 +94,8 @@ class Gateway:
                                        self.store, self.audit, self.activations)
         self.assets = AssetRegister(catalogue, self.fleet, self.store, self.audit)
         self.history = SirenHistory(catalogue, self.work_orders.audio_faults,
-                                    config.site.timezone, self.store, self.clock)
+                                    config.site.timezone, self.store, self.clock,
+                                    frozenset(config.alerts.faults))
         self.alerts = AlertEngine(config.alerts, config.coverage.severity, self.fleet, self.bus,
                                   self.store, self.audit, self.clock)
         self.coverage = CoverageEngine(catalogue, config.coverage, self.fleet, self.bus)

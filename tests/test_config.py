@@ -118,6 +118,14 @@ def _mqtt_bad_prefix(d: dict[str, Any]) -> None:
     d["mqtt"]["topic_prefix"] = "sirens/#"
 
 
+def _tiles_without_xy(d: dict[str, Any]) -> None:
+    d["map"] = {"tile_url": "http://tiles.lan/{z}/tile.png"}
+
+
+def _bad_asset(d: dict[str, Any]) -> None:
+    d["sirens"][1]["asset"] = {"mount_height_m": -3}
+
+
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
@@ -139,6 +147,8 @@ def _mqtt_bad_prefix(d: dict[str, Any]) -> None:
         (_unknown_top_level, "sirenz: unknown key"),
         (_bad_override, "alerts.overrides[0].rule: unknown rule 'battery_lwo'"),
         (_override_unknown_zone, "alerts.overrides[0].zone: unknown zone 'atlantis'"),
+        (_tiles_without_xy, "map: Value error, tile_url: needs {x}, {y}"),
+        (_bad_asset, "sirens[1].asset.mount_height_m: Input should be greater than or equal to 0"),
     ],
 )
 def test_each_mistake_is_an_error_with_file_and_path(

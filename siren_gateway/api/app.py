@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from siren_gateway import errors
-from siren_gateway.api.edge import EdgeMiddleware
+from siren_gateway.api.edge import EdgeMiddleware, content_policy
 from siren_gateway.api.routes import (
     activations,
     alerts,
@@ -22,6 +22,7 @@ from siren_gateway.api.routes import (
     audit,
     auth,
     coverage,
+    fleet,
     health,
     inspections,
     maintenance,
@@ -78,10 +79,12 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
     app.state.gateway = gateway
     # (maintenance before schedules: /reports/maintenance is not an occurrence's report)
     for module in (health, auth, sirens, signals, activations, alerts, audit, maintenance,
-                   schedules, stream, coverage, workorders, inspections, assets):
+                   schedules, stream, coverage, workorders, inspections, assets, fleet):
         app.include_router(module.router, prefix="/api", responses=ERRORS)
     app.include_router(metrics.router, responses=ERRORS)  # /metrics and /api/site
-    app.add_middleware(EdgeMiddleware, max_body_bytes=gateway.site.config.api.max_body_bytes)
+    tiles = gateway.site.config.map.tile_origin
+    app.add_middleware(EdgeMiddleware, max_body_bytes=gateway.site.config.api.max_body_bytes,
+                       csp=content_policy((tiles,) if tiles else ()))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -100,5 +103,10 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(DASHBOARD_DIR / "index.html")
+
+    @app.get("/wall", include_in_schema=False)
+    def wall() -> FileResponse:
+        """The wall display: read-only, large figures (any viewer)."""
+        return FileResponse(DASHBOARD_DIR / "wall.html")
 
     return app

@@ -22,9 +22,16 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self' ws: wss:; font-src 'self'; object-src 'none'; base-uri 'none'; "
-       "form-action 'self'; frame-ancestors 'none'")
+def content_policy(image_origins: tuple[str, ...] = ()) -> str:
+    """The pages' content security policy; `image_origins`: a tile server the map draws from."""
+    images = " ".join(("'self'", "data:", *image_origins))
+    return ("default-src 'self'; script-src 'self'; style-src 'self'; "
+            f"img-src {images}; media-src 'self'; connect-src 'self' ws: wss:; "
+            "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'")
+
+
+CSP = content_policy()
 COMMON_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -33,9 +40,10 @@ COMMON_HEADERS = [
 
 
 class EdgeMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, csp: str = CSP) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.csp = csp.encode()
         self.refused_too_large = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,7 +102,7 @@ class EdgeMiddleware:
                     if b"cache-control" not in present:
                         headers.append((b"cache-control", b"no-store"))
                 else:
-                    headers.append((b"content-security-policy", CSP.encode()))
+                    headers.append((b"content-security-policy", self.csp))
                 message["headers"] = headers
             await send(message)
 

@@ -58,6 +58,9 @@ class SirenOut(Out):
     device_time: str | None
     clock_skew_s: float | None = Field(description="controller clock minus gateway clock")
     polls: PollCounts
+    status_class: Literal["healthy", "degraded", "fault", "offline", "sounding", "inhibited"] = \
+        Field(description="one word for the map: out of service (inhibited or disarmed), "
+              "offline, sounding, fault, degraded (a minor fault or a late answer), healthy")
 
 
 class HistoryRowOut(Out):
@@ -120,11 +123,19 @@ class ZoneOut(Out):
     target_share: float | None
 
 
+class MapOut(Out):
+    tile_url: str | None = Field(description="the site's tile server ({z}/{x}/{y}); null: "
+                                 "the map draws the site's own geometry only")
+    attribution: str
+    max_zoom: int
+
+
 class SiteOut(Out):
     name: str
     name_zh: str | None
     timezone: str
     zones: list[ZoneOut]
+    map: MapOut
 
 
 # -- activations -------------------------------------------------------------------------------
@@ -431,6 +442,34 @@ class InspectionPlanOut(BaseModel):
     name: str
     next: str | None
     sirens: int
+
+
+# -- the fleet at a glance --------------------------------------------------------------------
+
+class FleetSummaryOut(Out):
+    at: str
+    total: int
+    ready: int = Field(description="can sound now: online, armed, not inhibited, no fault "
+                       "that silences it")
+    ready_share: float
+    with_faults: int
+    offline: int = Field(description="offline or never heard from")
+    sounding: int
+    inhibited: int = Field(description="inhibited in the site file or disarmed")
+    classes: dict[str, int]
+
+
+class FleetPointOut(Out):
+    at: str
+    online: int
+    with_faults: int
+
+
+class FleetHistoryOut(Out):
+    since: str
+    until: str
+    sirens: int
+    points: list[FleetPointOut]
 
 
 # -- asset register ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from siren_gateway.config.activation import ActivationConfig
 from siren_gateway.config.alerts import AlertsConfig
 from siren_gateway.config.api import ApiConfig, UserConfig
 from siren_gateway.config.common import Identifier, StrictModel
+from siren_gateway.config.dashboard import MapConfig
 from siren_gateway.config.links import Link, MqttBrokerConfig
 from siren_gateway.config.maintenance import MaintenanceConfig
 from siren_gateway.config.plans import PlanConfig
@@ -113,6 +114,7 @@ class SiteConfig(StrictModel):
     schedules: list[PlanConfig] = []
     coverage: CoverageConfig = CoverageConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    map: MapConfig = MapConfig()
 
     @model_validator(mode="after")
     def _check_signal_ids(self) -> SiteConfig:

@@ -36,6 +36,11 @@ class Reachability(enum.StrEnum):
     OFFLINE = "offline"  # several polls in a row went unanswered
 
 
+# Faults that leave a siren able to do its job (shown as "degraded", not "fault").
+MINOR_FAULTS = frozenset({"door_open", "battery_box_open", "charger_fault"})
+STATUS_CLASSES = ("healthy", "degraded", "fault", "offline", "sounding", "inhibited")
+
+
 @dataclass(slots=True)  # thousands of them, read on every sweep: no per-instance dict
 class SirenState:
     config: SirenConfig
@@ -78,6 +83,25 @@ class SirenState:
         return self.last_known_state if self.reachability is Reachability.ONLINE else "unknown"
 
     @property
+    def status_class(self) -> str:
+        """One word for the control room's map and table (STATUS_CLASSES), worst first:
+        out of service (inhibited in the site file, or disarmed), not answering, sounding, a
+        fault, a minor fault or a late answer, else healthy."""
+        if self.config.inhibited or (self.sample is not None
+                                     and self.sample.values.get("armed") is False):
+            return "inhibited"
+        if self.reachability is Reachability.OFFLINE or self.reachability is Reachability.UNKNOWN:
+            return "offline"
+        if self.state == "sounding" or self.horn_on:
+            return "sounding"
+        faults = self.faults
+        if faults - MINOR_FAULTS:
+            return "fault"
+        if faults or self.reachability is Reachability.STALE:
+            return "degraded"
+        return "healthy"
+
+    @property
     def horn_on(self) -> bool:
         """Sound is physically coming out: the device reports sounding current above threshold."""
         if (self.sample is None or self.sounding_current_threshold is None
@@ -114,6 +138,7 @@ class SirenState:
             "clock_skew_s": round(sample.device_time.timestamp() - sample.received_at.timestamp(),
                                   1) if sample and sample.device_time else None,
             "polls": {"ok": self.polls_ok, "failed": self.polls_failed},
+            "status_class": self.status_class,
         }
 
 

@@ -59,13 +59,15 @@ def union_length(intervals: list[tuple[float, float]]) -> float:
 
 class SirenHistory:
     def __init__(self, catalogue: Catalogue, audio_faults: dict[str, frozenset[str]],
-                 timezone: str, store: Store, clock: Clock) -> None:
+                 timezone: str, store: Store, clock: Clock,
+                 fault_rules: frozenset[str] = frozenset()) -> None:
         self.catalogue = catalogue
         self.sirens = {s.id: s for s in catalogue.sirens}
         self.audio_faults = audio_faults
         self.zone = ZoneInfo(timezone)
         self.store = store
         self.clock = clock
+        self.fault_rules = fault_rules  # the alert rules of faults the devices report
 
     async def timeline(self, siren_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """Newest first: alerts raised and cleared, work-order moves, inspections made and
@@ -103,6 +105,28 @@ class SirenHistory:
                               {"reason": act["reason"], "requested_by": act["requested_by"]}))
         out.sort(key=lambda e: e["at"] or "", reverse=True)
         return out[:limit]
+
+    async def fleet_series(self, hours: float, points: int) -> dict[str, Any]:
+        """Sirens online and sirens with a fault over the last `hours`, at `points` evenly
+        spaced moments, from the stored alerts (`offline` and the device-fault rules): what the
+        alert engine saw, so a condition shorter than its rule's delay does not show."""
+        until = self.clock.now()
+        since = until - hours * 3600
+        alerts = [a for a in await self.store.alerts.overlapping(since, until)
+                  if a.siren_id in self.sirens
+                  and (a.rule == "offline" or a.rule in self.fault_rules)]
+        step = (until - since) / max(points - 1, 1)
+        series = []
+        for i in range(points):
+            at = since + i * step
+            active = [a for a in alerts
+                      if a.raised_at <= at and (a.cleared_at is None or a.cleared_at > at)]
+            offline = {a.siren_id for a in active if a.rule == "offline"}
+            faulty = {a.siren_id for a in active if a.rule != "offline"}
+            series.append({"at": iso_utc(at), "online": len(self.sirens) - len(offline),
+                           "with_faults": len(faulty)})
+        return {"since": iso_utc(since), "until": iso_utc(until), "sirens": len(self.sirens),
+                "points": series}
 
     async def monthly_report(self, month: str) -> dict[str, Any]:
         since, end = month_bounds(month, self.zone)

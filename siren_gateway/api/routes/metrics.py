@@ -23,4 +23,5 @@ async def metrics(gateway: GatewayDep) -> Response:
 def site(gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
     info = gateway.site.config.site
     return {"name": info.name, "name_zh": info.name_zh, "timezone": info.timezone,
-            "zones": [z.model_dump() for z in gateway.site.config.zones]}
+            "zones": [z.model_dump() for z in gateway.site.config.zones],
+            "map": gateway.site.config.map.model_dump()}
