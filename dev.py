@@ -6,7 +6,8 @@ Needs only Python >= 3.11 and git. Creates .venv, installs the project with its 
 passed on: `python3 dev.py demo --sirens 500`, `python3 dev.py test -k modbus`.
 
 `test` also installs the servers and browser the integration tests drive (Debian packages:
-mosquitto, victoria-metrics, chromium) when they are missing and it can: as root with apt-get.
+mosquitto, victoria-metrics, chromium, fonts-noto-cjk) when they are missing and it can: as
+root with apt-get.
 Otherwise it says which are missing, and the tests that need them are skipped.
 """
 
@@ -46,15 +47,17 @@ def ensure_environment() -> None:
     STAMP.write_text(digest)
 
 
-# The Debian packages the tests start or drive, each found by one of its commands.
+# The Debian packages the tests start or drive, each found by one of its commands or files
+# (the CJK font makes the Chinese interface legible in the browser tests' screenshots).
 TEST_PACKAGES = {"mosquitto": ("mosquitto", "/usr/sbin/mosquitto"),
                  "victoria-metrics": ("victoria-metrics",),
-                 "chromium": ("chromium",)}
+                 "chromium": ("chromium",),
+                 "fonts-noto-cjk": ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",)}
 
 
 def ensure_test_servers() -> None:
     missing = [package for package, commands in TEST_PACKAGES.items()
-               if not any(shutil.which(c) or os.access(c, os.X_OK) for c in commands)]
+               if not any(shutil.which(c) or os.path.exists(c) for c in commands)]
     if not missing:
         return
     if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):

@@ -26,6 +26,7 @@ from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.gateway import Gateway
 from siren_gateway.security.auth import hash_password
 
+pytest_plugins = ["tests.browser"]  # the browser tests' fixtures
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PASSWORDS = {"viewer": "viewer-pass", "technician": "technician-pass",
              "operator": "operator-pass", "admin": "admin-pass"}

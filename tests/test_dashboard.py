@@ -9,101 +9,20 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import os
-import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-import uvicorn
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from simulators.sitegen import free_ports
-from siren_gateway.api.app import create_app
-from siren_gateway.data import DEMO_CONFIG
-from siren_gateway.demo import demo_site
-from siren_gateway.gateway import Gateway
 from siren_gateway.security.auth import Principal, Role
-from tests.conftest import Mosquitto, SimulatedDistrict, StartDistrict, wait_until
-from tests.test_activation import StartGateway
+from tests.browser import ARTIFACTS, Served, log_in, needs_chromium
+from tests.conftest import wait_until
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(os.environ.get("SG_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent
-                                / "test-artifacts"))
-DEMO_PASSWORDS = {"viewer": "viewer-demo", "technician": "technician-demo",
-                  "operator": "operator-demo", "admin": "admin-demo"}
-needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists() and not os.environ.get("CI"),
-                                    reason="chromium not installed (.ci/run installs it)")
 pytestmark = needs_chromium
-
-
-class Served:
-    def __init__(self, district: SimulatedDistrict, gateway: Gateway, url: str,
-                 server: uvicorn.Server) -> None:
-        self.district, self.gateway, self.url, self.server = district, gateway, url, server
-
-
-@pytest.fixture
-async def served(broker: Mosquitto, start_district: StartDistrict, gateways: StartGateway
-                 ) -> AsyncIterator[Served]:
-    site: dict[str, Any] = demo_site(None, DEMO_CONFIG)
-    site["mqtt"] = dict(site["mqtt"]) | {"port": broker.port}
-    site["schedules"] = []  # nothing sounds on its own during a test
-    site["maintenance"] = dict(site["maintenance"]) | {"settle_s": 1.0}
-    district = start_district(site)
-    gateway = await gateways(district.site())
-    port = free_ports(1)[0]
-    server = uvicorn.Server(uvicorn.Config(create_app(gateway, manage_lifecycle=False),
-                                           host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    serving = asyncio.create_task(server.serve())
-    await wait_until(lambda: server.started, 10, "dashboard server up")
-    await wait_until(lambda: gateway.fleet.counts()["online"] == 20, 20, "all 20 sirens online")
-    yield Served(district, gateway, f"http://127.0.0.1:{port}", server)
-    server.should_exit = True
-    try:
-        async with asyncio.timeout(30):
-            await serving
-    except TimeoutError:
-        stacks = io.StringIO()
-        for task in asyncio.all_tasks():
-            task.print_stack(limit=12, file=stacks)
-        pytest.fail(f"the dashboard server did not stop; tasks:\n{stacks.getvalue()[-20000:]}")
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM,
-                                                    args=["--no-sandbox"])
-        yield launched
-        await launched.close()
-
-
-@pytest.fixture
-async def page(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Page]:
-    opened = await browser.new_page(viewport={"width": 1500, "height": 1100})
-    yield opened
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        # (Playwright makes the folder)
-        await opened.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    await opened.close()
-
-
-async def log_in(page: Page, served: Served, user: str) -> None:
-    await page.goto(served.url)
-    await page.fill("input[name=username]", user)
-    await page.fill("input[name=password]", DEMO_PASSWORDS[user])
-    await page.click("#login-form button")
-    await expect(page.locator("#sirens tbody tr")).to_have_count(20)
-    await expect(page.locator("#stream")).to_have_class("stream live")
 
 
 async def test_every_siren_shows_with_its_true_state(page: Page, served: Served) -> None:
     await log_in(page, served, "viewer")
-    await expect(page.locator("#map circle")).to_have_count(20)
+    await expect(page.locator("#map .siren-marker")).to_have_count(20)
     truth = {t["siren_id"]: t for t in (await served.district.control.http.get("/sirens")).json()}
     assert len(truth) == 20
     inhibited = {s.id for s in served.gateway.site.config.sirens if s.inhibited}
@@ -111,12 +30,12 @@ async def test_every_siren_shows_with_its_true_state(page: Page, served: Served)
         expected = "inhibited" if siren_id in inhibited else "healthy"
         await expect(page.locator(f'#sirens tr[data-id="{siren_id}"]')).to_have_attribute(
             "data-class", expected)
-        await expect(page.locator(f'#map circle[data-id="{siren_id}"]')).to_have_class(
-            f"c-{expected}")
+        await expect(page.locator(f'#map .siren-marker[data-id="{siren_id}"]')).to_have_attribute(
+            "data-class", expected)
     # MQTT and Modbus sirens alike; sorted by id, and a click on the header reverses it.
     order = "rows => rows.map(r => r.dataset.id)"
     assert await page.locator("#sirens tbody tr").evaluate_all(order) == sorted(truth)
-    await page.click('th[data-sort="id"]')
+    await page.click('button[data-sort="id"]')
     assert await page.locator("#sirens tbody tr").evaluate_all(order) == sorted(truth,
                                                                                 reverse=True)
     # The detail view draws its charts from the stored history.
@@ -131,8 +50,8 @@ async def test_an_injected_fault_shows_on_the_map_and_as_an_alert(page: Page,
     await served.district.control.inject("xwm-01", "amplifier_fault", amplifier=2)
     await served.district.control.inject("hs-01", "mains_loss")  # an MQTT siren
     for siren_id, rule in (("xwm-01", "amplifier_fault"), ("hs-01", "mains_lost")):
-        await expect(page.locator(f'#map circle[data-id="{siren_id}"]')).to_have_class(
-            "c-fault", timeout=10_000)
+        await expect(page.locator(f'#map .siren-marker[data-id="{siren_id}"]')
+                     ).to_have_attribute("data-class", "fault", timeout=10_000)
         await expect(page.locator(f'#alerts li[data-rule="{rule}"][data-siren="{siren_id}"]')
                      ).to_be_visible(timeout=10_000)
     # A viewer sees the alert but no acknowledge control.
@@ -192,7 +111,7 @@ async def test_an_emergency_needs_the_confirmation_step(page: Page, served: Serv
 
 async def test_the_language_switch_changes_the_labels(page: Page, served: Served) -> None:
     await log_in(page, served, "viewer")
-    header = page.locator('th[data-sort="id"]')
+    header = page.locator('button[data-sort="id"]')
     await expect(header).to_have_text("编号")
     await expect(page.locator("#stream")).to_have_text("实时")
     await page.click("#lang")
@@ -245,12 +164,12 @@ async def test_the_coverage_layer_follows_a_silenced_siren_and_the_what_if_tool(
     await expect(page.locator("#coverage-image")).to_have_count(1)
     zones = [z.id for z in served.gateway.site.config.zones]
     await expect(page.locator("#map path.zone-outline")).to_have_count(
-        sum(len(z["area"]) for z in served.gateway.coverage.layer()["zones"]))
+        sum(1 for z in served.gateway.site.config.zones if z.area))
     for zone in zones:
         await expect(page.locator(f'#coverage-zones tr[data-zone="{zone}"]')).to_be_visible()
     row = page.locator('#coverage-zones tr[data-zone="xuanwumen"] td[data-share]')
     before = float(await row.get_attribute("data-share") or "nan")
-    image_before = await page.locator("#coverage-image").get_attribute("href")
+    image_before = await page.locator("#coverage-image").get_attribute("src")
     # An amplifier fault silences xwm-01: its part of the zone is lost, on the map and in figures.
     await served.district.control.inject("xwm-01", "amplifier_fault", amplifier=1)
     await expect(row).not_to_have_attribute("data-share", str(before), timeout=10_000)
@@ -258,21 +177,21 @@ async def test_the_coverage_layer_follows_a_silenced_siren_and_the_what_if_tool(
     assert after < before
     assert after == next(z["covered_share"] for z in served.gateway.coverage.summary()["zones"]
                          if z["zone"] == "xuanwumen")
-    assert await page.locator("#coverage-image").get_attribute("href") != image_before
+    assert await page.locator("#coverage-image").get_attribute("src") != image_before
     assert "3" in served.gateway.coverage.layer()["cells"]
     # What if a siren stood where xwm-01 stands? Click there: the zone is whole again.
-    box = await page.locator('#map circle[data-id="xwm-01"]').bounding_box()
+    box = await page.locator('#map .siren-marker[data-id="xwm-01"]').bounding_box()
     assert box is not None
     await page.click("#whatif-add")
     await page.mouse.click(box["x"] + box["width"] / 2 + 2, box["y"] + box["height"] / 2 + 2)
-    await expect(page.locator("#map circle.candidate")).to_have_count(1)
+    await expect(page.locator("#map path.candidate")).to_have_count(1)
     result = page.locator('#whatif-result b[data-whatif="district"]')
     await expect(result).to_contain_text("→", timeout=10_000)
     now, would_be = (float(v.strip(" %")) for v in (await result.inner_text()).split("→"))
     assert would_be > now
     await page.screenshot(path=str(ARTIFACTS / "coverage-what-if.png"), full_page=True)
     await page.click("#whatif-clear")
-    await expect(page.locator("#map circle.candidate")).to_have_count(0)
+    await expect(page.locator("#map path.candidate")).to_have_count(0)
 
 
 async def test_a_technician_completes_an_inspection_and_takes_an_order_to_verified(

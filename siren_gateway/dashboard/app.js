@@ -1,126 +1,75 @@
 // Siren Gateway control-room dashboard: plain ES modules, no build step, no network but the
-// gateway itself (the control room may have no internet).
-import { TEXT } from "/dashboard/i18n.js";
+// gateway itself (and the site's own tile server, when it has one): the control room may have
+// no internet.
+import {
+  CLASSES, api, bindState, connectStream, endSession, esc, loadSession, localText, logIn,
+  shape, t, when,
+} from "/dashboard/common.js";
 import { createMaintenance } from "/dashboard/maintenance.js";
+import { createMap } from "/dashboard/map.js";
 
 const $ = (sel) => document.querySelector(sel);
 const S = {
-  token: sessionStorage.getItem("sg-token"), role: sessionStorage.getItem("sg-role"),
-  user: sessionStorage.getItem("sg-user"), lang: localStorage.getItem("sg-lang") || "zh",
+  token: null, role: null, user: null, lang: "zh",
   sirens: new Map(), alerts: [], signals: [], zones: [], site: null,
   sort: { key: "id", dir: 1 }, selected: new Set(), detail: null, preview: null,
-  activation: null, refreshTimer: null, pendingRefresh: false, ws: null,
-  coverage: null, layer: null, candidates: [], picking: false, coverageTimer: null,
+  activation: null, refreshTimer: null, pendingRefresh: false, stream: null,
+  coverage: null, layer: null, candidates: [], coverageTimer: null, mapView: null,
+  seenAlerts: null, muted: localStorage.getItem("sg-muted") === "1", fleetTimer: null,
 };
+loadSession(S);
+bindState(S);
+S.onLoggedOut = () => logout();
 // What tests and the benchmark read: when the first full render happened, how many since.
 window.__sg = { firstRenderMs: null, renders: 0, renderMsTotal: 0, renderMsMax: 0, streamEvents: 0 };
 const ROLE_RANK = { viewer: 1, technician: 2, operator: 3, admin: 4 };
 const canControl = () => (ROLE_RANK[S.role] || 0) >= ROLE_RANK.operator;
-const t = (key) => (TEXT[S.lang] && TEXT[S.lang][key]) || TEXT.en[key] || key;
-const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-// A time as the control room reads it: the site's zone, the reader's language; UTC on hover.
-function when(iso) {
-  if (!iso) return "—";
-  const options = { timeZone: S.site?.timezone || undefined, weekday: "short", year: "numeric",
-    month: S.lang === "zh" ? "2-digit" : "short", day: "numeric", hour: "2-digit", minute: "2-digit",
-    hour12: false };
-  let text = iso;
-  try { text = new Intl.DateTimeFormat(S.lang === "zh" ? "zh-CN" : "en-GB", options).format(new Date(iso)); }
-  catch (error) { console.warn(error); }
-  return `<time datetime="${esc(iso)}" title="${esc(iso)}">${esc(text)}</time>`;
-}
-
-// -- API ---------------------------------------------------------------------------------------
-async function api(path, options = {}) {
-  const headers = { ...(options.headers || {}) };
-  if (S.token) headers.Authorization = `Bearer ${S.token}`;
-  if (options.json !== undefined) {
-    headers["Content-Type"] = "application/json";
-    options.body = JSON.stringify(options.json);
-  }
-  const response = await fetch(path, { ...options, headers });
-  if (response.status === 401) { logout(); throw new Error("logged out"); }
-  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : await response.text();
-  if (!response.ok) {
-    const detail = body && body.detail !== undefined ? body.detail : body;
-    throw new Error(typeof detail === "string" ? detail : (detail.message || JSON.stringify(detail)));
-  }
-  return body;
-}
+const zoneName = (id) => {
+  const z = S.zones.find((x) => x.id === id);
+  return z ? ((S.lang === "zh" && z.name_zh) || z.name) : id;
+};
 
 // -- language ----------------------------------------------------------------------------------
 function applyLanguage() {
-  document.documentElement.lang = S.lang;
+  document.documentElement.lang = S.lang === "zh" ? "zh-CN" : "en";
   document.querySelectorAll("[data-i18n]").forEach((el) => { el.textContent = t(el.dataset.i18n); });
-  document.querySelectorAll("[data-i18n-placeholder]").forEach((el) => { el.placeholder = t(el.dataset.i18nPlaceholder); });
+  document.querySelectorAll("[data-i18n-placeholder]").forEach((el) => {
+    el.placeholder = t(el.dataset.i18nPlaceholder);
+    el.setAttribute("aria-label", t(el.dataset.i18nPlaceholder));
+  });
   $("#lang").textContent = S.lang === "zh" ? "English" : "中文";
+  $("#lang").setAttribute("lang", S.lang === "zh" ? "en" : "zh-CN");
   if (S.site) $("#site-name").textContent = (S.lang === "zh" && S.site.name_zh) || S.site.name;
-  const classes = ["all", "healthy", "degraded", "fault", "offline", "sounding", "inhibited"];
   const chosen = $("#class-filter").value || "all";
-  $("#class-filter").innerHTML = classes.map((c) => `<option value="${c}">${esc(t("cls_" + c))}</option>`).join("");
+  $("#class-filter").innerHTML = ["all", ...CLASSES].map((c) => `<option value="${c}">${esc(t("cls_" + c))}</option>`).join("");
   $("#class-filter").value = chosen;
-  $("#legend").innerHTML = classes.slice(1).map((c) => `<span><i class="dot c-${c}"></i>${esc(t("cls_" + c))}</span>`).join("");
-  renderZoneChoices(); renderSignals(); render(); renderAlerts(); renderSchedules(); renderCoverage();
-  if (S.token && S.site) maintenance.render();
+  $("#legend").innerHTML = CLASSES.map((c) => `<span class="c-${c}">${shape(c)} ${esc(t("cls_" + c))}</span>`).join("");
+  renderMute();
+  renderZoneChoices(); renderSignals(); render(true); renderAlerts(); renderSchedules(); renderCoverage();
+  if (S.mapView) S.mapView.relabel();
+  if (S.token && S.site) { maintenance.render(); refreshFleetCharts(); }
 }
 
 // -- login -------------------------------------------------------------------------------------
 async function login(event) {
   event.preventDefault();
-  const form = new FormData(event.target);
   try {
-    const response = await fetch("/api/auth/token", { method: "POST", body: new URLSearchParams(form) });
-    if (!response.ok) throw new Error(t("login_failed"));
-    const body = await response.json();
-    Object.assign(S, { token: body.access_token, role: body.role, user: form.get("username") });
-    sessionStorage.setItem("sg-token", S.token); sessionStorage.setItem("sg-role", S.role);
-    sessionStorage.setItem("sg-user", S.user);
+    await logIn(S, new FormData(event.target));
     $("#login-error").textContent = "";
     start();
   } catch (error) { $("#login-error").textContent = error.message; }
 }
 
 function logout() {
-  // End the session on the server too (its token is then worthless), then forget it here.
-  if (S.token) fetch("/api/auth/logout", { method: "POST", headers: { Authorization: `Bearer ${S.token}` } }).catch(() => {});
-  sessionStorage.clear();
-  Object.assign(S, { token: null, role: null, user: null });
-  if (S.ws) { S.ws.onclose = null; S.ws.close(); S.ws = null; }
-  clearInterval(S.refreshTimer);
-  $("#app").hidden = true; $("#maintenance-card").hidden = true; $("#logout").hidden = true; $("#login").hidden = false; $("#who").textContent = "";
-}
-
-// -- siren classes -----------------------------------------------------------------------------
-const MINOR_FAULTS = new Set(["door_open", "battery_box_open", "charger_fault"]);
-function classify(s) {
-  if (s.inhibited) return "inhibited";
-  if (s.reachability === "offline" || s.reachability === "unknown") return "offline";
-  if (s.sounding || s.horn_on) return "sounding";
-  if (s.faults.some((f) => !MINOR_FAULTS.has(f))) return "fault";
-  if (s.faults.length || s.reachability === "stale") return "degraded";
-  return "healthy";
+  endSession(S);
+  if (S.stream) { S.stream.close(); S.stream = null; }
+  clearInterval(S.refreshTimer); clearInterval(S.fleetTimer);
+  stopAlarm(); S.seenAlerts = null; S.alerts = [];
+  $("#app").hidden = true; $("#maintenance-card").hidden = true; $("#logout").hidden = true;
+  $("#login").hidden = false; $("#who").textContent = "";
 }
 
 // -- rendering ---------------------------------------------------------------------------------
-let projection = null, unproject = null;
-function project(s) {
-  if (!projection) {
-    const all = [...S.sirens.values()];
-    const lats = all.map((x) => x.location.lat), lons = all.map((x) => x.location.lon);
-    if (S.layer && S.layer.enabled) {  // the zones' areas are on the map too
-      const b = S.layer.bounds; lats.push(b.south, b.north); lons.push(b.west, b.east);
-    }
-    const [minLat, maxLat, minLon, maxLon] = [Math.min(...lats), Math.max(...lats), Math.min(...lons), Math.max(...lons)];
-    const kx = Math.cos(((minLat + maxLat) / 2) * Math.PI / 180);
-    const w = Math.max((maxLon - minLon) * kx, 1e-6), h = Math.max(maxLat - minLat, 1e-6);
-    const scale = Math.min(920 / w, 620 / h);
-    projection = (x) => [40 + (x.location.lon - minLon) * kx * scale, 660 - (x.location.lat - minLat) * scale];
-    unproject = (x, y) => ({ lat: minLat + (660 - y) / scale, lon: minLon + (x - 40) / (kx * scale) });
-  }
-  return projection(s);
-}
-const at = (lat, lon) => project({ location: { lat, lon } });
-
 function visible(s) {
   const text = $("#filter").value.trim().toLowerCase();
   const wanted = $("#class-filter").value;
@@ -137,40 +86,30 @@ function sortValue(s, key) {
   return s[key] ?? "";
 }
 
-function render() {
+function render(relabel = false) {
   if (!S.sirens.size) return;
   const started = performance.now();
   const counts = {};
-  for (const s of S.sirens.values()) { s._class = classify(s); counts[s._class] = (counts[s._class] || 0) + 1; }
-  $("#counts").innerHTML = Object.entries(counts).map(([c, n]) => `<span class="c-${c}" data-count="${c}">${esc(t("cls_" + c))} ${n}</span>`).join("");
-  // Map: one circle per siren, reused; only its class and title change.
-  const map = $("#map");
-  for (const s of S.sirens.values()) {
-    let dot = map.querySelector(`circle[data-id="${CSS.escape(s.id)}"]`);
-    if (!dot) {
-      const [x, y] = project(s);
-      dot = document.createElementNS("http://www.w3.org/2000/svg", "circle");
-      Object.entries({ cx: x, cy: y, r: S.sirens.size > 300 ? 4 : 8, "data-id": s.id }).forEach(([k, v]) => dot.setAttribute(k, v));
-      dot.appendChild(document.createElementNS("http://www.w3.org/2000/svg", "title"));
-      dot.addEventListener("click", () => showDetail(s.id));
-      map.appendChild(dot);
-    }
-    const cls = `c-${s._class}`;
-    if (dot.getAttribute("class") !== cls) dot.setAttribute("class", cls);
-    dot.firstChild.textContent = `${s.id} ${s.name}: ${t("cls_" + s._class)}`;
-  }
-  // Table
+  for (const s of S.sirens.values()) { s._class = s.status_class; counts[s._class] = (counts[s._class] || 0) + 1; }
+  $("#counts").innerHTML = CLASSES.filter((c) => counts[c]).map((c) =>
+    `<span class="badge c-${c}" data-count="${c}">${shape(c)} ${esc(t("cls_" + c))} ${counts[c]}</span>`).join("");
+  if (S.mapView) S.mapView.update([...S.sirens.values()]);
   const { key, dir } = S.sort;
   const rows = [...S.sirens.values()].filter(visible).sort((a, b) => {
     const x = sortValue(a, key), y = sortValue(b, key);
     return (x > y ? 1 : x < y ? -1 : 0) * dir;
   });
+  if (relabel) rowCache.delete($("#sirens tbody"));
   updateRows($("#sirens tbody"), rows.map((s) => [s.id, `<tr data-id="${esc(s.id)}" data-class="${s._class}" class="${S.selected.has(s.id) ? "selected" : ""}">
-      <td class="select-col">${canControl() ? `<input type="checkbox" data-select="${esc(s.id)}" ${S.selected.has(s.id) ? "checked" : ""}>` : ""}</td>
-      <td><a href="#" data-detail="${esc(s.id)}">${esc(s.id)}</a></td><td>${esc(s.name)}</td><td>${esc(s.zones.join(" "))}</td>
-      <td><span class="badge c-${s._class}">${esc(t("cls_" + s._class))}</span></td>
+      <td class="select-col">${canControl() ? `<input type="checkbox" data-select="${esc(s.id)}" aria-label="${esc(t("select"))} ${esc(s.id)}" ${S.selected.has(s.id) ? "checked" : ""}>` : ""}</td>
+      <td><a href="#" data-detail="${esc(s.id)}">${esc(s.id)}</a></td><td>${esc(s.name)}</td><td>${esc(s.zones.map(zoneName).join(" "))}</td>
+      <td><span class="badge c-${s._class}">${shape(s._class)} ${esc(t("cls_" + s._class))}</span></td>
       <td>${esc(t("state_" + s.state))}</td><td>${s.telemetry?.battery_voltage ?? ""}</td>
       <td>${esc(s.faults.map((f) => t("fault_" + f)).join(", "))}</td></tr>`]));
+  document.querySelectorAll("#sirens th[aria-sort]").forEach((th) => {
+    const button = th.querySelector("button");
+    th.setAttribute("aria-sort", button.dataset.sort === key ? (dir > 0 ? "ascending" : "descending") : "none");
+  });
   window.__sg.renders += 1;
   if (window.__sg.firstRenderMs === null) window.__sg.firstRenderMs = performance.now();
   const cost = performance.now() - started;
@@ -186,6 +125,8 @@ function updateRows(tbody, rows) {
   const cache = rowCache.get(tbody) || new Map();
   const wanted = new Set(rows.map(([id]) => id));
   for (const [id, entry] of cache) if (!wanted.has(id)) { entry.tr.remove(); cache.delete(id); }
+  const known = new Set([...cache.values()].map((e) => e.tr));
+  for (const tr of [...tbody.children]) if (!known.has(tr)) tr.remove();
   let previous = null;
   for (const [id, html] of rows) {
     let entry = cache.get(id);
@@ -233,10 +174,6 @@ function refreshCoverageSoon() {
 }
 
 const pct = (v) => `${(v * 100).toFixed(1)}%`;
-function zoneName(id) {
-  const z = S.zones.find((x) => x.id === id);
-  return z ? ((S.lang === "zh" && z.name_zh) || z.name) : id;
-}
 
 function renderCoverage() {
   const card = $("#coverage-card");
@@ -253,35 +190,25 @@ function renderCoverage() {
   drawLayer();
 }
 
+// The coverage raster as an image under the markers (row 0 of the server's cells is the south).
 function drawLayer() {
-  const map = $("#map");
-  let group = map.querySelector("#coverage-layer");
-  if (!group) {
-    group = document.createElementNS("http://www.w3.org/2000/svg", "g");
-    group.id = "coverage-layer";
-    map.insertBefore(group, map.firstChild);  // under the sirens
-  }
+  if (!S.mapView) return;
   const layer = S.layer;
-  if (!layer || !layer.enabled || !$("#coverage-toggle").checked || !S.sirens.size) { group.innerHTML = ""; return; }
+  if (!layer || !layer.enabled || !$("#coverage-toggle").checked) { S.mapView.setCoverage(null, null, S.candidates); return; }
   const canvas = document.createElement("canvas");
   canvas.width = layer.width; canvas.height = layer.height;
   const ctx = canvas.getContext("2d");
   const image = ctx.createImageData(layer.width, layer.height);
-  const colours = { 1: [59, 111, 214, 90], 2: [122, 122, 122, 90], 3: [217, 72, 15, 190] };
+  const colours = { 1: [0, 114, 178, 80], 2: [120, 120, 120, 80], 3: [213, 94, 0, 190] };
   for (let r = 0; r < layer.height; r++) {
-    const y = layer.height - 1 - r;  // row 0 is the southern edge
+    const y = layer.height - 1 - r;
     for (let col = 0; col < layer.width; col++) {
       const colour = colours[layer.cells.charCodeAt(r * layer.width + col) - 48];
       if (colour) image.data.set(colour, (y * layer.width + col) * 4);
     }
   }
   ctx.putImageData(image, 0, 0);
-  const b = layer.bounds;
-  const [x0, y0] = at(b.north, b.west), [x1, y1] = at(b.south, b.east);
-  const outlines = layer.zones.flatMap((z) => z.area.map((ring) =>
-    `<path class="zone-outline" data-zone="${esc(z.zone)}" d="M${ring.map(([lat, lon]) => at(lat, lon).map((v) => v.toFixed(1)).join(",")).join("L")}Z"/>`));
-  const marks = S.candidates.map((p, i) => { const [x, y] = at(p.lat, p.lon); return `<circle class="candidate" data-candidate="${i}" cx="${x}" cy="${y}" r="7"/>`; });
-  group.innerHTML = `<image id="coverage-image" href="${canvas.toDataURL()}" x="${x0}" y="${y0}" width="${x1 - x0}" height="${y1 - y0}" preserveAspectRatio="none" style="image-rendering: pixelated"/>${outlines.join("")}${marks.join("")}`;
+  S.mapView.setCoverage(canvas.toDataURL(), layer.bounds, S.candidates);
 }
 
 async function whatIf() {
@@ -293,14 +220,8 @@ async function whatIf() {
   } catch (error) { $("#whatif-result").textContent = error.message; }
 }
 
-function pickCandidate(event) {
-  if (!S.picking || !unproject) return;
-  const map = $("#map");
-  const point = map.createSVGPoint();
-  point.x = event.clientX; point.y = event.clientY;
-  const local = point.matrixTransform(map.getScreenCTM().inverse());
-  S.candidates.push(unproject(local.x, local.y));
-  S.picking = false; map.classList.remove("picking");
+function candidatePicked(point) {
+  S.candidates.push(point);
   drawLayer(); whatIf();
 }
 
@@ -316,30 +237,63 @@ async function showDetail(id) {
     const body = await api(`/api/sirens/${encodeURIComponent(id)}?history_minutes=720`);
     if (S.detail?.id === id) { S.detail.history = body.history || []; renderDetail(); }
   } catch (error) { console.warn(error); }
-  $("#detail").scrollIntoView({ behavior: "smooth", block: "nearest" });
+  $("#detail").scrollIntoView({ block: "nearest" });
 }
 
 function renderDetail() {
   const s = S.sirens.get(S.detail.id);
   if (!s) return;
-  $("#detail-title").textContent = `${s.id} ${s.name} — ${t("cls_" + classify(s))}`;
+  const title = `${s.id} ${s.name} — ${t("cls_" + s.status_class)}`;
+  if ($("#detail-title").textContent !== title) $("#detail-title").textContent = title;
   const points = Object.entries(s.telemetry || {}).map(([k, v]) => `<div><b>${esc(k)}</b>: ${esc(v)}</div>`).join("");
-  $("#detail-body").innerHTML = `<p>${esc(t("col_state"))}: ${esc(t("state_" + s.state))} · ${esc(t("reachability"))}: ${esc(s.reachability)} ·
-    ${esc(t("last_seen"))}: ${esc(s.last_seen || "—")} · ${esc(t("col_faults"))}: ${esc(s.faults.join(", ") || "—")}</p>
+  const html = `<p>${esc(t("col_state"))}: ${esc(t("state_" + s.state))} · ${esc(t("reachability"))}: ${esc(s.reachability)} ·
+    ${esc(t("last_seen"))}: ${s.last_seen ? when(s.last_seen, { relative: true, seconds: true }) : "—"} · ${esc(t("col_faults"))}: ${esc(s.faults.join(", ") || "—")}</p>
     <div class="points">${points}</div>`;
-  chart("#chart-battery", S.detail.history, "battery_voltage");
-  chart("#chart-temperature", S.detail.history, "cabinet_temperature");
+  if ($("#detail-body").shown !== html) { $("#detail-body").innerHTML = html; $("#detail-body").shown = html; }
+  lineChart("#chart-battery", [S.detail.history.map((h) => [Date.parse(h.time), h.values.battery_voltage])]);
+  lineChart("#chart-temperature", [S.detail.history.map((h) => [Date.parse(h.time), h.values.cabinet_temperature])]);
 }
 
-function chart(selector, history, point) {
-  const data = history.map((h) => [Date.parse(h.time), h.values[point]]).filter(([, v]) => typeof v === "number");
+// Lines over time (each a list of [ms, value]); the axes' ends labelled, times in the site zone.
+function lineChart(selector, series, { names = [], integers = false } = {}) {
   const svg = $(selector);
-  if (data.length < 2) { svg.innerHTML = `<text x="10" y="70">${esc(t("no_history"))}</text>`; return; }
-  const xs = data.map((d) => d[0]), ys = data.map((d) => d[1]);
-  const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-  const sx = (x) => 40 + (x - x0) / Math.max(x1 - x0, 1) * 350, sy = (y) => 125 - (y - y0) / Math.max(y1 - y0, 0.01) * 110;
-  svg.innerHTML = `<polyline fill="none" stroke="#1f6fb2" stroke-width="1.5" points="${data.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ")}"/>
-    <text x="2" y="18" font-size="11">${y1}</text><text x="2" y="128" font-size="11">${y0}</text>`;
+  const lines = series.map((data) => data.filter(([, v]) => typeof v === "number"));
+  const all = lines.flat();
+  if (all.length < 2) { svg.innerHTML = `<text x="10" y="70">${esc(t("no_history"))}</text>`; return; }
+  const xs = all.map((d) => d[0]), ys = all.map((d) => d[1]);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  if (integers) { y0 = Math.min(0, y0); y1 = Math.max(y1, 1); }
+  const sx = (x) => 44 + (x - x0) / Math.max(x1 - x0, 1) * 360, sy = (y) => 122 - (y - y0) / Math.max(y1 - y0, 0.01) * 108;
+  const paths = lines.map((data, i) => `<polyline class="line line-${i}" fill="none" points="${data.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" ")}"/>`);
+  const legend = names.map((n, i) => `<text class="legend-${i}" x="${60 + i * 150}" y="12" font-size="11">${esc(n)}</text>`).join("");
+  const hhmm = (ms) => localText(new Date(ms).toISOString()).replace(/^.* (\d\d:\d\d).*$/, "$1");
+  svg.innerHTML = `${paths.join("")}${legend}<text x="2" y="20" font-size="11">${y1}</text><text x="2" y="126" font-size="11">${y0}</text>
+    <text x="44" y="142" font-size="11">${esc(hhmm(x0))}</text><text x="370" y="142" font-size="11">${esc(hhmm(x1))}</text>`;
+}
+
+// -- the fleet at a glance: the last 24 h from stored history, the batteries now -------------------
+async function refreshFleetCharts() {
+  try {
+    const history = await api("/api/fleet/history?hours=24&points=97");
+    const points = history.points.map((p) => [Date.parse(p.at), p]);
+    lineChart("#chart-fleet", [points.map(([x, p]) => [x, p.online]), points.map(([x, p]) => [x, p.with_faults])],
+      { names: [t("fleet_online"), t("fleet_faults")], integers: true });
+    $("#chart-fleet").dataset.online = String(history.points.at(-1)?.online ?? "");
+  } catch (error) { console.warn(error); }
+  renderBatteries();
+}
+
+function renderBatteries() {
+  const volts = [...S.sirens.values()].map((s) => s.telemetry?.battery_voltage).filter((v) => typeof v === "number");
+  const svg = $("#chart-batteries");
+  if (!volts.length) { svg.innerHTML = `<text x="10" y="70">${esc(t("no_history"))}</text>`; return; }
+  const lo = Math.floor(Math.min(...volts) * 2) / 2, hi = Math.max(Math.ceil(Math.max(...volts) * 2) / 2, lo + 0.5);
+  const bins = Array.from({ length: Math.round((hi - lo) / 0.5) }, () => 0);
+  volts.forEach((v) => { bins[Math.min(bins.length - 1, Math.floor((v - lo) / 0.5))] += 1; });
+  const top = Math.max(...bins), width = 360 / bins.length;
+  svg.innerHTML = bins.map((n, i) => `<rect class="bar" data-bin="${(lo + i * 0.5).toFixed(1)}" data-count="${n}" x="${44 + i * width + 1}" y="${122 - n / top * 108}" width="${width - 2}" height="${n / top * 108}"><title>${(lo + i * 0.5).toFixed(1)}–${(lo + (i + 1) * 0.5).toFixed(1)} V: ${n}</title></rect>`).join("") +
+    `<text x="2" y="20" font-size="11">${top}</text><text x="44" y="142" font-size="11">${lo} V</text><text x="370" y="142" font-size="11">${hi} V</text>`;
 }
 
 // Reset, arm, disarm: the answer is the siren's own (confirmed from its status, or not).
@@ -358,18 +312,46 @@ async function sendSirenCommand(event) {
   } catch (error) { out.textContent = error.message; out.dataset.result = "error"; }
 }
 
-// -- alerts ------------------------------------------------------------------------------------
+// -- alerts, and the attention a new serious one gets ------------------------------------------------
+const LOUD = new Set(["critical", "major"]);
 async function refreshAlerts() {
-  try { S.alerts = await api("/api/alerts"); renderAlerts(); } catch (error) { console.warn(error); }
+  try {
+    S.alerts = await api("/api/alerts");
+    // Alerts active when the page opened are not "new": only those raised since flash and sound.
+    if (S.seenAlerts === null) S.seenAlerts = new Set(S.alerts.filter((a) => a.state === "active").map((a) => a.id));
+    renderAlerts();
+  } catch (error) { console.warn(error); }
 }
 
 function renderAlerts() {
+  const active = S.alerts.filter((a) => a.state === "active");
+  const loud = active.filter((a) => LOUD.has(a.severity) && S.seenAlerts && !S.seenAlerts.has(a.id));
   const shown = S.alerts.filter((a) => a.state !== "cleared").concat(S.alerts.filter((a) => a.state === "cleared").slice(0, 10));
-  $("#alerts").innerHTML = shown.map((a) => `<li class="sev-${a.severity} state-${a.state}" data-alert="${a.id}" data-rule="${esc(a.rule)}" data-siren="${esc(a.siren_id || "")}">
+  $("#alerts").innerHTML = shown.map((a) => `<li class="sev-${a.severity} state-${a.state}${loud.includes(a) ? " flash" : ""}" data-alert="${a.id}" data-rule="${esc(a.rule)}" data-siren="${esc(a.siren_id || "")}">
       <b>${esc(t("sev_" + a.severity))}</b> ${esc(t("fault_" + a.rule))} · ${esc(a.siren_id || a.subject || "")} · ${esc(t("astate_" + a.state))}
+      · ${when(a.raised_at, { relative: true })}
       <div>${esc(a.message)}</div>${a.comment ? `<div><i>${esc(a.acknowledged_by)}: ${esc(a.comment)}</i></div>` : ""}
-      ${a.state === "active" && canControl() ? `<form class="ack"><input name="comment" required placeholder="${esc(t("comment"))}"><button>${esc(t("acknowledge"))}</button></form>` : ""}
+      ${a.state === "active" && canControl() ? `<form class="ack"><input name="comment" required aria-label="${esc(t("comment"))}" placeholder="${esc(t("comment"))}"><button>${esc(t("acknowledge"))}</button></form>` : ""}
     </li>`).join("") || `<li>${esc(t("no_alerts"))}</li>`;
+  document.title = active.length ? `(${active.length}) ${t("title")}` : t("title");
+  const header = $("#header");
+  header.classList.toggle("alarm", loud.length > 0);
+  $("#attention").hidden = !loud.length;
+  $("#attention").textContent = loud.length ? `${t("new_alarm")}: ${loud.map((a) => `${t("fault_" + a.rule)} ${a.siren_id || a.subject || ""}`).join("; ")}` : "";
+  if (loud.length && !S.muted) startAlarm(); else stopAlarm();
+}
+
+function startAlarm() {
+  const sound = $("#alert-sound");
+  if (sound.paused) sound.play().catch((error) => console.warn("alarm sound:", error));
+}
+function stopAlarm() {
+  const sound = $("#alert-sound");
+  if (!sound.paused) { sound.pause(); sound.currentTime = 0; }
+}
+function renderMute() {
+  $("#mute").setAttribute("aria-pressed", String(S.muted));
+  $("#mute").textContent = t(S.muted ? "unmute" : "mute");
 }
 
 async function acknowledge(event) {
@@ -383,7 +365,7 @@ async function acknowledge(event) {
 
 // -- activations -------------------------------------------------------------------------------
 function renderZoneChoices() {
-  $("#zone-choices").innerHTML = S.zones.map((z) => `<label><input type="checkbox" name="zone" value="${esc(z.id)}"> ${esc((S.lang === "zh" && z.name_zh) || z.name)}</label>`).join(" ");
+  $("#zone-choices").innerHTML = S.zones.map((z) => `<label><input type="checkbox" name="zone" value="${esc(z.id)}"> ${esc(zoneName(z.id))}</label>`).join(" ");
 }
 function renderSignals() {
   const chosen = $("#signal").value;
@@ -471,11 +453,11 @@ function renderSchedules() {
   const soon = [];
   $("#schedules").innerHTML = S.schedules.map((p) => {
     const next = p.next.filter((n) => !n.excluded);
-    if (next.length && Date.parse(next[0].scheduled_at) - Date.now() < 86400e3) soon.push(`${p.name} ${next[0].scheduled_local}`);
+    if (next.length && Date.parse(next[0].scheduled_at) - Date.now() < 86400e3) soon.push(`${p.name} ${localText(next[0].scheduled_at)}`);
     const past = p.past.filter((o) => !["scheduled", "notified"].includes(o.state)).slice(-5).reverse();
     return `<div class="plan" data-plan="${esc(p.id)}"><h3>${esc((S.lang === "zh" && p.name_zh) || p.name)}</h3>
-      <div>${esc(t("next"))}: ${next.map((n) => esc(n.scheduled_local)).join(" · ") || "—"}</div>
-      <ul>${past.map((o) => `<li>${esc(o.scheduled_local)} ${esc(t("ostate_" + o.state))}
+      <div>${esc(t("next"))}: ${next.map((n, i) => when(n.scheduled_at, { relative: i === 0 })).join(" · ") || "—"}</div>
+      <ul>${past.map((o) => `<li>${when(o.scheduled_at)} ${esc(t("ostate_" + o.state))}
         ${o.steps.length ? `<a href="#" data-report-id="${o.id}">${esc(t("report"))}</a>` : ""} <span data-report-out="${o.id}"></span></li>`).join("")}</ul></div>`;
   }).join("") || esc(t("no_schedules"));
   if (soon.length) showBanner(`${t("upcoming_test")}: ${soon.join("; ")}`);
@@ -490,32 +472,27 @@ async function showReport(id) {
 function showBanner(text) { $("#banner").textContent = text; $("#banner").hidden = false; }
 
 // -- live stream -------------------------------------------------------------------------------
-function connectStream() {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  // The token travels as a subprotocol, never in the URL (which logs and proxies keep).
-  const ws = new WebSocket(`${scheme}://${location.host}/api/stream`, ["siren-gateway", `bearer.${S.token}`]);
-  S.ws = ws;
-  ws.onopen = () => { $("#stream").className = "stream live"; $("#stream").dataset.i18n = "stream_live"; $("#stream").textContent = t("stream_live"); refreshSirens(); refreshAlerts(); maintenance.refresh(); };
-  ws.onmessage = (message) => {
-    const event = JSON.parse(message.data);
-    window.__sg.streamEvents += 1;
-    if (event.type === "StatusChanged" || event.type === "FaultsChanged") { refreshSoon(); refreshCoverageSoon(); }
-    else if (event.type === "AlertChanged") { refreshAlerts(); refreshSoon(); if (event.alert && event.alert.rule === "coverage_low") refreshCoverageSoon(); }
-    else if (event.type === "SirenResultFinal" && S.activation && event.activation_id === S.activation.id) {
-      const r = S.activation.sirens.find((x) => x.siren_id === event.siren_id);
-      if (r) { r.status = event.status; r.reason = event.reason; renderProgress(); }
-    } else if (event.type === "MaintenanceChanged") {
-      maintenance.refreshSoon();
-      if (S.detail && S.detail.id === event.siren_id) maintenance.showSiren(event.siren_id);
-    } else if (event.type === "ScheduleEvent") {
-      if (event.kind === "notice") showBanner(`${t("upcoming_test")}: ${event.plan_name} ${event.scheduled_at}`);
-      refreshSchedules();
-    }
-  };
-  ws.onclose = () => {
-    $("#stream").className = "stream lost"; $("#stream").dataset.i18n = "stream_lost"; $("#stream").textContent = t("stream_lost");
-    if (S.token) setTimeout(connectStream, 2000);
-  };
+function streamState(live) {
+  const el = $("#stream");
+  el.className = live ? "stream live" : "stream lost";
+  el.dataset.i18n = live ? "stream_live" : "stream_lost";
+  el.textContent = t(el.dataset.i18n);
+}
+
+function onEvent(event) {
+  window.__sg.streamEvents += 1;
+  if (event.type === "StatusChanged" || event.type === "FaultsChanged") { refreshSoon(); refreshCoverageSoon(); }
+  else if (event.type === "AlertChanged") { refreshAlerts(); refreshSoon(); if (event.alert && event.alert.rule === "coverage_low") refreshCoverageSoon(); }
+  else if (event.type === "SirenResultFinal" && S.activation && event.activation_id === S.activation.id) {
+    const r = S.activation.sirens.find((x) => x.siren_id === event.siren_id);
+    if (r) { r.status = event.status; r.reason = event.reason; renderProgress(); }
+  } else if (event.type === "MaintenanceChanged") {
+    maintenance.refreshSoon();
+    if (S.detail && S.detail.id === event.siren_id) maintenance.showSiren(event.siren_id);
+  } else if (event.type === "ScheduleEvent") {
+    if (event.kind === "notice") showBanner(`${t("upcoming_test")}: ${event.plan_name} ${localText(event.scheduled_at)}`);
+    refreshSchedules();
+  }
 }
 
 // -- start -------------------------------------------------------------------------------------
@@ -527,22 +504,30 @@ async function start() {
     [S.site, S.signals] = await Promise.all([api("/api/site"), api("/api/signals")]);
     S.zones = S.site.zones;
   } catch (error) { console.warn(error); return; }
+  if (!S.mapView) {
+    S.mapView = createMap($("#map"), { site: S.site, zoneName, onSiren: showDetail, onPick: candidatePicked });
+  }
   applyLanguage();
-  await refreshCoverage();  // before the first map: the zones' areas set its extent
+  await refreshCoverage();
   await Promise.all([refreshSirens(), refreshAlerts(), refreshSchedules(), maintenance.refresh()]);
-  drawLayer();
-  connectStream();
+  refreshFleetCharts();
+  S.stream = connectStream({ onState: streamState, onEvent, onOpen: () => { refreshSirens(); refreshAlerts(); maintenance.refresh(); } });
   // Measured values (battery, current) change without events: a steady refresh as well.
   S.refreshTimer = setInterval(refreshSirens, S.sirens.size > 500 ? 5000 : 2000);
+  S.fleetTimer = setInterval(refreshFleetCharts, 60_000);
 }
 
 $("#login-form").addEventListener("submit", login);
 $("#logout").addEventListener("click", logout);
 $("#lang").addEventListener("click", () => { S.lang = S.lang === "zh" ? "en" : "zh"; localStorage.setItem("sg-lang", S.lang); applyLanguage(); });
-$("#filter").addEventListener("input", render);
-$("#class-filter").addEventListener("change", render);
+$("#mute").addEventListener("click", () => {
+  S.muted = !S.muted; localStorage.setItem("sg-muted", S.muted ? "1" : "0");
+  renderMute(); renderAlerts();
+});
+$("#filter").addEventListener("input", () => render());
+$("#class-filter").addEventListener("change", () => render());
 $("#sirens thead").addEventListener("click", (e) => {
-  const key = e.target.dataset.sort; if (!key) return;
+  const key = e.target.closest("[data-sort]")?.dataset.sort; if (!key) return;
   S.sort = { key, dir: S.sort.key === key ? -S.sort.dir : 1 }; render();
 });
 $("#sirens tbody").addEventListener("click", (e) => {
@@ -551,6 +536,7 @@ $("#sirens tbody").addEventListener("click", (e) => {
     const id = e.target.dataset.select;
     if (e.target.checked) S.selected.add(id); else S.selected.delete(id);
     e.target.closest("tr").classList.toggle("selected", e.target.checked);
+    rowCache.delete($("#sirens tbody")); render();
   }
 });
 $("#alerts").addEventListener("submit", acknowledge);
@@ -560,10 +546,11 @@ $("#send").addEventListener("click", send);
 $("#cancel-preview").addEventListener("click", () => { S.preview = null; $("#preview-box").hidden = true; });
 $("#emergency-ack").addEventListener("change", (e) => { $("#send").disabled = !e.target.checked; });
 $("#coverage-toggle").addEventListener("change", drawLayer);
-$("#whatif-add").addEventListener("click", () => { S.picking = true; $("#map").classList.add("picking"); $("#whatif-result").textContent = t("whatif_pick"); });
+$("#whatif-add").addEventListener("click", () => { S.mapView?.pick(); $("#whatif-result").textContent = t("whatif_pick"); });
 $("#whatif-clear").addEventListener("click", () => { S.candidates = []; drawLayer(); whatIf(); });
-$("#map").addEventListener("click", pickCandidate);
 $("#schedules").addEventListener("click", (e) => { if (e.target.dataset.reportId) { e.preventDefault(); showReport(e.target.dataset.reportId); } });
+// Relative times ("12 s ago") age: redrawn every 15 s.
+setInterval(() => { if (S.token) { renderAlerts(); renderSchedules(); } }, 15_000);
 
 const maintenance = createMaintenance({ api, t, esc, $, when, state: () => S });
 applyLanguage();
