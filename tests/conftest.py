@@ -8,8 +8,10 @@ import logging
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -20,6 +22,7 @@ from simulators.processes import GatewayProcess, Mosquitto
 
 __all__ = ["Mosquitto"]  # tests import the broker from here
 from simulators.sitegen import assign_free_ports, free_ports, write_site
+from siren_gateway.alerts.model import Alert
 from siren_gateway.config.loading import load_site
 from siren_gateway.config.site import Site
 from siren_gateway.data import DEFAULT_PROFILES_DIR
@@ -27,6 +30,18 @@ from siren_gateway.gateway import Gateway
 from siren_gateway.security.auth import hash_password
 
 pytest_plugins = ["tests.browser"]  # the browser tests' fixtures
+
+
+def shanghai(text: str) -> float:
+    """'2027-03-10 06:00' in the demo district's time zone, as a Unix time."""
+    return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
+
+
+def scripted_alert(alert_id: int, rule: str, siren: str, raised: str, cleared: str | None
+                   ) -> Alert:
+    """A stored alert of a scripted history (times as for `shanghai`)."""
+    return Alert(alert_id, rule, siren, [], "major", rule, "cleared" if cleared else "active",
+                 shanghai(raised), cleared_at=shanghai(cleared) if cleared else None)
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PASSWORDS = {"viewer": "viewer-pass", "technician": "technician-pass",
              "operator": "operator-pass", "admin": "admin-pass"}

@@ -3,16 +3,13 @@ curve from stored alerts, the map's tile server in the pages' content policy."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from simulators.sitegen import generate_site, write_site
-from siren_gateway.alerts.model import Alert
 from siren_gateway.config.loading import load_site
 from siren_gateway.maintenance.history import SirenHistory
 from siren_gateway.store.sqlite import SqliteStore
-from tests.conftest import FakeClock, StartDistrict, wait_until, with_users
+from tests.conftest import FakeClock, StartDistrict, scripted_alert, shanghai, wait_until, with_users
 from tests.test_activation import Api
 from tests.test_workorders import StartGateway
 
@@ -54,26 +51,18 @@ async def test_the_summary_counts_what_the_sirens_report(
     assert (await viewer.get("/api/site")).json()["map"]["tile_url"].startswith("http://tiles")
 
 
-def local(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
-
-
 async def test_the_last_days_curve_comes_from_the_stored_alerts(tmp_path: Path) -> None:
     site = load_site(write_site(generate_site(3), tmp_path / "site.yaml"))
     store = SqliteStore(tmp_path / "history.db")
     await store.start()
     try:
-        def alert(i: int, rule: str, siren: str, raised: str, cleared: str | None) -> Alert:
-            return Alert(i, rule, siren, [], "major", rule, "cleared" if cleared else "active",
-                         local(raised), cleared_at=local(cleared) if cleared else None)
-
         await store.alerts.write([
-            alert(1, "offline", "s00001", "2027-03-10 01:00", "2027-03-10 03:00"),
-            alert(2, "mains_lost", "s00002", "2027-03-10 02:00", None),
-            alert(3, "battery_low", "s00003", "2027-03-10 02:00", None),  # not a device fault
-            alert(4, "offline", "s00003", "2027-03-09 12:00", "2027-03-09 13:00")])  # before
+            scripted_alert(1, "offline", "s00001", "2027-03-10 01:00", "2027-03-10 03:00"),
+            scripted_alert(2, "mains_lost", "s00002", "2027-03-10 02:00", None),
+            scripted_alert(3, "battery_low", "s00003", "2027-03-10 02:00", None),  # not a device fault
+            scripted_alert(4, "offline", "s00003", "2027-03-09 12:00", "2027-03-09 13:00")])  # before
         history = SirenHistory(site.catalogue, {}, "Asia/Shanghai", store,
-                               FakeClock(local("2027-03-10 04:00")), frozenset({"mains_lost"}))
+                               FakeClock(shanghai("2027-03-10 04:00")), frozenset({"mains_lost"}))
         curve = await history.fleet_series(4, 5)  # 00:00, 01:00 ... 04:00
         assert [(p["online"], p["with_faults"]) for p in curve["points"]] == [
             (3, 0), (2, 0), (2, 1), (3, 1), (3, 1)]

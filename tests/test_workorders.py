@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from simulators.sitegen import generate_site, write_site
-from siren_gateway.alerts.model import Alert
 from siren_gateway.config.loading import load_site
 from siren_gateway.config.site import Site
 from siren_gateway.errors import Invalid
@@ -29,6 +28,8 @@ from tests.conftest import (
     FakeClock,
     SimulatedDistrict,
     StartDistrict,
+    scripted_alert,
+    shanghai,
     wait_until,
     with_users,
 )
@@ -273,10 +274,6 @@ async def inspect_the_district(start: Callable[[FakeClock], Awaitable[Gateway]],
     await wait_until(lambda: overdue_alerts() == {"s00003"}, 5, "its alert cleared")
 
 
-def local(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=ZoneInfo("Asia/Shanghai")).timestamp()
-
-
 async def test_availability_and_repair_times_match_a_scripted_history(tmp_path: Path) -> None:
     """March 2027 (744 h), scripted in the store: overlapping outages count once, a fault not on
     the audio chain not at all, what started in February or lasts into April only in part."""
@@ -284,23 +281,19 @@ async def test_availability_and_repair_times_match_a_scripted_history(tmp_path: 
     store = SqliteStore(tmp_path / "history.db")
     await store.start()
     try:
-        def alert(i: int, rule: str, siren: str, raised: str, cleared: str | None) -> Alert:
-            return Alert(i, rule, siren, [], "major", rule, "cleared" if cleared else "active",
-                         local(raised), cleared_at=local(cleared) if cleared else None)
-
         await store.alerts.write([
-            alert(1, "offline", "s00001", "2027-03-10 00:00", "2027-03-10 12:00"),
-            alert(2, "amplifier_fault", "s00001", "2027-03-10 06:00", "2027-03-11 06:00"),
-            alert(3, "door_open", "s00001", "2027-03-20 00:00", "2027-03-20 05:00"),
-            alert(4, "offline", "s00002", "2027-02-27 00:00", "2027-03-01 02:00"),
-            alert(5, "amplifier_fault", "s00003", "2027-03-31 20:00", None),
-            alert(6, "disarmed", "s00002", "2027-03-15 00:00", "2027-03-15 04:00")])
+            scripted_alert(1, "offline", "s00001", "2027-03-10 00:00", "2027-03-10 12:00"),
+            scripted_alert(2, "amplifier_fault", "s00001", "2027-03-10 06:00", "2027-03-11 06:00"),
+            scripted_alert(3, "door_open", "s00001", "2027-03-20 00:00", "2027-03-20 05:00"),
+            scripted_alert(4, "offline", "s00002", "2027-02-27 00:00", "2027-03-01 02:00"),
+            scripted_alert(5, "amplifier_fault", "s00003", "2027-03-31 20:00", None),
+            scripted_alert(6, "disarmed", "s00002", "2027-03-15 00:00", "2027-03-15 04:00")])
 
         def order(i: int, siren: str, created: str, verified: str | None) -> WorkOrder:
             return WorkOrder(i, siren, "fault", "urgent",
                              OrderState.VERIFIED if verified else OrderState.OPEN,
-                             local(created), "alert:1", alert_id=i,
-                             verified_at=local(verified) if verified else None)
+                             shanghai(created), "alert:1", alert_id=i,
+                             verified_at=shanghai(verified) if verified else None)
 
         await store.work_orders.write([
             order(1, "s00001", "2027-03-10 06:00", "2027-03-11 08:00"),  # 26 h
@@ -308,7 +301,7 @@ async def test_availability_and_repair_times_match_a_scripted_history(tmp_path: 
             order(3, "s00003", "2027-03-31 20:00", None)])
         audio = {s.id: frozenset({"amplifier_fault"}) for s in site.config.sirens}
         history = SirenHistory(site.catalogue, audio, "Asia/Shanghai", store,
-                               FakeClock(local("2027-04-02 00:00")))
+                               FakeClock(shanghai("2027-04-02 00:00")))
         report = await history.monthly_report("2027-03")
         assert report["hours"] == 744
         rows = {row["siren"]: row for row in report["sirens"]}

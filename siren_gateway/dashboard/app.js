@@ -2,7 +2,7 @@
 // gateway itself (and the site's own tile server, when it has one): the control room may have
 // no internet.
 import {
-  CLASSES, api, bindState, connectStream, endSession, esc, loadSession, localText, logIn,
+  CLASSES, api, bindState, connectStream, endSession, esc, loadSession, localText, mountLogin,
   shape, t, when,
 } from "/dashboard/common.js";
 import { createMaintenance } from "/dashboard/maintenance.js";
@@ -51,15 +51,6 @@ function applyLanguage() {
 }
 
 // -- login -------------------------------------------------------------------------------------
-async function login(event) {
-  event.preventDefault();
-  try {
-    await logIn(S, new FormData(event.target));
-    $("#login-error").textContent = "";
-    start();
-  } catch (error) { $("#login-error").textContent = error.message; }
-}
-
 function logout() {
   endSession(S);
   if (S.stream) { S.stream.close(); S.stream = null; }
@@ -517,7 +508,7 @@ async function start() {
   S.fleetTimer = setInterval(refreshFleetCharts, 60_000);
 }
 
-$("#login-form").addEventListener("submit", login);
+mountLogin($("#login"), S, start);
 $("#logout").addEventListener("click", logout);
 $("#lang").addEventListener("click", () => { S.lang = S.lang === "zh" ? "en" : "zh"; localStorage.setItem("sg-lang", S.lang); applyLanguage(); });
 $("#mute").addEventListener("click", () => {

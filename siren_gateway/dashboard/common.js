@@ -15,6 +15,23 @@ export function loadSession(state) {
     user: sessionStorage.getItem("sg-user"), lang: localStorage.getItem("sg-lang") || "zh" });
 }
 
+// The login form, the same on every page; `onLoggedIn` runs once a token is held.
+export function mountLogin(section, state, onLoggedIn) {
+  section.innerHTML = `<h2 data-i18n="login">${esc(t("login"))}</h2>
+    <form id="login-form">
+      <label><span data-i18n="username">${esc(t("username"))}</span> <input name="username" autocomplete="username" required></label>
+      <label><span data-i18n="password">${esc(t("password"))}</span> <input name="password" type="password" autocomplete="current-password" required></label>
+      <button type="submit" data-i18n="login">${esc(t("login"))}</button>
+      <p id="login-error" class="error" role="alert"></p>
+    </form>`;
+  section.querySelector("form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const error = section.querySelector("#login-error");
+    try { await logIn(state, new FormData(event.target)); error.textContent = ""; onLoggedIn(); }
+    catch (failure) { error.textContent = failure.message; }
+  });
+}
+
 export async function logIn(state, form) {
   const response = await fetch("/api/auth/token", { method: "POST", body: new URLSearchParams(form) });
   if (!response.ok) throw new Error(t("login_failed"));

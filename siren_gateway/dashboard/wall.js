@@ -3,7 +3,7 @@
 // local time, the map and the newest alerts; live over the stream, with a poll as a fallback, and
 // a blip in the connection says so on screen while the last figures stay up.
 import {
-  CLASSES, api, bindState, connectStream, esc, loadSession, localText, logIn, shape, t, when,
+  CLASSES, api, bindState, connectStream, esc, loadSession, localText, mountLogin, shape, t, when,
 } from "/dashboard/common.js";
 import { createMap } from "/dashboard/map.js";
 
@@ -133,11 +133,7 @@ async function start() {
   setInterval(tick, 1000);
 }
 
-$("#login-form").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  try { await logIn(S, new FormData(event.target)); $("#login-error").textContent = ""; start(); }
-  catch (error) { $("#login-error").textContent = error.message; }
-});
+mountLogin($("#login"), S, start);
 $("#lang").addEventListener("click", () => { S.lang = S.lang === "zh" ? "en" : "zh"; localStorage.setItem("sg-lang", S.lang); applyLanguage(); tick(); });
 applyLanguage();
 if (S.token) start(); else $("#login").hidden = false;
