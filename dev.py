@@ -108,7 +108,13 @@ def main() -> int:
     ensure_environment()
     action, args = sys.argv[1], sys.argv[2:]
     if action == "demo":
-        return run(BIN / "siren-gateway", "demo", *args)
+        command = [str(BIN / "siren-gateway"), "demo", *args]
+        if os.name == "posix":
+            # Become the demo: a SIGTERM to this process (a supervisor, `kill`) then stops the
+            # gateway and its simulators instead of leaving them running on their ports.
+            os.chdir(ROOT)
+            os.execv(command[0], command)
+        return run(*command)
     return test(args)
 
 
