@@ -60,12 +60,16 @@ async def test_the_last_days_curve_comes_from_the_stored_alerts(tmp_path: Path) 
             scripted_alert(1, "offline", "s00001", "2027-03-10 01:00", "2027-03-10 03:00"),
             scripted_alert(2, "mains_lost", "s00002", "2027-03-10 02:00", None),
             scripted_alert(3, "battery_low", "s00003", "2027-03-10 02:00", None),  # not a device fault
-            scripted_alert(4, "offline", "s00003", "2027-03-09 12:00", "2027-03-09 13:00")])  # before
+            scripted_alert(4, "offline", "s00003", "2027-03-09 12:00", "2027-03-09 13:00"),  # before
+            scripted_alert(5, "offline", "s00002", "2027-03-10 02:00", "2027-03-10 02:00"),  # none
+            # one fault ends as the next begins: no gap at 03:00
+            scripted_alert(6, "mains_lost", "s00001", "2027-03-10 01:00", "2027-03-10 03:00"),
+            scripted_alert(7, "mains_lost", "s00001", "2027-03-10 03:00", None)])
         history = SirenHistory(site.catalogue, {}, "Asia/Shanghai", store,
                                FakeClock(shanghai("2027-03-10 04:00")), frozenset({"mains_lost"}))
         curve = await history.fleet_series(4, 5)  # 00:00, 01:00 ... 04:00
         assert [(p["online"], p["with_faults"]) for p in curve["points"]] == [
-            (3, 0), (2, 0), (2, 1), (3, 1), (3, 1)]
+            (3, 0), (2, 1), (2, 2), (3, 2), (3, 2)]
         assert curve["sirens"] == 3
     finally:
         await store.stop()

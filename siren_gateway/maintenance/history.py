@@ -13,6 +13,7 @@ divided by the failures.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 from datetime import datetime
@@ -112,17 +113,35 @@ class SirenHistory:
         alert engine saw, so a condition shorter than its rule's delay does not show."""
         until = self.clock.now()
         since = until - hours * 3600
-        alerts = [a for a in await self.store.alerts.overlapping(since, until)
-                  if a.siren_id in self.sirens
+        stored = await self.store.alerts.overlapping(since, until)
+        # (computed on a worker thread: for a large fleet's month, long enough to be felt by
+        # everything else the loop serves)
+        return await asyncio.to_thread(self._sweep, stored, since, until, points)
+
+    def _sweep(self, stored: list[Alert], since: float, until: float, points: int
+               ) -> dict[str, Any]:
+        alerts = [a for a in stored if a.siren_id in self.sirens
                   and (a.rule == "offline" or a.rule in self.fault_rules)]
+        # One sweep over the alerts' starts and ends in time order, not every alert at every
+        # point: a month of a large fleet's alerts at 1,000 points would hold the loop for
+        # seconds.
+        changes = sorted([(a.raised_at, 1, a) for a in alerts]
+                         + [(a.cleared_at, -1, a) for a in alerts if a.cleared_at is not None],
+                         key=lambda change: (change[0], -change[1]))  # (a start first)
+        offline: dict[str, int] = {}  # siren -> its active offline alerts
+        faulty: dict[str, int] = {}
         step = (until - since) / max(points - 1, 1)
-        series = []
+        series, next_change = [], 0
         for i in range(points):
             at = since + i * step
-            active = [a for a in alerts
-                      if a.raised_at <= at and (a.cleared_at is None or a.cleared_at > at)]
-            offline = {a.siren_id for a in active if a.rule == "offline"}
-            faulty = {a.siren_id for a in active if a.rule != "offline"}
+            while next_change < len(changes) and changes[next_change][0] <= at:
+                _, delta, alert = changes[next_change]
+                counts = offline if alert.rule == "offline" else faulty
+                siren = str(alert.siren_id)
+                counts[siren] = counts.get(siren, 0) + delta
+                if counts[siren] <= 0:
+                    del counts[siren]
+                next_change += 1
             series.append({"at": iso_utc(at), "online": len(self.sirens) - len(offline),
                            "with_faults": len(faulty)})
         return {"since": iso_utc(since), "until": iso_utc(until), "sirens": len(self.sirens),
@@ -136,8 +155,23 @@ class SirenHistory:
         alerts = await self.store.alerts.overlapping(since, until)
         orders = await self.store.work_orders.created_between(since - 366 * 86400, until)
         tasks = await self.store.inspections.scheduled_between(since, until)
+        return await asyncio.to_thread(self._report, month, since, until, alerts, orders, tasks)
+
+    def _report(self, month: str, since: float, until: float, alerts: list[Alert],
+                orders: list[Any], tasks: list[Any]) -> dict[str, Any]:
         period = until - since
-        rows = [self._siren_row(siren_id, since, until, period, alerts, orders, tasks)
+        # Each siren's own records, grouped once (not the whole month's records per siren).
+        alerts_of: dict[str | None, list[Alert]] = {}
+        for alert in alerts:
+            alerts_of.setdefault(alert.siren_id, []).append(alert)
+        orders_of: dict[str, list[Any]] = {}
+        for order in orders:
+            orders_of.setdefault(order.siren_id, []).append(order)
+        tasks_of: dict[str, list[Any]] = {}
+        for task in tasks:
+            tasks_of.setdefault(task.siren_id, []).append(task)
+        rows = [self._siren_row(siren_id, since, until, period, alerts_of.get(siren_id, []),
+                                orders_of.get(siren_id, []), tasks_of.get(siren_id, []))
                 for siren_id in self.sirens]
         zones: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
@@ -149,17 +183,16 @@ class SirenHistory:
                 "sirens": rows}
 
     def _siren_row(self, siren_id: str, since: float, until: float, period: float,
-                   alerts: list[Alert], orders: list[Any], tasks: list[Any]) -> dict[str, Any]:
+                   alerts: list[Alert], mine: list[Any], siren_tasks: list[Any]
+                   ) -> dict[str, Any]:
+        """One siren's figures from its own alerts, work orders and inspection tasks."""
         down_rules = DOWN_RULES | self.audio_faults.get(siren_id, frozenset())
         down = union_length([(max(a.raised_at, since), min(a.cleared_at or until, until))
-                             for a in alerts
-                             if a.siren_id == siren_id and a.rule in down_rules])
-        mine = [o for o in orders if o.siren_id == siren_id]
+                             for a in alerts if a.rule in down_rules])
         failures = [o for o in mine if o.alert_id is not None and o.created_at >= since]
         repaired = [o for o in mine if o.verified_at is not None and since <= o.verified_at < until]
         repairs_h = [(o.verified_at - o.created_at) / 3600 for o in repaired]
         up_h = (period - down) / 3600
-        siren_tasks = [t for t in tasks if t.siren_id == siren_id]
         siren = self.sirens[siren_id]
         return {
             "siren": siren_id, "name": siren.name, "zones": list(siren.zones),
