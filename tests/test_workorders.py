@@ -3,6 +3,7 @@ technician, and verified (or reopened, with the evidence) by the siren itself.""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import math
@@ -20,6 +21,7 @@ from siren_gateway.config.loading import load_site
 from siren_gateway.config.site import Site
 from siren_gateway.errors import Invalid
 from siren_gateway.gateway import Gateway
+from siren_gateway.live.bus import MaintenanceChanged
 from siren_gateway.maintenance.history import SirenHistory, report_csv_rows, report_html
 from siren_gateway.maintenance.model import OrderState, WorkOrder
 from siren_gateway.model import Command, CommandKind
@@ -34,6 +36,7 @@ from tests.conftest import (
     with_users,
 )
 from tests.test_activation import Api
+from tests.test_command_truth import set_read_only
 
 StartGateway = Callable[[Site], Awaitable[Gateway]]
 
@@ -327,3 +330,37 @@ async def test_availability_and_repair_times_match_a_scripted_history(tmp_path: 
         assert [e["summary"] for e in timeline[:2]] == ["door_open cleared", "door_open raised"]
     finally:
         await store.stop()
+
+
+async def test_changes_while_the_database_refuses_writes_are_kept_and_stored_after(
+        district: tuple[SimulatedDistrict, Gateway]) -> None:
+    """A full or read-only disk: the order's change is answered and shown at once (announced
+    once, not at every retry of its write), and reaches the disk when the disk takes writes."""
+    _, gateway = district
+    operator = await Api(gateway).login("operator")
+    order = (await operator.post("/api/workorders", {"siren": "s00001", "cause": "lamp"})).json()
+    heard = gateway.bus.subscribe("test", maxsize=100, kinds=(MaintenanceChanged,))
+    await set_read_only(gateway, True)
+    noted = await operator.patch(f"/api/workorders/{order['id']}",
+                                 {"note": "written later", "assignee": "technician"})
+    assert noted.status_code == 200 and noted.json()["state"] == "assigned"
+    await asyncio.sleep(3)  # three ticks, each trying the write again
+    stored = await gateway.store.work_orders.get(order["id"])
+    assert stored is not None and stored.notes == []
+    events = []
+    while True:
+        try:
+            async with asyncio.timeout(0.1):
+                events.append(await heard.get())
+        except TimeoutError:
+            break
+    assert [(e.id, e.state) for e in events if isinstance(e, MaintenanceChanged)] == [
+        (order["id"], "assigned")]
+    await set_read_only(gateway, False)
+
+    async def written() -> bool:
+        again = await gateway.store.work_orders.get(order["id"])
+        return again is not None and [n["text"] for n in again.notes] == ["written later"]
+
+    await wait_until(written, 10, "the change stored once the disk takes writes")
+    heard.close()

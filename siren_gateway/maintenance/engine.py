@@ -19,7 +19,7 @@ from siren_gateway.config.common import SEVERITY_RANK
 from siren_gateway.config.maintenance import MaintenanceConfig
 from siren_gateway.config.site import Catalogue
 from siren_gateway.errors import Conflict, Forbidden, Invalid, NotFound, Refused
-from siren_gateway.live.bus import AlertChanged, Bus, MaintenanceChanged, Subscription
+from siren_gateway.live.bus import AlertChanged, Bus, Subscription
 from siren_gateway.live.fleet import Fleet, Reachability
 from siren_gateway.maintenance.model import (
     CLOSED,
@@ -29,12 +29,12 @@ from siren_gateway.maintenance.model import (
     Priority,
     WorkOrder,
 )
+from siren_gateway.maintenance.pending import WriteBehind
 from siren_gateway.runtime.clock import Clock, iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal, Role
 from siren_gateway.store.base import Store
-from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class WorkOrders:
         self.clock = clock or fleet.clock
         self.orders: dict[int, WorkOrder] = {}
         self._next_id = 1
-        self._dirty: set[int] = set()
+        self._pending = WriteBehind("work_order", self.orders, self.store.write, bus)
         self.audio_faults = {
             siren.id: frozenset(config.audio_faults)
             | frozenset(catalogue.profiles[siren.profile].spec.silencing_faults)
@@ -82,7 +82,7 @@ class WorkOrders:
 
     async def start(self) -> None:
         orders, top = await self.store.open_and_recent(self.config.keep_closed)
-        self.orders = {order.id: order for order in orders}
+        self.orders.update((order.id, order) for order in orders)
         self._next_id = top + 1
         self._subscription = self.bus.subscribe("work orders", maxsize=10_000,
                                                 kinds=(AlertChanged,))
@@ -95,7 +95,7 @@ class WorkOrders:
         if self._subscription is not None:
             self.bus.unsubscribe(self._subscription)
             self._subscription = None
-        await self._flush()
+        await self._pending.flush()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -166,11 +166,11 @@ class WorkOrders:
             order.history.append({"at": iso_utc(now), "by": by, "to": order.state.value,
                                   "note": cause})
             self.orders[order.id] = order
-            self._dirty.add(order.id)
+            self._pending.changed(order.id)
         await self.audit.record(who, "workorder.open", "ok", target=f"workorder:{order.id}",
                                 siren=siren_id, cause=cause, priority=priority,
                                 assignee=assignee, faults=wanted)
-        await self._flush()
+        await self._pending.flush()
         return order
 
     async def update(self, who: Principal, order_id: int, *, state: str | None = None,
@@ -203,10 +203,10 @@ class WorkOrders:
                 order.notes.append({"at": iso_utc(now), "by": who.username, "text": note})
             if target is not None:
                 self._move_by_hand(who, order, target, note, now)
-            self._dirty.add(order.id)
+            self._pending.changed(order.id)
         await self.audit.record(who, "workorder.update", "ok", target=f"workorder:{order.id}",
                                 state=state, assignee=assignee, priority=priority, note=note)
-        await self._flush()
+        await self._pending.flush()
         return order
 
     @staticmethod
@@ -249,7 +249,7 @@ class WorkOrders:
         order.state = to
         if to is OrderState.VERIFIED:
             order.verified_at = now
-        self._dirty.add(order.id)
+        self._pending.changed(order.id)
         log.info("work order %d (%s): %s -> %s (%s)", order.id, order.siren_id,
                  entry["from"], to.value, note)
 
@@ -270,8 +270,9 @@ class WorkOrders:
                 await self._verify_all()
             except Exception:  # never let one order's surprise end verification
                 log.exception("work order verification failed")
-            await self._flush()
-            self._prune()
+            await self._pending.flush()
+            self._pending.prune([o.id for o in self.orders.values() if o.state in CLOSED],
+                                self.config.keep_closed)
 
     async def _from_alert(self, alert: dict[str, Any]) -> None:
         siren_id = alert.get("siren_id")
@@ -287,7 +288,7 @@ class WorkOrders:
             if order.siren_id == siren_id and order.rule == rule and not order.closed:
                 order.notes.append({"at": iso_utc(self.clock.now()), "by": "alerts",
                                     "text": f"raised again: {alert['message']}"})
-                self._dirty.add(order.id)
+                self._pending.changed(order.id)
                 return
         state = self.fleet.states[siren_id]
         faults = [rule] if rule in state.faults else sorted(state.faults)
@@ -318,7 +319,7 @@ class WorkOrders:
             return
         if check.clear_since is None:
             check.clear_since = now
-            self._dirty.add(order.id)
+            self._pending.changed(order.id)
         if now - check.clear_since < self.config.settle_s:
             return
         if not order.audio:
@@ -344,7 +345,7 @@ class WorkOrders:
             check.test_activation_id = None  # not a verdict on the siren: ask again later
             check.clear_since = now
             order.evidence = evidence
-            self._dirty.add(order.id)
+            self._pending.changed(order.id)
         else:
             self._set_state(order, OrderState.REOPENED, "siren",
                             f"silent test {check.test_activation_id} {result.status.value}: "
@@ -365,29 +366,7 @@ class WorkOrders:
         except Refused as exc:
             log.warning("work order %d: silent test refused: %s", order.id, exc.message)
             return
-        self._dirty.add(order.id)
+        self._pending.changed(order.id)
 
     def _evidence(self, order: WorkOrder) -> dict[str, Any]:
         return siren_evidence(self.fleet, order.siren_id, self.clock.now())
-
-    # -- storage -------------------------------------------------------------------------------
-
-    async def _flush(self) -> None:
-        if not self._dirty:
-            return
-        dirty, self._dirty = self._dirty, set()
-        for changed in sorted(dirty):  # (the dashboard's maintenance view follows these)
-            if (item := self.orders.get(changed)) is not None:
-                self.bus.publish(MaintenanceChanged("work_order", item.id, item.siren_id,
-                                                    str(item.state)))
-        try:
-            await self.store.write([self.orders[i] for i in sorted(dirty) if i in self.orders])
-        except StorageError as exc:
-            self._dirty |= dirty
-            log.warning("work orders not stored yet (%s); kept for the next try", exc)
-
-    def _prune(self) -> None:
-        closed = [o.id for o in self.orders.values() if o.state in CLOSED]
-        for order_id in sorted(closed)[:-self.config.keep_closed or None]:
-            if order_id not in self._dirty:
-                del self.orders[order_id]

@@ -17,10 +17,11 @@ from siren_gateway.config.maintenance import InspectionPlanConfig, MaintenanceCo
 from siren_gateway.config.plans import compile_rule
 from siren_gateway.config.site import Catalogue
 from siren_gateway.errors import Conflict, Invalid, NotFound, StorageUnavailable
-from siren_gateway.live.bus import Bus, InspectionOverdue, MaintenanceChanged
+from siren_gateway.live.bus import Bus, InspectionOverdue
 from siren_gateway.live.fleet import Fleet
 from siren_gateway.maintenance.engine import siren_evidence
 from siren_gateway.maintenance.model import InspectionTask
+from siren_gateway.maintenance.pending import WriteBehind
 from siren_gateway.runtime.clock import Clock, iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.scheduling.recurrence import occurrences
@@ -52,13 +53,13 @@ class Inspections:
         self._next_id = 1
         self._last: dict[str, float] = {}  # each plan's latest occurrence that made tasks
         self._zones_of = {siren.id: set(siren.zones) for siren in catalogue.sirens}
-        self._dirty: set[int] = set()
+        self._pending = WriteBehind("inspection", self.tasks, self.store.write, bus)
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         tasks, top = await self.store.open_and_recent(self.config.keep_closed)
-        self.tasks = {task.id: task for task in tasks}
+        self.tasks.update((task.id, task) for task in tasks)
         self._next_id = top + 1
         now = self.clock.now()
         last = await self.store.last_occurrences()
@@ -70,7 +71,7 @@ class Inspections:
         if self._task is not None:
             await cancel_and_wait([self._task])
             self._task = None
-        await self._flush()
+        await self._pending.flush()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -124,12 +125,12 @@ class Inspections:
             task.evidence = self._evidence(task.siren_id, task.scheduled_at)
             if task.overdue:
                 self._publish(task, overdue=False)
-            self._dirty.add(task.id)
+            self._pending.changed(task.id)
         faults = sorted(i for i, (result, _) in results.items() if result == "fault")
         await self.audit.record(who, "inspection.complete", "ok",
                                 target=f"inspection:{task.id}", siren=task.siren_id,
                                 plan=task.plan_id, faults=faults)
-        await self._flush()
+        await self._pending.flush()
         return task
 
     def _evidence(self, siren_id: str, since: float) -> dict[str, Any]:
@@ -155,8 +156,9 @@ class Inspections:
                 self._mark_overdue()
             except StorageError as exc:
                 log.warning("inspection tasks not stored (%s); trying again", exc)
-            await self._flush()
-            self._prune()
+            await self._pending.flush()
+            self._pending.prune([t.id for t in self.tasks.values() if t.state == "done"],
+                                self.config.keep_closed)
             await self.clock.sleep(TICK_S)
 
     def _targets(self, plan: InspectionPlanConfig) -> list[str]:
@@ -188,7 +190,7 @@ class Inspections:
         self._next_id += len(fresh)
         for task in made:
             self.tasks[task.id] = task
-            self._dirty.add(task.id)  # (already stored: marked so that the view hears of it)
+            self._pending.changed(task.id, stored=True)
         return made
 
     async def run_now(self, who: Principal, plan_id: str) -> list[InspectionTask]:
@@ -210,7 +212,7 @@ class Inspections:
                                          "try again") from exc
         await self.audit.record(who, "inspection.run_now", "ok", target=f"plan:{plan_id}",
                                 tasks=len(made))
-        await self._flush()
+        await self._pending.flush()
         return made
 
     def _mark_overdue(self) -> None:
@@ -218,7 +220,7 @@ class Inspections:
         for task in self.tasks.values():
             if task.state == "open" and not task.overdue and now > task.due_at:
                 task.overdue = True
-                self._dirty.add(task.id)
+                self._pending.changed(task.id)
                 self._publish(task, overdue=True)
 
     def _publish(self, task: InspectionTask, overdue: bool) -> None:
@@ -227,23 +229,3 @@ class Inspections:
             task.id, plan.name if plan else task.plan_id, task.siren_id,
             datetime.fromtimestamp(task.due_at, UTC), overdue,
             self.config.inspection_overdue_severity))
-
-    async def _flush(self) -> None:
-        if not self._dirty:
-            return
-        dirty, self._dirty = self._dirty, set()
-        for changed in sorted(dirty):  # (the dashboard's maintenance view follows these)
-            if (item := self.tasks.get(changed)) is not None:
-                self.bus.publish(MaintenanceChanged("inspection", item.id, item.siren_id,
-                                                    str(item.state)))
-        try:
-            await self.store.write([self.tasks[i] for i in sorted(dirty) if i in self.tasks])
-        except StorageError as exc:
-            self._dirty |= dirty
-            log.warning("inspection tasks not stored yet (%s); kept for the next try", exc)
-
-    def _prune(self) -> None:
-        done = sorted(t.id for t in self.tasks.values() if t.state == "done")
-        for task_id in done[:-self.config.keep_closed]:
-            if task_id not in self._dirty:
-                del self.tasks[task_id]
