@@ -6,8 +6,9 @@ Needs only Python >= 3.11 and git. Creates .venv, installs the project with its 
 passed on: `python3 dev.py demo --sirens 500`, `python3 dev.py test -k modbus`.
 
 `test` also installs the servers and browser the integration tests drive (Debian packages:
-mosquitto, victoria-metrics, chromium, fonts-noto-cjk) when they are missing and it can: as
-root with apt-get.
+mosquitto, victoria-metrics, postgresql, chromium, fonts-noto-cjk) when they are missing and it
+can: as root with apt-get; and starts PostgreSQL when none answers on 127.0.0.1:5432 (the
+tests create and drop their own databases there; SIREN_TEST_POSTGRES names another server).
 Otherwise it says which are missing, and the tests that need them are skipped.
 """
 
@@ -51,6 +52,7 @@ def ensure_environment() -> None:
 # (the CJK font makes the Chinese interface legible in the browser tests' screenshots).
 TEST_PACKAGES = {"mosquitto": ("mosquitto", "/usr/sbin/mosquitto"),
                  "victoria-metrics": ("victoria-metrics",),
+                 "postgresql": ("pg_ctlcluster", "/usr/bin/pg_ctlcluster"),
                  "chromium": ("chromium",),
                  "fonts-noto-cjk": ("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",)}
 
@@ -72,6 +74,48 @@ def ensure_test_servers() -> None:
         print("apt-get failed: the tests that need these will be skipped", flush=True)
 
 
+POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _answers(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def ensure_postgres() -> None:
+    """A PostgreSQL server for the store's tests: the machine's own on 127.0.0.1:5432, started
+    if it is installed but stopped; where it asks for a password, the tests get one."""
+    if os.environ.get("SIREN_TEST_POSTGRES") or os.name != "posix":
+        return
+    if not _answers("127.0.0.1", 5432) and shutil.which("pg_ctlcluster"):
+        for version in sorted(os.listdir("/etc/postgresql")) if os.path.isdir(
+                "/etc/postgresql") else []:
+            print(f"starting PostgreSQL {version}", flush=True)
+            subprocess.call(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main",
+                             "start"])
+    if not _answers("127.0.0.1", 5432) or not shutil.which("psql"):
+        return  # the tests that need it say so
+    env = dict(os.environ, PGCONNECT_TIMEOUT="3")
+    env.pop("PGPASSWORD", None)
+    probe = ["psql", POSTGRES, "-w", "-qtAc", "SELECT 1"]
+    if subprocess.call(probe, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL) == 0:
+        return
+    # A fresh Debian install asks for a password over TCP: give the tests' role one, through
+    # the local socket (peer authentication as the postgres user).
+    if os.geteuid() == 0 and shutil.which("runuser"):
+        password = "siren-test"
+        if subprocess.call(["runuser", "-u", "postgres", "--", "psql", "-qc",
+                            f"ALTER ROLE postgres PASSWORD '{password}'"]) == 0:
+            os.environ["SIREN_TEST_POSTGRES"] = (
+                f"postgresql://postgres:{password}@127.0.0.1:5432/postgres")
+
+
 def parallel(args: list[str]) -> list[str]:
     """Workers for the whole suite: its tests mostly wait on devices, servers and deadlines,
     so more workers than cores shorten it (SIREN_TEST_WORKERS=0 runs it in one process; a
@@ -85,6 +129,7 @@ def parallel(args: list[str]) -> list[str]:
 
 def test(args: list[str]) -> int:
     ensure_test_servers()
+    ensure_postgres()
     steps: list[tuple[str, list[str | Path]]] = [
         ("ruff", [BIN / "ruff", "check", "."]),
         ("mypy", [BIN / "mypy"]),

@@ -73,7 +73,7 @@ def server_options(site: Site, host: str, port: int) -> dict[str, Any]:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from siren_gateway.store.audit import verify_file
-    from siren_gateway.store.database import database_path
+    from siren_gateway.store.sqlite import database_path
 
     site = _site_or_none(args.config)
     if site is None:

@@ -38,8 +38,9 @@ from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal, Role, TokenStore
 from siren_gateway.security.credentials import Credentials
 from siren_gateway.security.login import Logins
-from siren_gateway.store.database import database_path
-from siren_gateway.store.sqlite import SqliteStore
+from siren_gateway.store.postgres import PostgresStore
+from siren_gateway.store.repositories import RepositoryStore
+from siren_gateway.store.sqlite import SqliteStore, database_path
 from siren_gateway.store.telemetry import TelemetryStore
 from siren_gateway.telemetry.sink import InfluxSink
 
@@ -56,8 +57,9 @@ class Gateway:
         catalogue = site.catalogue  # what every part may know; its own section beside it
         self.fleet = Fleet(catalogue, config.polling, config.mqtt, self.bus, self.clock)
         path = database_path(site, database)
-        self.store = SqliteStore(path)
-        self.db = self.store.database  # the telemetry history shares the file
+        self.store: RepositoryStore = (PostgresStore(config.database.url) if config.database
+                                       else SqliteStore(path))
+        self.db = self.store.database  # the telemetry history shares the database
         self.telemetry = TelemetryStore(self.db, self.bus, site.config.storage)
         self.influx: InfluxSink | None = None
         if site.config.influx is not None:

@@ -29,7 +29,7 @@ from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.gateway import Gateway
 from siren_gateway.security.auth import hash_password
 
-pytest_plugins = ["tests.browser"]  # the browser tests' fixtures
+pytest_plugins = ["tests.browser", "tests.databases"]  # browser and database fixtures
 
 
 def shanghai(text: str) -> float:

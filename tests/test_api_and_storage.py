@@ -25,7 +25,7 @@ from siren_gateway.config.telemetry import StorageConfig
 from siren_gateway.gateway import Gateway
 from siren_gateway.live.bus import Bus, SampleReceived
 from siren_gateway.model import Sample
-from siren_gateway.store.database import Database
+from siren_gateway.store.sqlite import SqliteDatabase as Database
 from siren_gateway.store.telemetry import TelemetryStore
 from tests.conftest import PASSWORDS, StartDistrict, wait_until, with_users
 

@@ -256,7 +256,7 @@ async def test_restart_mid_occurrence_never_fires_a_step_twice(
     await wait_until(lambda: len(h2.executor.started) == 1, 2, "first step")
 
     def forget_steps(conn: Any) -> None:
-        with conn:
+        with conn.transaction():
             conn.execute("UPDATE schedule_occurrences SET steps = '{}'")
 
     await scheduler.stop()

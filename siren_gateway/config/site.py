@@ -20,6 +20,7 @@ from siren_gateway.config.alerts import AlertsConfig
 from siren_gateway.config.api import ApiConfig, UserConfig
 from siren_gateway.config.common import Identifier, StrictModel
 from siren_gateway.config.dashboard import MapConfig
+from siren_gateway.config.database import DatabaseConfig
 from siren_gateway.config.links import Link, MqttBrokerConfig
 from siren_gateway.config.maintenance import MaintenanceConfig
 from siren_gateway.config.plans import PlanConfig
@@ -105,6 +106,7 @@ class SiteConfig(StrictModel):
     signals: list[SignalConfig] | None = None  # None: the shipped defaults
     polling: PollingConfig = PollingConfig()
     storage: StorageConfig = StorageConfig()
+    database: DatabaseConfig | None = None  # None: SQLite at storage.path
     influx: InfluxConfig | None = None
     mqtt: MqttBrokerConfig | None = None
     api: ApiConfig = ApiConfig()

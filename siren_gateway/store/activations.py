@@ -4,11 +4,10 @@ restart (to recover the ones that were running) and when pruned from memory."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from siren_gateway.activation.model import Activation, SirenResult, Status
-from siren_gateway.store.database import Database
+from siren_gateway.store.database import Connection, Database
 
 # The activation's own fields kept on disk (its results are rows of their own).
 _FIELDS = ("id", "created_at", "requested_by", "klass", "action", "signal", "start_at", "sirens",
@@ -23,7 +22,7 @@ class ActivationStore:
     async def recent_and_running(self, keep: int) -> tuple[list[Activation], int]:
         """Every running activation and the `keep` newest, newest first; and the highest id."""
 
-        def load(conn: sqlite3.Connection) -> tuple[list[Activation], int]:
+        def load(conn: Connection) -> tuple[list[Activation], int]:
             found = _select(conn, "WHERE state = 'running' OR id IN (SELECT id FROM activations "
                                   "ORDER BY id DESC LIMIT ?) ORDER BY id DESC", (keep,))
             top = conn.execute("SELECT max(id) FROM activations").fetchone()[0] or 0
@@ -40,19 +39,23 @@ class ActivationStore:
         result_rows = [(activation_id, siren_id, json.dumps(record))
                        for activation_id, siren_id, record in results]
 
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.executemany("INSERT OR REPLACE INTO activations VALUES (?, ?, ?, ?)", rows)
-                conn.executemany("INSERT OR REPLACE INTO activation_results VALUES (?, ?, ?)",
-                                 result_rows)
+        def write(conn: Connection) -> None:
+            with conn.transaction():
+                conn.executemany(
+                    "INSERT INTO activations (id, data, state, created_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET data = excluded.data, state = excluded.state, "
+                    "created_at = excluded.created_at", rows)
+                conn.executemany(
+                    "INSERT INTO activation_results (activation_id, siren_id, data) VALUES "
+                    "(?, ?, ?) ON CONFLICT (activation_id, siren_id) DO UPDATE SET "
+                    "data = excluded.data", result_rows)
 
         await self.db.run(write)
 
     async def find_by_requester(self, requested_by: str) -> int | None:
-        def lookup(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute("SELECT id FROM activations WHERE json_extract(data, "
-                               "'$.requested_by') = ? ORDER BY id DESC LIMIT 1",
-                               (requested_by,)).fetchone()
+        def lookup(conn: Connection) -> int | None:
+            row = conn.execute("SELECT id FROM activations WHERE requested_by = ? "
+                               "ORDER BY id DESC LIMIT 1", (requested_by,)).fetchone()
             return int(row[0]) if row else None
 
         return await self.db.run(lookup)
@@ -64,7 +67,7 @@ class ActivationStore:
     async def for_siren(self, siren_id: str, limit: int) -> list[dict[str, Any]]:
         """The siren's newest activations with its own result in each, newest first."""
 
-        def read(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        def read(conn: Connection) -> list[tuple[str, str]]:
             return conn.execute(
                 "SELECT a.data, r.data FROM activation_results r JOIN activations a "
                 "ON a.id = r.activation_id WHERE r.siren_id = ? ORDER BY r.activation_id DESC "
@@ -85,7 +88,7 @@ class ActivationStore:
             conn, "WHERE id < ? ORDER BY id DESC LIMIT ?", (below, limit)))
 
 
-def _select(conn: sqlite3.Connection, clause: str, params: tuple[Any, ...]) -> list[Activation]:
+def _select(conn: Connection, clause: str, params: tuple[Any, ...]) -> list[Activation]:
     """Activations (with their per-siren results), in `clause`'s order."""
     rows = conn.execute(f"SELECT id, data FROM activations {clause}", params).fetchall()
     ids = [r[0] for r in rows]

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
-from siren_gateway.store.database import Database
+from siren_gateway.store.database import Connection, Database
 
 AssetChange = tuple[str, float, str, dict[str, Any]]  # siren, at, by, {field: [old, new]}
 
@@ -18,7 +17,7 @@ class AssetStore:
 
     async def all(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
         """Every stored siren's (record, the site file's values last seen)."""
-        def read(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+        def read(conn: Connection) -> list[tuple[str, str, str]]:
             return conn.execute("SELECT siren_id, record, seed FROM assets").fetchall()
 
         return {siren: (json.loads(record), json.loads(seed))
@@ -33,19 +32,21 @@ class AssetStore:
         logged = [(siren, at, by, json.dumps(diff, ensure_ascii=False, default=str))
                   for siren, at, by, diff in changes]
 
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.executemany("INSERT OR REPLACE INTO assets VALUES (?, ?, ?)", records)
-                conn.executemany("INSERT INTO asset_changes (siren_id, at, by, changes) "
+        def write(conn: Connection) -> None:
+            with conn.transaction():
+                conn.executemany("INSERT INTO assets (siren_id, record, seed) VALUES (?, ?, ?) "
+                                 "ON CONFLICT (siren_id) DO UPDATE SET record = "
+                                 "excluded.record, seed = excluded.seed", records)
+                conn.executemany("INSERT INTO asset_changes (siren_id, at, \"by\", changes) "
                                  "VALUES (?, ?, ?, ?)", logged)
 
         await self.db.run(write)
 
     async def changes(self, siren_id: str, limit: int) -> list[AssetChange]:
         """Newest first."""
-        def read(conn: sqlite3.Connection) -> list[tuple[str, float, str, str]]:
+        def read(conn: Connection) -> list[tuple[str, float, str, str]]:
             return conn.execute(
-                "SELECT siren_id, at, by, changes FROM asset_changes WHERE siren_id = ? "
+                "SELECT siren_id, at, \"by\", changes FROM asset_changes WHERE siren_id = ? "
                 "ORDER BY id DESC LIMIT ?", (siren_id, limit)).fetchall()
 
         return [(siren, at, by, json.loads(diff))

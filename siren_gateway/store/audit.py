@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from siren_gateway.store.database import Database
+from siren_gateway.store.database import Connection, Database
 
 # (at, username, role, action, target, details JSON, outcome, source, user_agent)
 AuditRow = tuple[float, str, str | None, str, str | None, str, str, str, str]
@@ -26,34 +26,11 @@ def entry_hash(prev_hash: str, row: AuditRow) -> str:
 class AuditStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._last_hash: str | None = None  # the chain's end; only touched on the db thread
 
     async def append(self, rows: list[AuditRow]) -> int:
         """Append rows to the chain in one transaction; the last one's id. Raises StorageError
         (nothing is written then)."""
-        return await self.db.run(lambda conn: self._append(conn, rows))
-
-    def _append(self, conn: sqlite3.Connection, rows: list[AuditRow]) -> int:
-        prev = self._last_hash
-        if prev is None:
-            found = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-            prev = (found[0] if found else None) or GENESIS
-        last = 0
-        try:
-            with conn:
-                for row in rows:
-                    digest = entry_hash(prev, row)
-                    cursor = conn.execute(
-                        "INSERT INTO audit (at, username, role, action, target, details, "
-                        "outcome, source, user_agent, prev_hash, hash) VALUES "
-                        "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, prev, digest))
-                    last = int(cursor.lastrowid or 0)
-                    prev = digest
-        except sqlite3.Error:
-            self._last_hash = None  # rolled back: read the chain's end again next time
-            raise
-        self._last_hash = prev
-        return last
+        return await self.db.run(lambda conn: _append(conn, rows))
 
     async def newest(self, limit: int, before_id: int | None = None,
                      action: str | None = None) -> list[tuple[Any, ...]]:
@@ -73,6 +50,24 @@ class AuditStore:
         return await self.db.run(lambda conn: conn.execute(sql, (*params, limit)).fetchall())
 
 
+def _append(conn: Connection, rows: list[AuditRow]) -> int:
+    # The chain's end is read inside the transaction, under the audit lock: another gateway on
+    # the same database may have appended since (a cached end would fork the chain).
+    last = 0
+    with conn.transaction():
+        conn.lock("audit")
+        found = conn.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        prev = (found[0] if found else None) or GENESIS
+        for row in rows:
+            digest = entry_hash(prev, row)
+            last = int(conn.execute(
+                "INSERT INTO audit (at, username, role, action, target, details, outcome, "
+                "source, user_agent, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id", (*row, prev, digest)).fetchone()[0])
+            prev = digest
+    return last
+
+
 @dataclass(frozen=True)
 class ChainReport:
     entries: int  # entries checked
@@ -85,7 +80,7 @@ class ChainReport:
         return self.first_bad_id is None
 
 
-def verify_chain(conn: sqlite3.Connection) -> ChainReport:
+def verify_chain(conn: Connection) -> ChainReport:
     """Recompute every entry's hash in order; name the first one that does not verify."""
     prev: str | None = None
     checked = unchained = 0
@@ -112,9 +107,11 @@ def verify_chain(conn: sqlite3.Connection) -> ChainReport:
 
 
 def verify_file(path: Path) -> ChainReport:
-    """verify_chain on a database file, opened read-only (a running gateway may hold it)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    """verify_chain on a SQLite file, opened read-only (a running gateway may hold it)."""
+    from siren_gateway.store.sqlite import SqliteConnection  # sqlite.py builds on this module
+
+    raw = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return verify_chain(conn)
+        return verify_chain(SqliteConnection(raw))
     finally:
-        conn.close()
+        raw.close()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sqlite3
-
-from siren_gateway.store.database import Database
+from siren_gateway.store.database import Connection, Database
 
 
 class PasswordUpgradeStore:
@@ -20,9 +18,13 @@ class PasswordUpgradeStore:
                   at: float) -> None:
         """Nothing is written when it raises (StorageError)."""
 
-        def store(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("INSERT OR REPLACE INTO password_upgrades VALUES (?, ?, ?, ?)",
-                             (username, replaces_sha256, password_hash, at))
+        def store(conn: Connection) -> None:
+            with conn.transaction():
+                conn.execute(
+                    "INSERT INTO password_upgrades (username, replaces_sha256, password_hash, "
+                    "upgraded_at) VALUES (?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET "
+                    "replaces_sha256 = excluded.replaces_sha256, password_hash = "
+                    "excluded.password_hash, upgraded_at = excluded.upgraded_at",
+                    (username, replaces_sha256, password_hash, at))
 
         await self.db.run(store)

@@ -1,40 +1,29 @@
-"""The embedded database: SQLite, owned by one worker thread so the event loop never waits on
-disk. Repositories (one module each in this package) run their queries through it; the schema
-is store/schema.py.
+"""What a repository needs from a database, whichever it is: run a function on the database's
+own thread with a connection that speaks one SQL (qmark parameters, `transaction()`), and say
+whether the database takes writes now. SQLite (store/sqlite.py) is the embedded default;
+PostgreSQL (store/postgres.py) serves several gateways. The schema is store/schema.py.
+
+The repositories' SQL is the subset both databases run alike: `?` parameters, upserts with
+`ON CONFLICT`, `RETURNING`, explicit column lists. What differs is answered by the connection
+(its `dialect`, `lock`) and by the migrations, never by a repository's own branching.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
-
-from siren_gateway.config.site import Site
-from siren_gateway.store.errors import DatabaseClosed, StorageError
-from siren_gateway.store.schema import migrate
+from typing import Any, Literal, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-def database_path(site: Site, override: str | Path | None = None) -> Path:
-    """The site's SQLite file: `override` as given, else storage.path, which is relative to
-    the site file's folder when not absolute."""
-    if override:
-        return Path(override)
-    path = Path(site.config.storage.path)
-    if site.source is not None and not path.is_absolute():
-        path = site.source.parent / path
-    return path
+Dialect = Literal["sqlite", "postgres"]
 
 
 class StorageHealth:
-    """Whether the state database takes writes now (disk full, read-only, locked...).
+    """Whether the state database takes writes now (disk full, read-only, locked, unreachable).
 
     Every writer that must not lose its data (audit, activations) reports each outcome here;
     alarms go out regardless, and the alert rules raise `storage_failing` from this.
@@ -66,46 +55,53 @@ class StorageHealth:
                 if self.since else None}
 
 
-class Database:
-    """One SQLite connection, used only from its own thread."""
+class Rows(Protocol):
+    """A statement's result: what both drivers' cursors offer."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self.health = StorageHealth()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._conn: sqlite3.Connection | None = None
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+
+class Connection(Protocol):
+    """One database connection, used only on its database's thread."""
+
+    dialect: Dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Rows: ...
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """All statements inside commit together or not at all (an exception rolls back)."""
+        ...
+
+    def lock(self, name: str) -> None:
+        """Inside a transaction: wait until no other writer holds `name`, and hold it to the
+        transaction's end (SQLite's one writer already is such a lock)."""
+        ...
+
+
+class Database(Protocol):
+    dialect: Dialect
+    health: StorageHealth
 
     async def start(self) -> None:
-        await self._call(self._open)
+        """Open the database and bring it to the current schema."""
+        ...
 
-    def _open(self) -> None:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        migrate(conn)
-        self._conn = conn
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        """Run `fn(connection)` on the database's thread. What the database refuses (disk full,
+        read-only, locked, unreachable, not open) is raised as StorageError."""
+        ...
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def stop(self) -> None: ...
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn(connection)` on the database thread. What the database refuses (disk full,
-        read-only, locked, not open) is raised as StorageError, whatever the backend."""
-
-        def call() -> T:
-            if self._conn is None:
-                raise DatabaseClosed("database is not open")
-            try:
-                return fn(self._conn)
-            except sqlite3.Error as exc:
-                raise StorageError(str(exc)) from exc
-
-        return await self._call(call)
-
-    async def stop(self) -> None:
-        if self._conn is not None:
-            await self._call(self._conn.close)
-            self._conn = None
-        self._executor.shutdown(wait=True)
+    def describe(self) -> str:
+        """Where the database is, for logs (no password)."""
+        ...

@@ -4,10 +4,9 @@ kept; the open ones and the latest done ones reloaded at start."""
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from siren_gateway.maintenance.model import InspectionTask
-from siren_gateway.store.database import Database
+from siren_gateway.store.database import Connection, Database
 
 
 class InspectionStore:
@@ -15,11 +14,11 @@ class InspectionStore:
         self.db = db
 
     async def open_and_recent(self, keep_done: int) -> tuple[list[InspectionTask], int]:
-        def load(conn: sqlite3.Connection) -> tuple[list[str], int]:
+        def load(conn: Connection) -> tuple[list[str], int]:
             rows = conn.execute(
                 "SELECT data FROM inspection_tasks WHERE state = 'open' UNION ALL "
                 "SELECT data FROM (SELECT data FROM inspection_tasks WHERE state = 'done' "
-                "ORDER BY id DESC LIMIT ?)", (keep_done,)).fetchall()
+                "ORDER BY id DESC LIMIT ?) AS recent", (keep_done,)).fetchall()
             top = conn.execute("SELECT max(id) FROM inspection_tasks").fetchone()[0] or 0
             return [r[0] for r in rows], int(top)
 
@@ -29,14 +28,14 @@ class InspectionStore:
 
     async def last_occurrences(self) -> dict[str, float]:
         """Each plan's latest occurrence that made tasks."""
-        def read(conn: sqlite3.Connection) -> dict[str, float]:
+        def read(conn: Connection) -> dict[str, float]:
             return {str(plan): float(at) for plan, at in conn.execute(
                 "SELECT plan_id, max(scheduled_at) FROM inspection_tasks GROUP BY plan_id")}
 
         return await self.db.run(read)
 
     async def get(self, task_id: int) -> InspectionTask | None:
-        def read(conn: sqlite3.Connection) -> str | None:
+        def read(conn: Connection) -> str | None:
             row = conn.execute("SELECT data FROM inspection_tasks WHERE id = ?",
                                (task_id,)).fetchone()
             return str(row[0]) if row else None
@@ -48,12 +47,13 @@ class InspectionStore:
         """Store new tasks; those whose (plan, occurrence, siren) exists already are left out
         of the result (an occurrence makes each siren's task once, across restarts)."""
 
-        def insert(conn: sqlite3.Connection) -> list[int]:
+        def insert(conn: Connection) -> list[int]:
             made = []
-            with conn:
+            with conn.transaction():
                 for t in tasks:
                     cursor = conn.execute(
-                        "INSERT OR IGNORE INTO inspection_tasks VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO inspection_tasks (id, plan_id, siren_id, scheduled_at, state, "
+                        "data) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         (t.id, t.plan_id, t.siren_id, t.scheduled_at, t.state,
                          json.dumps(t.record(), ensure_ascii=False)))
                     if cursor.rowcount:
@@ -72,7 +72,7 @@ class InspectionStore:
                                   (since, until))
 
     async def _select(self, clause: str, params: tuple[object, ...]) -> list[InspectionTask]:
-        def read(conn: sqlite3.Connection) -> list[str]:
+        def read(conn: Connection) -> list[str]:
             return [r[0] for r in conn.execute(f"SELECT data FROM inspection_tasks {clause}",
                                                params)]
 
@@ -81,8 +81,8 @@ class InspectionStore:
     async def write(self, tasks: list[InspectionTask]) -> None:
         rows = [(t.state, json.dumps(t.record(), ensure_ascii=False), t.id) for t in tasks]
 
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
+        def write(conn: Connection) -> None:
+            with conn.transaction():
                 conn.executemany("UPDATE inspection_tasks SET state = ?, data = ? WHERE id = ?",
                                  rows)
 

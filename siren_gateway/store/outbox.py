@@ -3,9 +3,7 @@ became of each (delivered, retried, given up). Finished ones are deleted after a
 
 from __future__ import annotations
 
-import sqlite3
-
-from siren_gateway.store.database import Database
+from siren_gateway.store.database import Connection, Database
 
 KEEP_FINISHED_S = 7 * 86400
 
@@ -17,17 +15,19 @@ class OutboxStore:
     async def add(self, rows: list[tuple[str, str, str, float]]) -> None:
         """(id, channel, JSON body, created_at) each; an id already present is left alone."""
 
-        def insert(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.executemany("INSERT OR IGNORE INTO outbox (id, channel, body, created_at, "
-                                 "next_at, state) VALUES (?, ?, ?, ?, ?4, 'pending')", rows)
+        def insert(conn: Connection) -> None:
+            with conn.transaction():
+                conn.executemany("INSERT INTO outbox (id, channel, body, created_at, next_at, "
+                                 "state) VALUES (?, ?, ?, ?, ?, 'pending') "
+                                 "ON CONFLICT (id) DO NOTHING",
+                                 [(*row, row[3]) for row in rows])
 
         await self.db.run(insert)
 
     async def oldest_pending(self, channel: str) -> tuple[int, str, str, str, int, float] | None:
         """(seq, id, channel, JSON body, attempts, next_at) of the channel's oldest pending."""
 
-        def query(conn: sqlite3.Connection) -> tuple[int, str, str, str, int, float] | None:
+        def query(conn: Connection) -> tuple[int, str, str, str, int, float] | None:
             row = conn.execute(
                 "SELECT seq, id, channel, body, attempts, next_at FROM outbox WHERE channel = ? "
                 "AND state = 'pending' ORDER BY seq LIMIT 1", (channel,)).fetchone()
@@ -41,8 +41,8 @@ class OutboxStore:
         what finished more than a week ago."""
         cutoff = now - KEEP_FINISHED_S
 
-        def update(conn: sqlite3.Connection) -> None:
-            with conn:
+        def update(conn: Connection) -> None:
+            with conn.transaction():
                 if next_at is None:
                     conn.execute("UPDATE outbox SET state = ?, attempts = attempts + 1 "
                                  "WHERE seq = ?", (state, seq))

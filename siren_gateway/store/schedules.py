@@ -8,16 +8,18 @@ even when two paths (the timer and an operator's skip) race for it.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any
 
 from siren_gateway.scheduling.model import PENDING, Occurrence
-from siren_gateway.store.database import Database
+from siren_gateway.store.database import Connection, Database
 
 _COLUMNS = ("id, plan_id, kind, scheduled_at, local_date, state, notices, fired_at, base_at, "
             "steps, ended_at, note")
 _SETTABLE = frozenset({"state", "notices", "fired_at", "base_at", "steps", "ended_at", "note"})
 _PENDING_SQL = "(" + ", ".join(f"'{state}'" for state in PENDING) + ")"
+_PUT_PLAN = ("INSERT INTO schedules (id, source, data, updated_at) VALUES (?, ?, ?, ?) "
+             "ON CONFLICT (id) DO UPDATE SET source = excluded.source, data = excluded.data, "
+             "updated_at = excluded.updated_at")
 
 
 class ScheduleStore:
@@ -32,16 +34,15 @@ class ScheduleStore:
         (id, source, JSON, in force since). An unchanged plan keeps its date, so an outage's
         missed occurrences are still found; API plans are left alone."""
 
-        def load(conn: sqlite3.Connection) -> list[tuple[str, str, str, float]]:
+        def load(conn: Connection) -> list[tuple[str, str, str, float]]:
             stored = {r[0]: (r[1], r[2]) for r in conn.execute(
                 "SELECT id, data, updated_at FROM schedules WHERE source = 'config'")}
-            with conn:
+            with conn.transaction():
                 conn.execute("DELETE FROM schedules WHERE source = 'config'")
                 for plan_id, data in plans.items():
                     old = stored.get(plan_id)
                     since = old[1] if old is not None and old[0] == data else now
-                    conn.execute("INSERT OR REPLACE INTO schedules VALUES (?, 'config', ?, ?)",
-                                 (plan_id, data, since))
+                    conn.execute(_PUT_PLAN, (plan_id, "config", data, since))
             return [tuple(r) for r in conn.execute(
                 "SELECT id, source, data, updated_at FROM schedules")]
 
@@ -51,10 +52,9 @@ class ScheduleStore:
         """Store a plan made through the API; its future occurrences computed from the old
         version are dropped (they follow the new one)."""
 
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.execute("INSERT OR REPLACE INTO schedules VALUES (?, 'api', ?, ?)",
-                             (plan_id, data, now))
+        def write(conn: Connection) -> None:
+            with conn.transaction():
+                conn.execute(_PUT_PLAN, (plan_id, "api", data, now))
                 conn.execute("DELETE FROM schedule_occurrences WHERE plan_id = ? AND kind = "
                              f"'planned' AND state IN {_PENDING_SQL}", (plan_id,))
 
@@ -63,8 +63,8 @@ class ScheduleStore:
     async def delete_plan(self, plan_id: str) -> None:
         """Delete a plan; its pending occurrences are cancelled (kept as history)."""
 
-        def write(conn: sqlite3.Connection) -> None:
-            with conn:
+        def write(conn: Connection) -> None:
+            with conn.transaction():
                 conn.execute("DELETE FROM schedules WHERE id = ?", (plan_id,))
                 conn.execute("UPDATE schedule_occurrences SET state = 'cancelled', note = "
                              f"'schedule deleted' WHERE plan_id = ? AND state IN {_PENDING_SQL}",
@@ -79,7 +79,7 @@ class ScheduleStore:
         """For a plan's planned occurrences: the latest at or before `now`, how many are
         pending, and the times of those after `now`."""
 
-        def query(conn: sqlite3.Connection) -> tuple[float | None, int, set[float]]:
+        def query(conn: Connection) -> tuple[float | None, int, set[float]]:
             past = conn.execute("SELECT max(scheduled_at) FROM schedule_occurrences WHERE "
                                 "plan_id = ? AND kind = 'planned' AND scheduled_at <= ?",
                                 (plan_id, now)).fetchone()[0]
@@ -96,22 +96,21 @@ class ScheduleStore:
     async def add_planned(self, rows: list[tuple[str, float, str, str, str]]) -> None:
         """(plan id, at, local date, state, note) each; one already there is left alone."""
 
-        def insert(conn: sqlite3.Connection) -> None:
-            with conn:
+        def insert(conn: Connection) -> None:
+            with conn.transaction():
                 conn.executemany(
-                    "INSERT OR IGNORE INTO schedule_occurrences (plan_id, kind, scheduled_at, "
-                    "local_date, state, note) VALUES (?, 'planned', ?, ?, ?, ?)", rows)
+                    "INSERT INTO schedule_occurrences (plan_id, kind, scheduled_at, local_date, "
+                    "state, note) VALUES (?, 'planned', ?, ?, ?, ?) ON CONFLICT DO NOTHING", rows)
 
         await self.db.run(insert)
 
     async def add_run_now(self, plan_id: str, at: float, local_date: str, note: str) -> int:
-        def insert(conn: sqlite3.Connection) -> int:
-            with conn:
-                cursor = conn.execute(
+        def insert(conn: Connection) -> int:
+            with conn.transaction():
+                return int(conn.execute(
                     "INSERT INTO schedule_occurrences (plan_id, kind, scheduled_at, local_date, "
-                    "state, note) VALUES (?, 'run_now', ?, ?, 'scheduled', ?)",
-                    (plan_id, at, local_date, note))
-                return int(cursor.lastrowid or 0)
+                    "state, note) VALUES (?, 'run_now', ?, ?, 'scheduled', ?) RETURNING id",
+                    (plan_id, at, local_date, note)).fetchone()[0])
 
         return await self.db.run(insert)
 
@@ -132,8 +131,8 @@ class ScheduleStore:
             sql += f" AND state IN ({', '.join('?' * len(only_from))})"
             params += only_from
 
-        def write(conn: sqlite3.Connection) -> int:
-            with conn:
+        def write(conn: Connection) -> int:
+            with conn.transaction():
                 return int(conn.execute(sql, params).rowcount)
 
         return await self.db.run(write) == 1
@@ -154,7 +153,7 @@ class ScheduleStore:
 
     async def newest(self, plan_id: str | None, limit: int) -> list[Occurrence]:
         """The last `limit` occurrences (of one plan, or of all), in time order."""
-        where, params = ("plan_id = ?", (plan_id,)) if plan_id else ("1", ())
+        where, params = ("plan_id = ?", (plan_id,)) if plan_id else ("TRUE", ())
         return (await self._select(where, params, limit, newest=True))[::-1]
 
     async def _select(self, where: str, params: tuple[Any, ...], limit: int = 1000,

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import operator
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ from typing import Any
 from siren_gateway.config.telemetry import StorageConfig
 from siren_gateway.live.bus import Bus, SampleReceived, Subscription
 from siren_gateway.model import Sample, Value
-from siren_gateway.store.database import Database
+from siren_gateway.store.database import Connection, Database
 from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -158,9 +157,10 @@ class TelemetryStore:
             for s in samples
         ]
 
-        def insert(conn: sqlite3.Connection) -> None:
-            with conn:
-                conn.executemany("INSERT INTO telemetry VALUES (?, ?, ?, ?, ?)", rows)
+        def insert(conn: Connection) -> None:
+            with conn.transaction():
+                conn.executemany("INSERT INTO telemetry (siren_id, ts, device_ts, faults, data) "
+                                 "VALUES (?, ?, ?, ?, ?)", rows)
 
         try:
             await self.db.run(insert)
@@ -172,8 +172,8 @@ class TelemetryStore:
     async def apply_retention(self) -> int:
         cutoff = time.time() - self.config.telemetry_retention_days * 86400
 
-        def delete(conn: sqlite3.Connection) -> int:
-            with conn:
+        def delete(conn: Connection) -> int:
+            with conn.transaction():
                 return conn.execute("DELETE FROM telemetry WHERE ts < ?", (cutoff,)).rowcount
 
         return await self.db.run(delete)
@@ -189,7 +189,7 @@ class TelemetryStore:
         """
         start = since.timestamp()
 
-        def query(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+        def query(conn: Connection) -> list[dict[str, Any]]:
             count = conn.execute("SELECT count(*) FROM telemetry WHERE siren_id = ? AND ts >= ?",
                                  (siren_id, start)).fetchone()[0]
             if resolution_s is None and count <= limit:
