@@ -47,8 +47,19 @@ def _run(args: argparse.Namespace) -> int:
     if site is None:
         return 1
     api = site.config.api
-    app = create_app(Gateway(site, args.database))
-    uvicorn.run(app, **server_options(site, args.host or api.host, args.port or api.port))
+    host, port = args.host or api.host, args.port or api.port
+    node = None
+    if args.node_id:
+        from siren_gateway.cluster.membership import NodeIdentity
+
+        if site.config.database is None:
+            print("--node-id needs database: {url: postgresql://...} in the site file",
+                  file=sys.stderr)
+            return 1
+        scheme = "https" if api.tls_cert_file else "http"
+        node = NodeIdentity(args.node_id, args.advertise or f"{scheme}://{host}:{port}")
+    app = create_app(Gateway(site, args.database, node))
+    uvicorn.run(app, **server_options(site, host, port))
     return 0
 
 
@@ -138,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default=None, help="API address (default: from the config)")
     run.add_argument("--port", type=int, default=None, help="API port (default: from the config)")
     run.add_argument("--database", type=Path, default=None, help="SQLite file (default: config)")
+    run.add_argument("--node-id", default=None,
+                     help="run as one node of a cluster sharing the site's PostgreSQL database "
+                     "(docs/cluster.md); unique per node")
+    run.add_argument("--advertise", default=None,
+                     help="this node's API address as the other nodes and the dashboard reach "
+                     "it (default: http://HOST:PORT)")
     run.set_defaults(handler=_run)
 
     demo = sub.add_parser("demo", help="simulated district + gateway + API on 127.0.0.1")

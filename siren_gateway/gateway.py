@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from siren_gateway.activation.operator import OperatorCommands
 from siren_gateway.alerts.engine import AlertEngine
 from siren_gateway.alerts.notifiers import MqttAlertNotifier, WebhookNotifier
 from siren_gateway.alerts.outbox import Outbox
+from siren_gateway.cluster.fence import FencedLink
+from siren_gateway.cluster.live import LiveExchange
+from siren_gateway.cluster.membership import Membership, NodeIdentity
 from siren_gateway.config.links import MqttLink
 from siren_gateway.config.site import Site
 from siren_gateway.coverage.engine import CoverageEngine
@@ -48,7 +52,8 @@ log = logging.getLogger(__name__)
 
 
 class Gateway:
-    def __init__(self, site: Site, database: str | Path | None = None) -> None:
+    def __init__(self, site: Site, database: str | Path | None = None,
+                 node: NodeIdentity | None = None) -> None:
         self.site = site
         self.bus = Bus()
         self.instruments = Instruments()
@@ -60,12 +65,29 @@ class Gateway:
         self.store: RepositoryStore = (PostgresStore(config.database.url) if config.database
                                        else SqliteStore(path))
         self.db = self.store.database  # the telemetry history shares the database
+        # One node of several on one PostgreSQL database (docs/cluster.md): it polls and
+        # commands only the sirens it owns, and mirrors the others'.
+        self.membership: Membership | None = None
+        self.live: LiveExchange | None = None
+        owns = None
+        if node is not None:
+            if config.database is None:
+                raise ValueError("a cluster node (--node-id) needs database: {url: ...} in the "
+                                 "site file: the nodes share one PostgreSQL database")
+            self.membership = Membership(config.database.url, node,
+                                         [s.id for s in config.sirens], config.cluster)
+            self.live = LiveExchange(config.database.url, self.membership, self.fleet,
+                                     config.cluster)
+            owns = self.membership.owns
         self.telemetry = TelemetryStore(self.db, self.bus, site.config.storage)
         self.influx: InfluxSink | None = None
         if site.config.influx is not None:
             spool = path.parent / site.config.influx.spool_dir
             self.influx = InfluxSink(config.sirens, self.bus, site.config.influx, spool)
         self.links: dict[str, SirenLink] = {}
+        # Nothing reaches a siren this node does not own (a cluster node's fence).
+        fence: Callable[[SirenLink], SirenLink] | None = (
+            None if owns is None else (lambda link: FencedLink(link, owns)))
         modbus, mqtt = [], []
         for siren in site.config.sirens:
             profile = site.profiles[siren.profile]
@@ -75,12 +97,16 @@ class Gateway:
             else:
                 assert not isinstance(profile, MqttProfile)
                 modbus.append((siren.id, siren.link, profile))
-        self.modbus = ModbusLinks(modbus, self.links)
+        self.modbus = ModbusLinks(modbus, self.links, fence)
         self.mqtt: MqttHub | None = None
         if mqtt and site.config.mqtt is not None:
-            self.mqtt = MqttHub(site.config.mqtt, self.fleet, mqtt)
-            self.links.update(self.mqtt.links)
-        self.poller = Poller(self.fleet, self.links, self.instruments)
+            self.mqtt = MqttHub(site.config.mqtt, self.fleet, mqtt, owns,
+                                node.id if node is not None else None)
+            self.links.update(self.mqtt.links if fence is None else
+                              {siren: fence(link) for siren, link in self.mqtt.links.items()})
+        self.poller = Poller(self.fleet, self.links, self.instruments, owns=owns)
+        if self.membership is not None:
+            self.membership.on_ownership(lambda gained, _: self.poller.poll_soon(gained))
         self.audit = AuditLog(self.store)
         # One command exchange per siren at a time, across activations and operator commands.
         self.siren_locks: dict[str, asyncio.Lock] = {}
@@ -134,6 +160,8 @@ class Gateway:
             ("credentials", self.credentials)]
         if self.influx is not None:
             parts.append(("influx sink", self.influx))
+        if self.membership is not None and self.live is not None:
+            parts += [("cluster membership", self.membership), ("live exchange", self.live)]
         parts += [("telemetry store", self.telemetry), ("modbus links", self.modbus)]
         if self.mqtt is not None:
             parts.append(("mqtt hub", self.mqtt))
@@ -192,6 +220,9 @@ class Gateway:
             "scheduler": self.scheduler.stats(),
             "telemetry_store": self.telemetry.stats(),
             "storage": self.db.health.as_dict() | {"audit": self.audit.stats()},
+            "cluster": None if self.membership is None or self.live is None else
+            self.membership.stats() | {"live": self.live.stats(),
+                                       "skipped_not_owned": self.poller.skipped_not_owned},
             "sessions": self.tokens.count(),
             "influx_sink": self.influx.stats() if self.influx is not None else None,
             "alerts": {"active": sum(a.state != "cleared" for a in self.alerts.alerts.values()),

@@ -317,7 +317,8 @@ async def test_postgres_connection_lost_is_a_storage_error_then_reconnects(
         await store.alerts.write([_alert(1, "s1", 1.0)])
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                          "application_name = 'siren-gateway' AND pid != pg_backend_pid()")
+                          "application_name LIKE 'siren-gateway%' AND pid != pg_backend_pid() "
+                          "AND datname = current_database()")  # this test's own database only
         with pytest.raises(StorageError):
             await store.alerts.not_cleared()  # the server hung up on this connection
         active, _ = await store.alerts.not_cleared()  # and the next call opens a new one

@@ -21,6 +21,7 @@ from siren_gateway.api.routes import (
     assets,
     audit,
     auth,
+    cluster,
     coverage,
     fleet,
     health,
@@ -79,7 +80,8 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
     app.state.gateway = gateway
     # (maintenance before schedules: /reports/maintenance is not an occurrence's report)
     for module in (health, auth, sirens, signals, activations, alerts, audit, maintenance,
-                   schedules, stream, coverage, workorders, inspections, assets, fleet):
+                   schedules, stream, coverage, workorders, inspections, assets, fleet,
+                   cluster):
         app.include_router(module.router, prefix="/api", responses=ERRORS)
     app.include_router(metrics.router, responses=ERRORS)  # /metrics and /api/site
     tiles = gateway.site.config.map.tile_origin

@@ -444,6 +444,32 @@ class InspectionPlanOut(BaseModel):
     sirens: int
 
 
+# -- the cluster ---------------------------------------------------------------------------
+
+class ClusterNodeOut(Out):
+    id: str
+    address: str
+    pid: int
+    leader: bool
+    alive: bool = Field(description="heartbeat within the lease time")
+    sirens_owned: int
+    started_at: str
+    last_heartbeat: str
+    heartbeat_age_s: float
+    this_node: bool
+
+
+class ClusterOut(Out):
+    mode: Literal["single", "cluster"]
+    node_id: str | None = Field(description="the node that answered")
+    leader_id: str | None
+    lease_s: float | None
+    nodes: list[ClusterNodeOut]
+    live: dict[str, Any] | None = Field(
+        default=None, description="the answering node's mirror of the others' sirens: rows "
+        "written and applied, and how old the newest answer was when applied (lag)")
+
+
 # -- the fleet at a glance --------------------------------------------------------------------
 
 class FleetSummaryOut(Out):

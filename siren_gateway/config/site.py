@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 from siren_gateway.config.activation import ActivationConfig
 from siren_gateway.config.alerts import AlertsConfig
 from siren_gateway.config.api import ApiConfig, UserConfig
+from siren_gateway.config.cluster import ClusterConfig
 from siren_gateway.config.common import Identifier, StrictModel
 from siren_gateway.config.dashboard import MapConfig
 from siren_gateway.config.database import DatabaseConfig
@@ -107,6 +108,7 @@ class SiteConfig(StrictModel):
     polling: PollingConfig = PollingConfig()
     storage: StorageConfig = StorageConfig()
     database: DatabaseConfig | None = None  # None: SQLite at storage.path
+    cluster: ClusterConfig = ClusterConfig()  # used by nodes run with --node-id
     influx: InfluxConfig | None = None
     mqtt: MqttBrokerConfig | None = None
     api: ApiConfig = ApiConfig()

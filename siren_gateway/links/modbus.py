@@ -311,14 +311,18 @@ class ModbusLinks:
     endpoint and takes the links out again."""
 
     def __init__(self, sirens: list[tuple[str, ModbusLinkConfig, ModbusProfile]],
-                 registry: dict[str, SirenLink]) -> None:
+                 registry: dict[str, SirenLink],
+                 wrap: Callable[[SirenLink], SirenLink] | None = None) -> None:
         self._sirens = sirens
         self._registry = registry
+        self._wrap = wrap  # (a cluster node's fence, cluster/fence.py)
         self.endpoints: list[ModbusEndpoint] = []
 
     async def start(self) -> None:
         links, self.endpoints = build_modbus_links(self._sirens)
-        self._registry.update(links)
+        wrap = self._wrap
+        self._registry.update(links if wrap is None else
+                              {siren: wrap(link) for siren, link in links.items()})
         # One socket per endpoint, plus the database, the broker, the API's clients.
         needed = len(self.endpoints) + 512
         if raise_descriptor_limit(needed) < needed:

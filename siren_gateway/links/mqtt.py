@@ -23,6 +23,7 @@ import random
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -283,9 +284,14 @@ def _drop_oldest_queue(stats: MqttStats, made: list[asyncio.Queue[mqtt_client.Me
 
 class MqttHub:
     def __init__(self, config: MqttBrokerConfig, fleet: Fleet,
-                 sirens: list[tuple[SirenConfig, MqttProfile]]) -> None:
+                 sirens: list[tuple[SirenConfig, MqttProfile]],
+                 owns: Callable[[str], bool] | None = None, node_id: str | None = None
+                 ) -> None:
         self.config = config
         self.fleet = fleet
+        # In a cluster every node hears every message; only the siren's owner acts on it.
+        self._owns = owns
+        self.not_owned = 0
         self.stats = MqttStats()
         self.links: dict[str, MqttSirenLink] = {}
         # Every topic we handle, to its link and kind: one dict lookup per message.
@@ -305,6 +311,8 @@ class MqttHub:
         self.subscriptions = sorted(subscriptions)
         self._prefix = prefix + "/"
         self.client_id = config.client_id or f"siren-gw-{os.getpid() % 100000}-{random.randrange(16**6):06x}"
+        if node_id is not None and config.client_id:  # one session per node, or they evict each other
+            self.client_id = f"{config.client_id}-{node_id}"[:64]
         self._tls = _tls_context(config)
         self._client: mqtt_client.MqttClient | None = None
         self._connected = asyncio.Event()
@@ -392,6 +400,9 @@ class MqttHub:
             self._warn.warn(reason, f"MQTT {reason}: ignored a message on {topic[:120]!r}")
             return
         link, kind = route
+        if self._owns is not None and not self._owns(link.siren_id):
+            self.not_owned += 1
+            return
         if not isinstance(payload, bytes | bytearray):
             payload = str(payload).encode()
         try:
@@ -463,6 +474,7 @@ class MqttHub:
         return {
             "broker": f"{self.config.host}:{self.config.port}",
             "client_id": self.client_id,
+            "not_owned": self.not_owned,
             "connected": stats.connected,
             "connects": stats.connects,
             "connection_losses": stats.connection_losses,

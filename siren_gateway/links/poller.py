@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 from siren_gateway.config.site import PollingConfig
 from siren_gateway.links.base import SirenLink
@@ -69,8 +70,13 @@ class Poller:
     """
 
     def __init__(self, fleet: Fleet, links: dict[str, SirenLink],
-                 instruments: Instruments | None = None, seed: int | None = None) -> None:
+                 instruments: Instruments | None = None, seed: int | None = None,
+                 owns: Callable[[str], bool] | None = None) -> None:
         self.fleet = fleet
+        # In a cluster, whether this node may poll a siren now (cluster/membership.py); its
+        # timetable is kept either way, so a siren it gains is polled at once.
+        self._owns = owns
+        self.skipped_not_owned = 0
         instruments = instruments or Instruments()
         self._poll_ok = instruments.poll_ok
         self._poll_failed = instruments.poll_failed
@@ -119,6 +125,14 @@ class Poller:
     def scheduled(self) -> int:
         """Sirens with a poll waiting or on the wire (every polled siren, while running)."""
         return sum(1 for s in self._schedules if s.timer is not None) + self._busy
+
+    def poll_soon(self, siren_ids: set[str]) -> None:
+        """Take these sirens' next polls now (this node just gained them)."""
+        for siren_id in siren_ids:
+            schedule = self._by_siren.get(siren_id)
+            if schedule is not None and schedule.timer is not None and self._running:
+                schedule.timer.cancel()
+                self._fire(schedule)
 
     async def poll_now(self, siren_id: str) -> Sample | LinkError:
         """The outcome of a poll of this siren that starts after this call: its next poll,
@@ -172,6 +186,13 @@ class Poller:
         if served:
             schedule.wanted = []
         outcome: Sample | LinkError
+        if self._owns is not None and not self._owns(link.siren_id):
+            self.skipped_not_owned += 1
+            _answer(served, LinkError("not_owner", "another gateway node owns this siren"))
+            self._advance(schedule, loop.time())
+            schedule.early = False
+            schedule.timer = loop.call_at(schedule.due, self._fire, schedule)
+            return
         try:
             outcome = await link.poll()
         except LinkError as exc:

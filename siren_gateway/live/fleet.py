@@ -253,6 +253,30 @@ class Fleet:
               and self._monotonic() - state.last_seen_mono > state.stale_after_s):
             self._set_reachability(state, Reachability.STALE, now, "no fresh status")
 
+    def mirror(self, siren_id: str, reachability: Reachability, since: datetime | None,
+               sample: Sample | None, last_seen: datetime | None, last_attempt: datetime | None,
+               last_error: str | None, failures: int, polls_ok: int, polls_failed: int,
+               reason: str) -> None:
+        """A siren another node owns, as that node sees it (cluster/live.py). Its changes of
+        reachability and faults are published like local ones; its samples are not (their
+        owner stores them)."""
+        state = self.states[siren_id]
+        before = state.faults
+        state.sample = sample
+        state.last_seen, state.last_attempt = last_seen, last_attempt
+        state.last_error, state.consecutive_failures = last_error, failures
+        state.polls_ok, state.polls_failed = polls_ok, polls_failed
+        if last_seen is not None:  # its age on this node's clock, for the staleness sweep
+            age = max(0.0, utc(self.clock).timestamp() - last_seen.timestamp())
+            state.last_seen_mono = self._monotonic() - age
+        self._set_reachability(state, reachability, since or utc(self.clock), reason)
+        faults = state.faults
+        if faults != before:
+            self.bus.publish(FaultsChanged(siren_id, faults - before, before - faults, faults,
+                                           sample.received_at if sample else utc(self.clock)))
+        if self._waiters:
+            self.notify(siren_id)
+
     def mark_offline(self, siren_id: str, reason: str) -> None:
         """The device said so itself (MQTT state topic or its last will)."""
         state = self.states[siren_id]

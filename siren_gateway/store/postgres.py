@@ -83,10 +83,11 @@ class PostgresDatabase:
 
     dialect: Dialect = "postgres"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, name: str = "state") -> None:
         self.url = url
+        self.name = name  # which of a node's connections (state, cluster, live) in the server
         self.health = StorageHealth()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"postgres-{name}")
         self._stopped = False
         self._conn: PostgresConnection | None = None
         self._open = False
@@ -96,7 +97,8 @@ class PostgresDatabase:
 
     def _connect(self) -> PostgresConnection:
         try:
-            raw = psycopg.connect(self.url, autocommit=True, **CONNECT_OPTIONS)
+            raw = psycopg.connect(self.url, autocommit=True, **(
+                CONNECT_OPTIONS | {"application_name": f"siren-gateway {self.name}"}))
         except psycopg.Error as exc:
             raise StorageError(f"cannot reach {self.describe()}: {exc}") from exc
         return PostgresConnection(raw)
@@ -112,7 +114,7 @@ class PostgresDatabase:
             self._conn, self._open = conn, True
 
         await self._call(open_and_migrate)
-        log.info("state database: %s", self.describe())
+        log.info("%s database: %s", self.name, self.describe())
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._stopped:  # its thread is gone

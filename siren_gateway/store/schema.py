@@ -253,6 +253,40 @@ ALTER TABLE alerts ADD COLUMN cleared_at DOUBLE PRECISION
     GENERATED ALWAYS AS ((data::jsonb ->> 'cleared_at')::double precision) STORED;
 """)
 
+# Several gateways on one PostgreSQL database (siren_gateway/cluster/): who is alive, who owns
+# which siren until when, who leads; and each siren's live state as its owner last saw it.
+CLUSTER = """
+CREATE TABLE cluster_nodes (
+    id           TEXT PRIMARY KEY,
+    address      TEXT NOT NULL,      -- the node's API, for the dashboard and for forwarding
+    pid          INTEGER NOT NULL,
+    started_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL,      -- the database's clock, seconds since epoch
+    owned        INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE siren_leases (
+    siren_id   TEXT PRIMARY KEY,
+    node_id    TEXT,                 -- NULL: free
+    expires_at REAL NOT NULL DEFAULT 0,
+    epoch      INTEGER NOT NULL DEFAULT 0, -- +1 at every change of owner
+    since      REAL                -- when its owner claimed it
+);
+CREATE INDEX siren_leases_node ON siren_leases (node_id);
+CREATE TABLE cluster_leader (
+    name       TEXT PRIMARY KEY,
+    node_id    TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    epoch      INTEGER NOT NULL
+);
+CREATE TABLE siren_live (
+    siren_id TEXT PRIMARY KEY,
+    node_id  TEXT NOT NULL,
+    seq      INTEGER NOT NULL,       -- rises with every write: readers ask for what is newer
+    data     TEXT NOT NULL           -- JSON: cluster.live
+);
+CREATE INDEX siren_live_seq ON siren_live (seq);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: telemetry, audit, activations, alerts, schedules, outbox, "
                  "password upgrades", (BASELINE, AUDIT_APPEND_ONLY), _audit_chain_columns),
@@ -262,6 +296,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "asset register", (ASSETS,)),
     Migration(6, "activations by requester, alerts by clearing", (
         LOOKUP_COLUMNS, "CREATE INDEX activations_requested_by ON activations (requested_by);")),
+    Migration(7, "cluster: nodes, siren leases, leader, live state", (
+        CLUSTER, PerDialect(sqlite="", postgres="CREATE SEQUENCE siren_live_counter;"))),
 )
 CURRENT = MIGRATIONS[-1].version
 
