@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,25 @@ def _run(args: argparse.Namespace) -> int:
             print("--node-id needs database: {url: postgresql://...} in the site file",
                   file=sys.stderr)
             return 1
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.node_id):
+            print("--node-id: 1-64 letters, digits, '.', '_' or '-'", file=sys.stderr)
+            return 1
         scheme = "https" if api.tls_cert_file else "http"
         node = NodeIdentity(args.node_id, args.advertise or f"{scheme}://{host}:{port}")
-    app = create_app(Gateway(site, args.database, node))
+    def demoted() -> None:
+        # Crash-only: a node that lost the leadership ends; its supervisor starts it again
+        # as a follower with its state read fresh from the database (docs/cluster.md).
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        gateway = Gateway(site, args.database, node, on_demoted=demoted)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    app = create_app(gateway)
     uvicorn.run(app, **server_options(site, host, port))
     return 0
 

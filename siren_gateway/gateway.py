@@ -16,8 +16,10 @@ from siren_gateway.alerts.engine import AlertEngine
 from siren_gateway.alerts.notifiers import MqttAlertNotifier, WebhookNotifier
 from siren_gateway.alerts.outbox import Outbox
 from siren_gateway.cluster.fence import FencedLink
+from siren_gateway.cluster.leadership import LeaderRole
 from siren_gateway.cluster.live import LiveExchange
 from siren_gateway.cluster.membership import Membership, NodeIdentity
+from siren_gateway.cluster.remote import ClusterLink, NodeClient
 from siren_gateway.config.links import MqttLink
 from siren_gateway.config.site import Site
 from siren_gateway.coverage.engine import CoverageEngine
@@ -53,7 +55,8 @@ log = logging.getLogger(__name__)
 
 class Gateway:
     def __init__(self, site: Site, database: str | Path | None = None,
-                 node: NodeIdentity | None = None) -> None:
+                 node: NodeIdentity | None = None,
+                 on_demoted: Callable[[], None] | None = None) -> None:
         self.site = site
         self.bus = Bus()
         self.instruments = Instruments()
@@ -69,11 +72,18 @@ class Gateway:
         # commands only the sirens it owns, and mirrors the others'.
         self.membership: Membership | None = None
         self.live: LiveExchange | None = None
+        self.leader_role: LeaderRole | None = None
+        self.node_client = NodeClient()
+        self.cluster_secret = config.cluster.resolved_secret()
         owns = None
         if node is not None:
             if config.database is None:
                 raise ValueError("a cluster node (--node-id) needs database: {url: ...} in the "
                                  "site file: the nodes share one PostgreSQL database")
+            if self.cluster_secret is None:
+                raise ValueError("a cluster node needs a shared secret (SIREN_CLUSTER_SECRET, "
+                                 "or cluster: {secret: ...}, 16 characters at least): the "
+                                 "nodes deliver commands to each other with it")
             self.membership = Membership(config.database.url, node,
                                          [s.id for s in config.sirens], config.cluster)
             self.live = LiveExchange(config.database.url, self.membership, self.fleet,
@@ -86,8 +96,11 @@ class Gateway:
             self.influx = InfluxSink(config.sirens, self.bus, site.config.influx, spool)
         self.links: dict[str, SirenLink] = {}
         # Nothing reaches a siren this node does not own (a cluster node's fence).
-        fence: Callable[[SirenLink], SirenLink] | None = (
-            None if owns is None else (lambda link: FencedLink(link, owns)))
+        fence: Callable[[SirenLink], SirenLink] | None = None
+        membership, secret = self.membership, self.cluster_secret
+        if owns is not None and membership is not None and secret is not None:
+            def fence(link: SirenLink) -> SirenLink:
+                return ClusterLink(FencedLink(link, owns), membership, secret, self.node_client)
         modbus, mqtt = [], []
         for siren in site.config.sirens:
             profile = site.profiles[siren.profile]
@@ -111,7 +124,7 @@ class Gateway:
         # One command exchange per siren at a time, across activations and operator commands.
         self.siren_locks: dict[str, asyncio.Lock] = {}
         self.activations = ActivationEngine(catalogue, config.activation, self.fleet, self.links,
-                                            StatusReader(self.fleet, self.poller),
+                                            StatusReader(self.fleet, self.poller, owns),
                                             self.store, self.audit,
                                             self.bus, self.siren_locks, self.instruments)
         self.commands = OperatorCommands(site.profiles, config.activation, self.fleet, self.links, self.audit,
@@ -142,6 +155,9 @@ class Gateway:
         self.credentials = Credentials(site.config.users, self.store)
         self.tokens = TokenStore(api.token_ttl_s, api.token_idle_s, api.tokens_per_user)
         self.logins = Logins(api, self.credentials, self.tokens, self.audit, self.bus)
+        if self.membership is not None:
+            self.leader_role = LeaderRole(self.membership, self._leader_parts(),
+                                          on_demoted or (lambda: None))
         self.started_at: float | None = None
         self._running: AsyncExitStack | None = None
         self.instruments.registry.register(GatewayCollector(self))
@@ -154,10 +170,16 @@ class Gateway:
         poller, then activations (which resume what a restart interrupted), then work orders
         and inspections (whose verifier and evidence ask activations for silent tests), then
         the scheduler (which resumes the steps those activations belong to).
+
+        A cluster node runs the leader's parts (_leader_parts) only while it leads, after its
+        own; those keep the same order among themselves.
         """
+        single = self.leader_role is None
         parts: list[tuple[str, Service]] = [
-            ("store", self.store), ("audit log", self.audit), ("outbox", self.outbox),
-            ("credentials", self.credentials)]
+            ("store", self.store), ("audit log", self.audit), ("node client", self.node_client)]
+        if single:
+            parts.append(("outbox", self.outbox))
+        parts.append(("credentials", self.credentials))
         if self.influx is not None:
             parts.append(("influx sink", self.influx))
         if self.membership is not None and self.live is not None:
@@ -165,14 +187,29 @@ class Gateway:
         parts += [("telemetry store", self.telemetry), ("modbus links", self.modbus)]
         if self.mqtt is not None:
             parts.append(("mqtt hub", self.mqtt))
-        parts += [("alert engine", self.alerts), ("coverage engine", self.coverage)]
-        parts += [(f"webhook {hook.config.url}", hook) for hook in self.webhooks]
+        if self.leader_role is not None:
+            return [*parts, ("coverage engine", self.coverage), ("poller", self.poller),
+                    ("leader role", self.leader_role)]
+        return [*parts, ("alert engine", self.alerts), ("coverage engine", self.coverage),
+                *self._notifier_parts(), ("poller", self.poller), *self._engine_parts()]
+
+    def _leader_parts(self) -> list[tuple[str, Service]]:
+        """What only one gateway of a site may run at a time, because it numbers records or
+        sends commands and notifications: in a cluster, the leader (in parts()' order)."""
+        return [("alert engine", self.alerts), ("outbox", self.outbox),
+                *self._notifier_parts(), *self._engine_parts()]
+
+    def _notifier_parts(self) -> list[tuple[str, Service]]:
+        parts: list[tuple[str, Service]] = [
+            (f"webhook {hook.config.url}", hook) for hook in self.webhooks]
         if self.mqtt_alerts is not None:
             parts.append(("mqtt alert notifier", self.mqtt_alerts))
-        parts += [("poller", self.poller), ("activation engine", self.activations),
-                  ("work orders", self.work_orders), ("inspections", self.inspections),
-                  ("asset register", self.assets), ("scheduler", self.scheduler)]
         return parts
+
+    def _engine_parts(self) -> list[tuple[str, Service]]:
+        return [("activation engine", self.activations), ("work orders", self.work_orders),
+                ("inspections", self.inspections), ("asset register", self.assets),
+                ("scheduler", self.scheduler)]
 
     async def start(self) -> None:
         """Start every part in order; if one fails, stop the ones already started (in reverse)
@@ -221,8 +258,9 @@ class Gateway:
             "telemetry_store": self.telemetry.stats(),
             "storage": self.db.health.as_dict() | {"audit": self.audit.stats()},
             "cluster": None if self.membership is None or self.live is None else
-            self.membership.stats() | {"live": self.live.stats(),
-                                       "skipped_not_owned": self.poller.skipped_not_owned},
+            self.membership.stats() | {
+                "live": self.live.stats(), "skipped_not_owned": self.poller.skipped_not_owned,
+                "leading": self.leader_role is not None and self.leader_role.active},
             "sessions": self.tokens.count(),
             "influx_sink": self.influx.stats() if self.influx is not None else None,
             "alerts": {"active": sum(a.state != "cleared" for a in self.alerts.alerts.values()),

@@ -81,7 +81,9 @@ def shared_faults(faults: frozenset[str]) -> frozenset[str]:
 # LinkError reasons that prove a command never reached the device (as opposed to "no answer",
 # after which it may have acted): no broker, no connection, or it never left our queue.
 CERTAINLY_NOT_DELIVERED = frozenset({"broker_unavailable", "connect_failed", "unreachable",
-                                     "queue_full", "closed"})
+                                     "queue_full", "closed",
+                                     # a cluster node refused before sending (cluster/)
+                                     "not_owner", "no_owner"})
 
 
 class LinkError(Exception):

@@ -243,6 +243,8 @@ async def logged_in(gateway: GatewayProcess, user: str = "operator") -> httpx.As
                 "username": user, "password": PASSWORDS[user]})
         except httpx.HTTPError:
             return False
+        if response.status_code != 200:  # (a cluster without a leader for a moment: 502/503)
+            return False
         http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
         return True
 

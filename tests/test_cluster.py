@@ -4,6 +4,8 @@ taken over within the lease, one picture from any node."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from simulators.processes import GatewayProcess
 from simulators.sitegen import assign_free_ports, generate_site, write_site
 from tests.conftest import logged_in, wait_until, with_users
 from tests.databases import needs_postgres
+from tests.test_schedule_e2e import plan_at
 
 pytestmark = needs_postgres
 
@@ -30,12 +33,15 @@ HEARTBEAT_S = 0.5
 
 
 def cluster_site(database_url: str, sirens: int = SIRENS) -> dict[str, Any]:
+    # Delivery may wait for a dead owner's sirens to be taken over: allow the lease and more.
     site = with_users(generate_site(sirens, poll_interval_s=POLL_S, timeout_s=0.5),
-                      confirm_timeout_s=15.0, sync_lead_s=1.0, confirm_poll_interval_s=0.5)
+                      confirm_timeout_s=20.0, sync_lead_s=2.0, confirm_poll_interval_s=0.5,
+                      delivery_grace_s=15.0, duplicate_window_s=0)
     site["database"] = {"url": database_url}
     site["cluster"] = {"lease_s": LEASE_S, "heartbeat_s": HEARTBEAT_S, "fence_margin_s": 1.0,
                        "live_interval_s": 0.25}
     site["storage"] = {"telemetry_min_interval_s": 60}
+    site["cluster"]["secret"] = "test-cluster-secret-0123456789"
     return site
 
 
@@ -60,6 +66,15 @@ class Cluster:
         response = await self.clients[node].get("/api/sirens")
         response.raise_for_status()
         return {s["id"]: s for s in response.json()}
+
+    async def log_in_again(self, nodes: tuple[str, ...], user: str = "viewer") -> None:
+        for name in nodes:
+            await self.clients[name].aclose()
+            self.clients[name] = await logged_in(self.nodes[name], user)
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
 
     async def cluster(self, node: str) -> dict[str, Any]:
         response = await self.clients[node].get("/api/cluster")
@@ -127,6 +142,7 @@ async def test_a_killed_nodes_sirens_are_taken_over_within_the_lease(cluster: Cl
     killed_at = time.time()
     cluster.nodes["b"].kill()
     survivors = ("a", "c")
+    await cluster.log_in_again(survivors)  # sessions live on the leader, which b may have been
 
     async def taken_over() -> bool:
         owners = cluster.owners()
@@ -150,3 +166,135 @@ async def test_a_killed_nodes_sirens_are_taken_over_within_the_lease(cluster: Cl
     alive = {n["id"]: n for n in info["nodes"] if n["alive"]}
     assert sorted(alive) == ["a", "c"] and info["leader_id"] in ("a", "c")
     assert sum(n["sirens_owned"] for n in alive.values()) == SIRENS
+
+
+async def _settled(cluster: Cluster, sirens: int) -> str:
+    """Wait until every siren is owned and online in the leader's view; the leader's id."""
+    leader: str | None = None
+
+    async def ready() -> bool:
+        nonlocal leader
+        owners = cluster.owners()
+        if None in owners.values() or len(set(owners.values())) != len(cluster.nodes):
+            return False
+        info = await cluster.cluster(next(iter(cluster.clients)))
+        leader = info["leader_id"]
+        view = await cluster.view(next(iter(cluster.clients)))
+        return leader is not None and sum(s["online"] for s in view.values()) == sirens
+
+    await wait_until(ready, 60, "every siren owned and online", 0.5)
+    assert leader is not None
+    return leader
+
+
+async def _onsets(cluster: Cluster, sirens: int) -> dict[str, list[str]]:
+    async with httpx.AsyncClient(base_url=cluster.fleet.control_url, timeout=10) as control:
+        out = {}
+        for n in range(1, sirens + 1):
+            siren = f"s{n:05d}"
+            truth = (await control.get(f"/sirens/{siren}")).json()
+            out[siren] = [o["signal"] for o in truth["onsets"]]
+        return out
+
+
+@pytest.fixture
+def small_cluster(tmp_path: Path, postgres_url: str) -> Iterator[Any]:
+    """Start a 3-node cluster over `sirens` simulated sirens with extra site settings."""
+    started: list[tuple[FleetProcess, dict[str, GatewayProcess]]] = []
+
+    def start(sirens: int, **extra: Any) -> tuple[Path, FleetProcess, dict[str, GatewayProcess]]:
+        site = cluster_site(postgres_url, sirens) | extra
+        assign_free_ports(site)
+        site_file = write_site(site, tmp_path / "site.yaml")
+        fleet = start_fleet(site_file, control_port=0)
+        nodes = {name: GatewayProcess(site_file, tmp_path / f"{name}.log", node_id=name)
+                 for name in ("a", "b", "c")}
+        started.append((fleet, nodes))
+        for node in nodes.values():
+            node.start()
+        return site_file, fleet, nodes
+
+    yield start
+    for fleet, nodes in started:
+        for node in nodes.values():
+            node.stop()
+        fleet.stop()
+    for name in ("a", "b", "c"):
+        log = tmp_path / f"{name}.log"
+        if log.exists():
+            print(f"--- node {name} log (tail) ---\n{log.read_text()[-4000:]}")
+
+
+async def _open(small_cluster: Any, postgres_url: str, sirens: int, **extra: Any) -> Cluster:
+    site_file, fleet, nodes = small_cluster(sirens, **extra)
+    clients = {name: await logged_in(node, "operator") for name, node in nodes.items()}
+    return Cluster(site_file, fleet, nodes, clients, postgres_url)
+
+
+async def test_the_leader_killed_a_second_before_a_step_it_sounds_once_everywhere(
+        small_cluster: Any, postgres_url: str) -> None:
+    sirens = 30
+    start = math.ceil(time.time()) + 16
+    cluster = await _open(small_cluster, postgres_url, sirens,
+                          schedules=[plan_at(start, [0], grace_s=60.0)])
+    try:
+        leader = await _settled(cluster, sirens)
+        await asyncio.sleep(max(0.0, start - 1.0 - time.time()))
+        cluster.nodes[leader].kill()
+        survivors = tuple(name for name in cluster.nodes if name != leader)
+        await cluster.log_in_again(survivors, "operator")
+        http = cluster.clients[survivors[0]]
+
+        async def done() -> bool:
+            response = await http.get("/api/schedules/e2e/occurrences")
+            rows = response.json() if response.status_code == 200 else []
+            return bool(rows) and rows[0]["state"] == "done"
+
+        await wait_until(done, 90, "the occurrence done under the new leader", 0.5)
+        occurrence = (await http.get("/api/schedules/e2e/occurrences")).json()[0]
+        report = (await http.get(f"/api/reports/{occurrence['id']}")).json()
+        new_leader = (await cluster.cluster(survivors[0]))["leader_id"]
+    finally:
+        await cluster.close()
+    onsets = await _onsets(cluster, sirens)
+    twice = {s: o for s, o in onsets.items() if o != ["growl_test"]}
+    assert not twice, f"each siren must sound exactly once: {twice}"
+    assert new_leader in survivors
+    assert report["commanded"] == sirens, report
+    assert sum(report["counts"].values()) == sirens, report  # every siren has its verdict
+    assert report["counts"]["sounded"] == sirens, report
+
+
+async def test_an_owner_killed_mid_activation_every_target_sounds_once(
+        small_cluster: Any, postgres_url: str) -> None:
+    sirens = 30
+    cluster = await _open(small_cluster, postgres_url, sirens)
+    try:
+        leader = await _settled(cluster, sirens)
+        owners = cluster.owners()
+        victim = next(name for name in cluster.nodes if name != leader)
+        victims = sorted(s for s, node in owners.items() if node == victim)
+        assert victims, "the killed node owns some sirens"
+        entry = next(name for name in cluster.nodes if name not in (leader, victim))
+        http = cluster.clients[entry]  # a follower: the request goes on to the leader
+        response = await http.post("/api/activations", json={
+            "targets": {"all": True}, "class": "test", "signal": "growl_test"})
+        assert response.status_code == 201, response.text
+        activation_id = response.json()["id"]
+        cluster.nodes[victim].kill()  # while the leader delivers through the owners
+        report: dict[str, Any] = {}
+
+        async def finished() -> bool:
+            nonlocal report
+            answer = await http.get(f"/api/activations/{activation_id}")
+            report = answer.json()
+            return bool(report["state"] != "running")
+
+        await wait_until(finished, 90, "the activation finished", 0.5)
+    finally:
+        await cluster.close()
+    onsets = await _onsets(cluster, sirens)
+    wrong = {s: o for s, o in onsets.items() if o != ["growl_test"]}
+    assert not wrong, f"each siren must sound exactly once: {wrong}"
+    statuses = {r["siren_id"]: r["status"] for r in report["sirens"]}
+    assert statuses == dict.fromkeys(statuses, "sounded") and len(statuses) == sirens, report

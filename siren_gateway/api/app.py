@@ -34,6 +34,7 @@ from siren_gateway.api.routes import (
     stream,
     workorders,
 )
+from siren_gateway.cluster.forward import LeaderForwarding
 from siren_gateway.gateway import Gateway
 
 # The one place a domain refusal becomes HTTP (most specific kind first).
@@ -85,6 +86,7 @@ def create_app(gateway: Gateway, manage_lifecycle: bool = True) -> FastAPI:
         app.include_router(module.router, prefix="/api", responses=ERRORS)
     app.include_router(metrics.router, responses=ERRORS)  # /metrics and /api/site
     tiles = gateway.site.config.map.tile_origin
+    app.add_middleware(LeaderForwarding, gateway=gateway)  # (inside the edge's limits)
     app.add_middleware(EdgeMiddleware, max_body_bytes=gateway.site.config.api.max_body_bytes,
                        csp=content_policy((tiles,) if tiles else ()))
 

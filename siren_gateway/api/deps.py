@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.security import OAuth2PasswordBearer
 
+from siren_gateway.cluster.remote import CLIENT_HEADER, TOKEN_HEADER, token_matches
 from siren_gateway.gateway import Gateway
 from siren_gateway.security.auth import Principal, Role
 
@@ -32,7 +33,12 @@ BearerToken = Annotated[str | None, Depends(oauth2)]
 
 def client_address(request: Request) -> str:
     """The peer's address (the real client's when a trusted proxy forwarded it: uvicorn
-    rewrites the scope from X-Forwarded-For only for `api.trusted_proxies`)."""
+    rewrites the scope from X-Forwarded-For only for `api.trusted_proxies`; or when another
+    node of the cluster did, proven by the cluster secret)."""
+    forwarded = request.headers.get(CLIENT_HEADER)
+    if forwarded and token_matches(request.headers.get(TOKEN_HEADER),
+                                   _gateway(request).cluster_secret):
+        return forwarded[:100]
     return request.client.host if request.client else "unknown"
 
 

@@ -300,6 +300,9 @@ class HealthOut(Out):
     sessions: int | None = None
     influx_sink: dict[str, Any] | None = None
     alerts: dict[str, Any] | None = None
+    leader: bool | None = Field(default=None, description="a cluster node: whether it leads "
+                                "now (a load balancer may send the control room to it)")
+    cluster: dict[str, Any] | None = None
 
 
 # -- schedules: plans --------------------------------------------------------------------------

@@ -58,6 +58,9 @@ class _Cycle:
     held: set[str]  # leases this node holds now (renewed or newly claimed)
     leader: bool
     leader_epoch: int
+    leader_id: str | None
+    addresses: dict[str, str]  # live nodes' APIs
+    owners: dict[str, str] | None  # every siren's owner now (read by the leader only)
 
 
 OwnershipListener = Callable[[set[str], set[str]], None]  # (gained, lost)
@@ -83,6 +86,10 @@ class Membership:
         self._ownership_listeners: list[OwnershipListener] = []
         self._leadership_listeners: list[LeadershipListener] = []
         self.live_nodes: list[str] = []
+        self.leader_id: str | None = None
+        self.addresses: dict[str, str] = {}
+        # Each siren's owner as last read (the leader delivers commands through them).
+        self.owners: dict[str, str] = {}
         self.cycles = 0
         self.failed_cycles = 0
         self.fenced = 0  # times the fence fired
@@ -175,6 +182,9 @@ class Membership:
             return
         self.cycles += 1
         self.live_nodes = cycle.live
+        self.leader_id, self.addresses = cycle.leader_id, cycle.addresses
+        if cycle.owners is not None:
+            self.owners = cycle.owners
         self._valid_until = sent + self.config.lease_s - self.config.fence_margin_s
         if self._fence is not None:
             self._fence.cancel()
@@ -203,8 +213,9 @@ class Membership:
                 "excluded.address, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at, "
                 "owned = excluded.owned",
                 (me, self.node.address, self.node.pid, self.started_at or now, now, len(held)))
-            live = sorted(r[0] for r in conn.execute(
-                "SELECT id FROM cluster_nodes WHERE heartbeat_at > ?", (now - lease,)))
+            addresses = {r[0]: r[1] for r in conn.execute(
+                "SELECT id, address FROM cluster_nodes WHERE heartbeat_at > ?", (now - lease,))}
+            live = sorted(addresses)
             wanted = sorted(self._desired_set(live) - held)
             if wanted:
                 held |= {r[0] for r in conn.execute(
@@ -218,7 +229,18 @@ class Membership:
                 "cluster_leader.node_id = excluded.node_id THEN 0 ELSE 1 END "
                 "WHERE cluster_leader.node_id = excluded.node_id OR cluster_leader.expires_at < ? "
                 "RETURNING epoch", (LEADER, me, now + lease, now)).fetchone()
-        return _Cycle(live, held, row is not None, int(row[0]) if row else 0)
+            leader_id = me if row is not None else None
+            if row is None:
+                found = conn.execute("SELECT node_id FROM cluster_leader WHERE name = ? AND "
+                                     "expires_at > ?", (LEADER, now)).fetchone()
+                leader_id = found[0] if found else None
+            owners = None
+            if row is not None:
+                owners = {r[0]: r[1] for r in conn.execute(
+                    "SELECT siren_id, node_id FROM siren_leases WHERE node_id IS NOT NULL "
+                    "AND expires_at > ?", (now,))}
+        return _Cycle(live, held, row is not None, int(row[0]) if row else 0, leader_id,
+                      addresses, owners)
 
     def _desired_set(self, live: list[str]) -> set[str]:
         nodes = tuple(live) if self.node.id in live else (*live, self.node.id)
@@ -282,6 +304,15 @@ class Membership:
                  "heartbeat_age_s": round(max(0.0, now - heartbeat), 3),
                  "this_node": node_id == self.node.id}
                 for node_id, address, pid, started, heartbeat, owned in rows], leader
+
+    def owner_address(self, siren_id: str) -> tuple[str, str] | None:
+        """(node id, API address) of the siren's owner as last read, if it is alive."""
+        node = self.owners.get(siren_id)
+        address = self.addresses.get(node) if node is not None else None
+        return (node, address) if node is not None and address is not None else None
+
+    def leader_address(self) -> str | None:
+        return self.addresses.get(self.leader_id) if self.leader_id is not None else None
 
     def stats(self) -> dict[str, Any]:
         return {"node": self.node.id, "owned": len(self.owned), "leader": self.leader,

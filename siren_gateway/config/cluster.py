@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import Field, model_validator
 
 from siren_gateway.config.common import StrictModel
@@ -15,6 +17,12 @@ class ClusterConfig(StrictModel):
     fence_margin_s: float = Field(default=1.0, ge=0.2, le=30.0)
     # How often an owner publishes its sirens' changed live state, and others read it.
     live_interval_s: float = Field(default=0.5, ge=0.05, le=10.0)
+    # Shared by the nodes: they deliver commands and forward requests to each other with it.
+    # Better given in the environment (SIREN_CLUSTER_SECRET) than written here.
+    secret: str | None = Field(default=None, min_length=16, max_length=200)
+
+    def resolved_secret(self) -> str | None:
+        return os.environ.get("SIREN_CLUSTER_SECRET") or self.secret
 
     @model_validator(mode="after")
     def _check_times(self) -> ClusterConfig:

@@ -8,6 +8,8 @@ arrives. Nothing here writes the live picture.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from siren_gateway.links.base import SirenLink
 from siren_gateway.links.poller import Poller
 from siren_gateway.live.fleet import Fleet
@@ -15,13 +17,20 @@ from siren_gateway.model import LinkError, Sample
 
 
 class StatusReader:
-    def __init__(self, fleet: Fleet, poller: Poller) -> None:
+    def __init__(self, fleet: Fleet, poller: Poller,
+                 owns: Callable[[str], bool] | None = None) -> None:
         self.fleet = fleet
         self.poller = poller
+        # A cluster node asks only the sirens it owns; another node's siren is seen through
+        # its owner's answers as mirrored here (cluster/live.py), like a reporting siren's.
+        self._owns = owns
+
+    def _asks(self, link: SirenLink) -> bool:
+        return link.polled and (self._owns is None or self._owns(link.siren_id))
 
     async def look(self, link: SirenLink, since: float) -> tuple[Sample | None, str]:
         """The siren's status now (newer than `since`, epoch seconds), or None and why not."""
-        if link.polled:
+        if self._asks(link):
             outcome = await self.poller.poll_now(link.siren_id)
             if isinstance(outcome, LinkError):
                 return None, f"siren not answering ({outcome.reason})"
@@ -35,7 +44,7 @@ class StatusReader:
         """Until the next look is worth taking: a poll interval, or the siren's next report."""
         if remaining_s <= 0:
             return
-        if link.polled:
+        if self._asks(link):
             await self.fleet.clock.sleep(min(poll_interval_s, remaining_s))
         else:
             await self.fleet.wait_for_news(link.siren_id, remaining_s)

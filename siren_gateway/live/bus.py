@@ -18,6 +18,9 @@ from siren_gateway.model import Sample
 @dataclass(frozen=True, slots=True)
 class SampleReceived:
     sample: Sample
+    # Another cluster node's sample, as mirrored here (cluster/live.py): seen by the rules,
+    # never stored again (its owner stored it).
+    mirrored: bool = False
 
 
 @dataclass(frozen=True, slots=True)

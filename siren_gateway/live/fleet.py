@@ -261,7 +261,7 @@ class Fleet:
         reachability and faults are published like local ones; its samples are not (their
         owner stores them)."""
         state = self.states[siren_id]
-        before = state.faults
+        before, previous = state.faults, state.sample
         state.sample = sample
         state.last_seen, state.last_attempt = last_seen, last_attempt
         state.last_error, state.consecutive_failures = last_error, failures
@@ -274,6 +274,9 @@ class Fleet:
         if faults != before:
             self.bus.publish(FaultsChanged(siren_id, faults - before, before - faults, faults,
                                            sample.received_at if sample else utc(self.clock)))
+        if sample is not None and (previous is None
+                                   or sample.received_at != previous.received_at):
+            self.bus.publish(SampleReceived(sample, mirrored=True))
         if self._waiters:
             self.notify(siren_id)
 

@@ -128,7 +128,8 @@ class TelemetryStore:
         samples: list[Sample] = []
         while len(samples) < self.batch_size and not self._subscription.queue.empty():
             event = self._subscription.queue.get_nowait()
-            if isinstance(event, SampleReceived) and self._keep(event.sample):
+            if (isinstance(event, SampleReceived) and not event.mirrored
+                    and self._keep(event.sample)):
                 samples.append(event.sample)
         return samples
 
@@ -138,6 +139,7 @@ class TelemetryStore:
         while True:
             event = await self._subscription.get()
             self._held = [event.sample] if (isinstance(event, SampleReceived)
+                                            and not event.mirrored
                                             and self._keep(event.sample)) else []
             await asyncio.sleep(self.flush_interval_s)  # let a batch gather
             self._held += self._drain()

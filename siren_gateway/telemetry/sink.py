@@ -151,7 +151,7 @@ class InfluxSink:
         encode = self.encoder.encode
         while len(lines) < limit and not queue.empty():
             event = queue.get_nowait()
-            if isinstance(event, SampleReceived):
+            if isinstance(event, SampleReceived) and not event.mirrored:
                 line = encode(event.sample)
                 if line is not None:
                     lines.append(line)
@@ -165,7 +165,8 @@ class InfluxSink:
             first = await self._subscription.get()
             self._idle.discard(name)
             lines = self._held = self._drain(size - 1)
-            if isinstance(first, SampleReceived) and (line := self.encoder.encode(first.sample)):
+            if (isinstance(first, SampleReceived) and not first.mirrored
+                    and (line := self.encoder.encode(first.sample))):
                 lines.insert(0, line)
             deadline = time.monotonic() + interval
             while len(lines) < size and time.monotonic() < deadline and self._running:

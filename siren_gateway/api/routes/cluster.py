@@ -3,15 +3,20 @@ sirens (docs/cluster.md). A single gateway answers as a cluster of one."""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 
 from siren_gateway.api.deps import GatewayDep, Viewer
 from siren_gateway.api.schemas import ClusterOut
+from siren_gateway.cluster.remote import TOKEN_HEADER, ClusterLink, decode_command, token_matches
+from siren_gateway.model import LinkError
 from siren_gateway.runtime.clock import iso_utc
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["cluster"])
 
 
@@ -31,3 +36,29 @@ async def cluster(gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
         node["last_heartbeat"] = iso_utc(node["last_heartbeat"])
     return {"mode": "cluster", "node_id": membership.node.id, "leader_id": leader,
             "lease_s": membership.config.lease_s, "nodes": nodes, "live": gateway.live.stats()}
+
+
+@router.post("/cluster/deliver/{siren_id}", status_code=204, include_in_schema=False,
+             response_model=None)
+async def deliver(siren_id: str, request: Request, gateway: GatewayDep) -> Response:
+    """A command for a siren this node owns, sent by the leader (cluster/remote.py). Only
+    nodes holding the cluster secret may call it."""
+    if gateway.membership is None or not token_matches(request.headers.get(TOKEN_HEADER),
+                                                       gateway.cluster_secret):
+        raise HTTPException(403, "cluster nodes only")
+    link = gateway.links.get(siren_id)
+    if not isinstance(link, ClusterLink):
+        raise HTTPException(404, f"no siren with id {siren_id!r}")
+    try:
+        command = decode_command(await request.json())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise HTTPException(400, f"not a command: {exc}") from exc
+    try:
+        async with gateway.activations.siren_lock(siren_id):
+            await link.local.send(command)  # fenced: refused unless this node owns it
+    except LinkError as exc:
+        status = 409 if exc.reason == "not_owner" else 502
+        return JSONResponse({"reason": exc.reason, "detail": exc.detail}, status_code=status)
+    log.info("delivered %s (sequence %d) to %s for the leader", command.kind.value,
+             command.sequence, siren_id)
+    return Response(status_code=204)

@@ -14,6 +14,9 @@ router = APIRouter(tags=["health"])
             response_model_exclude_unset=True)
 def health(gateway: GatewayDep, token: BearerToken) -> dict[str, Any]:
     """Liveness for anyone (a load balancer, a supervisor); the details need a session."""
+    public: dict[str, Any] = {"status": "ok" if gateway.started_at else "starting"}
+    if gateway.membership is not None:
+        public["leader"] = gateway.membership.leader
     if not token or gateway.tokens.resolve(token) is None:
-        return {"status": "ok" if gateway.started_at else "starting"}
-    return gateway.health()
+        return public
+    return gateway.health() | public

@@ -1,0 +1,119 @@
+"""Commands for a siren another node owns: the leader's activation engine sends them through
+the owner, which puts them on the wire with its own link (cluster/fence.py checks it still
+owns the siren). The owner's answer keeps the link's meaning: sent, refused by the device, or
+a LinkError whose reason says whether it may have gone out (timeout) or certainly did not
+(unreachable, not_owner), so the engine's read-back rules hold across nodes as on one.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from siren_gateway.cluster.membership import Membership
+from siren_gateway.links.base import SirenLink
+from siren_gateway.model import Command, CommandKind, LinkError, Sample
+
+log = logging.getLogger(__name__)
+TOKEN_HEADER = "x-siren-cluster-token"
+CLIENT_HEADER = "x-siren-forwarded-for"  # the client a follower forwarded a request for
+
+
+def encode_command(command: Command) -> dict[str, Any]:
+    return {"kind": command.kind.value, "signal": command.signal,
+            "start_at": command.start_at.isoformat() if command.start_at else None,
+            "clock": command.clock.isoformat() if command.clock else None,
+            "sequence": command.sequence, "command_id": command.command_id}
+
+
+def decode_command(body: dict[str, Any]) -> Command:
+    return Command(CommandKind(body["kind"]), signal=body.get("signal"),
+                   start_at=datetime.fromisoformat(body["start_at"]) if body.get("start_at")
+                   else None,
+                   clock=datetime.fromisoformat(body["clock"]) if body.get("clock") else None,
+                   sequence=int(body.get("sequence", 0)), command_id=str(body["command_id"]))
+
+
+def token_matches(given: str | None, secret: str | None) -> bool:
+    return bool(given and secret and hmac.compare_digest(given.encode(), secret.encode()))
+
+
+class NodeClient:
+    """The HTTP client a node talks to the others with (one connection pool, closed at stop)."""
+
+    def __init__(self) -> None:
+        self._client: httpx.AsyncClient | None = None
+
+    def __call__(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
+        return self._client
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+class ClusterLink:
+    """A siren's link on a cluster node: its own (fenced) link while this node owns the siren,
+    else a request to its owner."""
+
+    def __init__(self, local: SirenLink, membership: Membership, secret: str,
+                 client: Callable[[], httpx.AsyncClient]) -> None:
+        self.local = local
+        self.membership = membership
+        self.secret = secret
+        self._client = client
+        self.siren_id = local.siren_id
+        self.polled = local.polled
+        self.sequence_readback = local.sequence_readback
+        self.idempotent_resend = local.idempotent_resend
+        self.forwarded = 0
+
+    @property
+    def timeout_s(self) -> float:
+        return self.local.timeout_s
+
+    async def poll(self) -> Sample:
+        return await self.local.poll()  # (the fence refuses it when another node owns it)
+
+    def progress(self, command_id: str) -> str | None:
+        return self.local.progress(command_id) if self.membership.owns(self.siren_id) else None
+
+    async def send(self, command: Command) -> None:
+        if self.membership.owns(self.siren_id):
+            await self.local.send(command)
+            return
+        owner = self.membership.owner_address(self.siren_id)
+        if owner is None:
+            raise LinkError("no_owner", "no live node owns this siren now (not sent)")
+        node, address = owner
+        self.forwarded += 1
+        # The owner may take the device's whole timeout (and an MQTT acknowledgement's).
+        timeout = httpx.Timeout(self.local.timeout_s * 3 + 2.0, connect=2.0)
+        try:
+            response = await self._client().post(
+                f"{address}/api/cluster/deliver/{self.siren_id}", json=encode_command(command),
+                headers={TOKEN_HEADER: self.secret}, timeout=timeout)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise LinkError("unreachable", f"owner node {node} refused the connection "
+                            f"(not sent): {exc}") from exc
+        except httpx.HTTPError as exc:  # sent, and no answer: it may have gone out
+            raise LinkError("timeout", f"owner node {node} did not answer: {exc!r}") from exc
+        if response.status_code == 204:
+            return
+        try:
+            body = response.json()
+            reason, detail = str(body["reason"]), str(body.get("detail", ""))
+        except (ValueError, KeyError, TypeError):
+            reason, detail = "timeout", f"owner node {node} answered {response.status_code}"
+        raise LinkError(reason, f"via node {node}: {detail}")
