@@ -27,9 +27,11 @@ class GatewayProcess:
     """
 
     def __init__(self, config: Path, log_path: Path | None = None, scheme: str = "http",
-                 failpoints: str = "", node_id: str | None = None) -> None:
+                 failpoints: str = "", node_id: str | None = None,
+                 database_url: str | None = None) -> None:
         self.config = config
         self.node_id = node_id  # a cluster node (docs/cluster.md)
+        self.database_url = database_url
         self.port = free_ports(1)[0]
         self.log_path = log_path
         self.failpoints = failpoints
@@ -42,7 +44,8 @@ class GatewayProcess:
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [sys.executable, "-m", "siren_gateway", "run", "--config", str(self.config),
-             "--port", str(self.port), *(["--node-id", self.node_id] if self.node_id else [])],
+             "--port", str(self.port), *(["--node-id", self.node_id] if self.node_id else []),
+             *(["--database-url", self.database_url] if self.database_url else [])],
             cwd=REPO_DIR, stdout=log, stderr=log, env=env,
             preexec_fn=_die_with_parent)  # noqa: PLW1509
         if not isinstance(log, int):

@@ -47,6 +47,13 @@ def _run(args: argparse.Namespace) -> int:
     site = _site_or_none(args.config)
     if site is None:
         return 1
+    if args.database_url:  # (each node may log in as a role of its own)
+        import dataclasses
+
+        from siren_gateway.config.database import DatabaseConfig
+
+        site = dataclasses.replace(site, config=site.config.model_copy(
+            update={"database": DatabaseConfig(url=args.database_url)}))
     api = site.config.api
     host, port = args.host or api.host, args.port or api.port
     node = None
@@ -166,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default=None, help="API address (default: from the config)")
     run.add_argument("--port", type=int, default=None, help="API port (default: from the config)")
     run.add_argument("--database", type=Path, default=None, help="SQLite file (default: config)")
+    run.add_argument("--database-url", default=None,
+                     help="PostgreSQL URL instead of the site file's database: (a secret kept "
+                     "out of the file)")
     run.add_argument("--node-id", default=None,
                      help="run as one node of a cluster sharing the site's PostgreSQL database "
                      "(docs/cluster.md); unique per node")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -298,3 +299,68 @@ async def test_an_owner_killed_mid_activation_every_target_sounds_once(
     assert not wrong, f"each siren must sound exactly once: {wrong}"
     statuses = {r["siren_id"]: r["status"] for r in report["sirens"]}
     assert statuses == dict.fromkeys(statuses, "sounded") and len(statuses) == sirens, report
+
+
+def _log_time(line: str) -> float:
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
+        tmp_path: Path, postgres_url: str) -> None:
+    """Node b logs in to PostgreSQL as a role of its own; the test takes the role's right to
+    connect away and ends its sessions, as a partition would. b must stop polling its sirens
+    (its fence) before the survivors' leases begin, and after the take-over each siren is
+    polled by one node only (the simulators count the requests)."""
+    role = f"siren_node_{uuid.uuid4().hex[:8]}"
+    admin = psycopg.connect(postgres_url, autocommit=True)
+    admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER".encode())
+    base, _, name = postgres_url.rpartition("/")
+    b_url = f"{base.split('//')[0]}//{role}@{base.split('@')[1]}/{name}"
+    site = cluster_site(postgres_url, 60)
+    assign_free_ports(site)
+    site_file = write_site(site, tmp_path / "site.yaml")
+    fleet = start_fleet(site_file, control_port=0)
+    nodes = {n: GatewayProcess(site_file, tmp_path / f"{n}.log", node_id=n,
+                               database_url=b_url if n == "b" else None) for n in "abc"}
+    try:
+        for node in nodes.values():
+            node.start()
+        clients = {n: await logged_in(node, "viewer") for n, node in nodes.items()}
+        cluster = Cluster(site_file, fleet, nodes, clients, postgres_url)
+        await _settled(cluster, 60)
+        mine = sorted(s for s, node in cluster.owners().items() if node == "b")
+        control = httpx.AsyncClient(base_url=fleet.control_url, timeout=10)
+
+        async def requests() -> int:
+            counts = (await control.get("/stats")).json()["requests"]
+            return sum(counts.get(s, 0) for s in mine)
+
+        cut_at = time.time()
+        admin.execute(f"ALTER ROLE {role} NOLOGIN".encode())
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                      (role,))
+        await wait_until(lambda: all(o in ("a", "c") for s, o in cluster.owners().items()
+                                     if s in mine), 30, "b's sirens taken over", 0.25)
+        claimed = min(cluster.claimed_at()[s] for s in mine)
+        # One node polls each siren now: over 4 poll intervals, about 4 requests each.
+        await asyncio.sleep(1.0)
+        before = await requests()
+        await asyncio.sleep(4 * POLL_S)
+        per_siren = (await requests() - before) / len(mine) / 4
+        await control.aclose()
+        await cluster.close()
+    finally:
+        for node in nodes.values():
+            node.stop()
+        fleet.stop()
+        admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER".encode())
+        admin.execute(f"DROP ROLE IF EXISTS {role}".encode())
+        admin.close()
+    fence_lines = [line for line in (tmp_path / "b.log").read_text().splitlines()
+                   if "fenced (lease not renewed)" in line]
+    assert fence_lines, "b fenced itself"
+    fenced_at = _log_time(fence_lines[0])
+    print(f"cut at 0; b fenced at {fenced_at - cut_at:.2f} s; first claim by a survivor at "
+          f"{claimed - cut_at:.2f} s; requests per siren and poll interval after: {per_siren:.2f}")
+    assert fenced_at < claimed, "b stopped before any other node could claim its sirens"
+    assert per_siren < 1.5, "one node polls each siren, not two"
