@@ -130,6 +130,13 @@ def _audit_verify(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from siren_gateway.demo import run_demo
 
+    if args.nodes > 1 and not args.database_url:
+        print("--nodes needs --database-url postgresql://...: the nodes share one database",
+              file=sys.stderr)
+        return 2
+    if not 1 <= args.nodes <= 9:
+        print("--nodes must be between 1 and 9", file=sys.stderr)
+        return 2
     if args.sirens is not None and not 1 <= args.sirens <= 20000:
         print("--sirens must be between 1 and 20000", file=sys.stderr)
         return 2
@@ -139,7 +146,7 @@ def _demo(args: argparse.Namespace) -> int:
             influx = {"url": args.influx_url, "token": args.influx_token, "org": args.influx_org,
                       "bucket": args.influx_bucket, "string_fields": not args.influx_no_strings}
         run_demo(args.port, args.sim_port, args.sirens, args.data_dir, influx,
-                 broker_kind=args.broker)
+                 broker_kind=args.broker, nodes=args.nodes, database_url=args.database_url)
     return 0
 
 
@@ -201,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--influx-bucket", default="sirens")
     demo.add_argument("--influx-no-strings", action="store_true",
                       help="send numbers and flags only (VictoriaMetrics stores strings as 0)")
+    demo.add_argument("--nodes", type=int, default=1,
+                      help="run N gateway nodes (a cluster, docs/cluster.md) on ports PORT.. "
+                      "PORT+N-1; needs --database-url")
+    demo.add_argument("--database-url", default=None,
+                      help="PostgreSQL for the gateway's state (and the cluster's)")
     demo.set_defaults(handler=_demo)
 
     verify = sub.add_parser("audit-verify", help="check the audit log's hash chain; exit 1 "

@@ -6,7 +6,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ from siren_gateway.api.app import create_app
 from siren_gateway.config.loading import load_site
 from siren_gateway.data import DEMO_CONFIG
 from siren_gateway.gateway import Gateway
+from siren_gateway.store.postgres import describe_url
 
 log = logging.getLogger(__name__)
 SIRENS_PER_SIMULATOR_PROCESS = 1000
@@ -43,9 +49,37 @@ def demo_site(sirens: int | None, base: Path) -> dict[str, Any]:
     return generated
 
 
+def run_nodes(config: Path, port: int, nodes: int, secret: str, work: Path) -> None:
+    """`siren-gateway run --node-id nodeK` on ports port..port+nodes-1, until Ctrl-C."""
+    env = dict(os.environ, SIREN_CLUSTER_SECRET=secret, PYTHONUNBUFFERED="1")
+    processes = []
+    try:
+        for index in range(nodes):
+            log_file = (work / f"node{index + 1}.log").open("ab")
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "siren_gateway", "run", "--config", str(config),
+                 "--host", "127.0.0.1", "--port", str(port + index),
+                 "--node-id", f"node{index + 1}"], stdout=log_file, stderr=log_file, env=env))
+            log_file.close()
+        print(f"  node logs:          {work}/node*.log", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while all(p.poll() is None for p in processes):
+                time.sleep(0.5)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
 def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None,
              influx: dict[str, object] | None = None, base: Path = DEMO_CONFIG,
-             broker_kind: BrokerKind = "auto") -> None:
+             broker_kind: BrokerKind = "auto", nodes: int = 1,
+             database_url: str | None = None) -> None:
     """Run until interrupted. The simulator processes are started and stopped outside the event
     loop, so an interrupt at any moment still ends them."""
     work = data_dir or Path(tempfile.mkdtemp(prefix="siren-demo-"))
@@ -61,6 +95,9 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
             broker = start_broker(work, broker_kind)
             site_dict["mqtt"] = dict(site_dict["mqtt"]) | {"host": "127.0.0.1",
                                                            "port": broker.port}
+        secret = secrets.token_urlsafe(24)
+        if database_url:
+            site_dict["database"] = {"url": database_url}
         config = write_site(site_dict, work / "demo-site.yaml", database=work / "demo.db")
         site = load_site(config)
         count = len(site.config.sirens)
@@ -69,8 +106,13 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
             fleets.append(start_fleet(config, sim_port if index == 0 else 0,
                                       (index + 1, processes)))
         print(f"Siren Gateway demo: {count} simulated sirens ({site.config.site.name})")
-        print(f"  gateway API:        http://127.0.0.1:{port}/api/sirens")
-        print(f"  API docs:           http://127.0.0.1:{port}/docs")
+        if nodes > 1:
+            for index in range(nodes):
+                print(f"  gateway node{index + 1}:      http://127.0.0.1:{port + index}/ "
+                      f"(PostgreSQL {describe_url(database_url or '')})")
+        else:
+            print(f"  gateway API:        http://127.0.0.1:{port}/api/sirens")
+            print(f"  API docs:           http://127.0.0.1:{port}/docs")
         print(f"  simulator control:  {fleets[0].control_url}/sirens"
               + (f" (+{processes - 1} more processes)" if processes > 1 else ""))
         if broker is not None:
@@ -79,6 +121,9 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
         if influx:
             print(f"  telemetry also to:  {influx['url']} (bucket {influx['bucket']})")
         print("Press Ctrl-C to stop.", flush=True)
+        if nodes > 1:
+            run_nodes(config, port, nodes, secret, work)
+            return
         app = create_app(Gateway(site))
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                                log_level="warning"))

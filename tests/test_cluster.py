@@ -21,7 +21,8 @@ import pytest
 from simulators.launcher import FleetProcess, start_fleet
 from simulators.processes import GatewayProcess
 from simulators.sitegen import assign_free_ports, generate_site, write_site
-from tests.conftest import logged_in, wait_until, with_users
+from siren_gateway.cluster.remote import TOKEN_HEADER
+from tests.conftest import Mosquitto, logged_in, wait_until, with_users
 from tests.databases import needs_postgres
 from tests.test_schedule_e2e import plan_at
 
@@ -163,10 +164,13 @@ async def test_a_killed_nodes_sirens_are_taken_over_within_the_lease(cluster: Cl
     # A gaining node polls at once (Poller.poll_soon): claimed within the lease and a
     # heartbeat means polled within the lease and one poll interval.
     assert claimed_s <= LEASE_S + HEARTBEAT_S + 0.5, claimed_s
-    info = await cluster.cluster("c")
-    alive = {n["id"]: n for n in info["nodes"] if n["alive"]}
-    assert sorted(alive) == ["a", "c"] and info["leader_id"] in ("a", "c")
-    assert sum(n["sirens_owned"] for n in alive.values()) == SIRENS
+    async def listed() -> bool:  # (each node counts its own at its next heartbeat)
+        info = await cluster.cluster("c")
+        alive = {n["id"]: n for n in info["nodes"] if n["alive"]}
+        return (sorted(alive) == ["a", "c"] and info["leader_id"] in ("a", "c")
+                and sum(n["sirens_owned"] for n in alive.values()) == SIRENS)
+
+    await wait_until(listed, 10, "/api/cluster lists the two survivors owning every siren")
 
 
 async def _settled(cluster: Cluster, sirens: int) -> str:
@@ -364,3 +368,64 @@ async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
           f"{claimed - cut_at:.2f} s; requests per siren and poll interval after: {per_siren:.2f}")
     assert fenced_at < claimed, "b stopped before any other node could claim its sirens"
     assert per_siren < 1.5, "one node polls each siren, not two"
+
+
+async def test_mqtt_messages_are_handled_once_by_their_owner_and_survive_a_node(
+        tmp_path: Path, postgres_url: str, broker: Mosquitto) -> None:
+    site = cluster_site(postgres_url, 30)
+    mqtt = generate_site(30, poll_interval_s=POLL_S, timeout_s=0.5, mqtt_sirens=20,
+                         telemetry_interval_s=0.5,
+                         mqtt_broker={"host": "127.0.0.1", "port": broker.port,
+                                      "client_id": "siren-gw", "reconnect_max_s": 1.0})
+    site["sirens"], site["mqtt"] = mqtt["sirens"], mqtt["mqtt"]
+    assign_free_ports(site)
+    site_file = write_site(site, tmp_path / "site.yaml")
+    fleet = start_fleet(site_file, control_port=0)
+    nodes = {n: GatewayProcess(site_file, tmp_path / f"{n}.log", node_id=n) for n in "abc"}
+    secret = {TOKEN_HEADER: site["cluster"]["secret"]}
+    mqtt_sirens = {s["id"] for s in site["sirens"] if s["link"]["type"] == "mqtt"}
+    try:
+        for node in nodes.values():
+            node.start()
+        clients = {n: await logged_in(node, "viewer") for n, node in nodes.items()}
+        cluster = Cluster(site_file, fleet, nodes, clients, postgres_url)
+        await _settled(cluster, 30)
+
+        async def counts() -> dict[str, tuple[int, int]]:
+            out = {}
+            for name, client in cluster.clients.items():
+                health = (await client.get("/api/health", headers=secret)).json()["mqtt"]
+                out[name] = (health["telemetry"], health["not_owned"])
+            return out
+
+        first = await counts()
+        await asyncio.sleep(5.0)
+        second = await counts()
+        handled = sum(second[n][0] - first[n][0] for n in nodes)
+        seen = sum(second[n][0] + second[n][1] - first[n][0] - first[n][1] for n in nodes) / 3
+        print(f"5 s of MQTT: {handled} reports handled by the 3 nodes, each node heard {seen:.0f}")
+        assert handled > 100 and abs(handled - seen) <= 0.05 * seen, (handled, seen)
+
+        leader = (await cluster.cluster("a"))["leader_id"]
+        victim = next(n for n in nodes if n != leader)
+        lost = {s for s, o in cluster.owners().items() if o == victim} & mqtt_sirens
+        killed_at = time.time()
+        nodes[victim].kill()
+
+        async def reported_again() -> bool:
+            view = await cluster.view(leader)
+            return _seen_after(view, lost, killed_at + LEASE_S + HEARTBEAT_S)
+
+        await wait_until(reported_again, 30, "the killed node's MQTT sirens heard again", 0.25)
+        resumed_s = time.time() - killed_at
+        await cluster.close()
+    finally:
+        for node in nodes.values():
+            node.stop()
+        fleet.stop()
+    assert lost, "the killed node owned MQTT sirens"
+    print(f"the killed node's {len(lost)} MQTT sirens heard again on the leader {resumed_s:.2f} s "
+          f"after the kill (lease {LEASE_S} s, reports every 0.5 s)")
+    # Reports are lost for no longer than the lease (+ a heartbeat, a report interval, and the
+    # mirror's delay to the leader's view).
+    assert resumed_s <= LEASE_S + HEARTBEAT_S + 0.5 + 2.0, resumed_s

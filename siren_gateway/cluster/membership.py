@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,7 +117,9 @@ class Membership:
 
     @staticmethod
     def _loop_time() -> float:
-        return asyncio.get_running_loop().time()
+        # The event loop's clock (asyncio's loop.time() is time.monotonic()), readable from
+        # any thread: sync API routes ask from the thread pool.
+        return time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -210,8 +213,7 @@ class Membership:
             conn.execute(
                 "INSERT INTO cluster_nodes (id, address, pid, started_at, heartbeat_at, owned) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET address = "
-                "excluded.address, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at, "
-                "owned = excluded.owned",
+                "excluded.address, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at",
                 (me, self.node.address, self.node.pid, self.started_at or now, now, len(held)))
             addresses = {r[0]: r[1] for r in conn.execute(
                 "SELECT id, address FROM cluster_nodes WHERE heartbeat_at > ?", (now - lease,))}
@@ -222,6 +224,7 @@ class Membership:
                     "UPDATE siren_leases SET node_id = ?, expires_at = ?, epoch = epoch + 1, "
                     "since = ? WHERE siren_id = ANY(?) AND (node_id IS NULL OR expires_at < ?) "
                     "RETURNING siren_id", (me, now + lease, now, wanted, now))}
+            conn.execute("UPDATE cluster_nodes SET owned = ? WHERE id = ?", (len(held), me))
             row = conn.execute(
                 "INSERT INTO cluster_leader (name, node_id, expires_at, epoch) VALUES "
                 "(?, ?, ?, 1) ON CONFLICT (name) DO UPDATE SET node_id = excluded.node_id, "

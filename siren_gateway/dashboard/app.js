@@ -54,7 +54,7 @@ function applyLanguage() {
 function logout() {
   endSession(S);
   if (S.stream) { S.stream.close(); S.stream = null; }
-  clearInterval(S.refreshTimer); clearInterval(S.fleetTimer);
+  clearInterval(S.refreshTimer); clearInterval(S.fleetTimer); clearInterval(S.clusterTimer);
   stopAlarm(); S.seenAlerts = null; S.alerts = [];
   $("#app").hidden = true; $("#maintenance-card").hidden = true; $("#logout").hidden = true;
   $("#login").hidden = false; $("#who").textContent = "";
@@ -287,6 +287,20 @@ function renderBatteries() {
     `<text x="2" y="20" font-size="11">${top}</text><text x="44" y="142" font-size="11">${lo} V</text><text x="370" y="142" font-size="11">${hi} V</text>`;
 }
 
+// -- the gateway nodes (a cluster; hidden for a single gateway) --------------------------------------
+async function refreshCluster() {
+  let info;
+  try { info = await api("/api/cluster"); } catch (error) { console.warn(error); return; }
+  const card = $("#cluster-card");
+  card.hidden = info.mode !== "cluster";
+  if (card.hidden) return false;
+  $("#cluster-nodes tbody").innerHTML = info.nodes.map((n) => `<tr data-node="${esc(n.id)}" data-alive="${n.alive}" data-leader="${n.leader}">
+    <td>${esc(n.id)}</td><td>${esc(n.address)} (pid ${n.pid})</td>
+    <td>${esc(!n.alive ? t("node_dead") : n.leader ? t("node_leader") : t("node_follower"))}</td>
+    <td>${n.alive ? n.sirens_owned : "–"}</td><td>${when(n.last_heartbeat, { relative: true, seconds: true })}</td></tr>`).join("");
+  return true;
+}
+
 // Reset, arm, disarm: the answer is the siren's own (confirmed from its status, or not).
 async function sendSirenCommand(event) {
   event.preventDefault();
@@ -502,6 +516,7 @@ async function start() {
   await refreshCoverage();
   await Promise.all([refreshSirens(), refreshAlerts(), refreshSchedules(), maintenance.refresh()]);
   refreshFleetCharts();
+  if (await refreshCluster()) S.clusterTimer = setInterval(refreshCluster, 5000);
   S.stream = connectStream({ onState: streamState, onEvent, onOpen: () => { refreshSirens(); refreshAlerts(); maintenance.refresh(); } });
   // Measured values (battery, current) change without events: a steady refresh as well.
   S.refreshTimer = setInterval(refreshSirens, S.sirens.size > 500 ? 5000 : 2000);

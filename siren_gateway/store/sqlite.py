@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -86,8 +87,19 @@ class SqliteDatabase:
     def _open(self) -> None:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        raw = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        raw.execute("PRAGMA journal_mode=WAL")
+        raw = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                              timeout=10.0)
+        # Switching the journal mode does not wait for another connection's lock (a gateway
+        # and the command line starting on one file): try again for a while.
+        for attempt in range(50):
+            try:
+                raw.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 49:
+                    raw.close()
+                    raise
+                time.sleep(0.1)
         raw.execute("PRAGMA synchronous=NORMAL")
         conn = SqliteConnection(raw)
         try:
