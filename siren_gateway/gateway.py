@@ -44,6 +44,7 @@ from siren_gateway.security.audit import AuditLog
 from siren_gateway.security.auth import Principal, Role, TokenStore
 from siren_gateway.security.credentials import Credentials
 from siren_gateway.security.login import Logins
+from siren_gateway.security.sessions import Sessions
 from siren_gateway.store.postgres import PostgresStore
 from siren_gateway.store.repositories import RepositoryStore
 from siren_gateway.store.sqlite import SqliteStore, database_path
@@ -154,6 +155,8 @@ class Gateway:
         api = site.config.api
         self.credentials = Credentials(site.config.users, self.store)
         self.tokens = TokenStore(api.token_ttl_s, api.token_idle_s, api.tokens_per_user)
+        # Sessions shared through the database by a cluster's nodes; one gateway's stay here.
+        self.sessions = Sessions(self.tokens, self.store.sessions if node is not None else None)
         self.logins = Logins(api, self.credentials, self.tokens, self.audit, self.bus)
         if self.membership is not None:
             self.leader_role = LeaderRole(self.membership, self._leader_parts(),

@@ -8,7 +8,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,12 +17,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from playwright.async_api import Page, expect
 
 from simulators.launcher import FleetProcess, start_fleet
 from simulators.processes import GatewayProcess
 from simulators.sitegen import assign_free_ports, generate_site, write_site
 from siren_gateway.cluster.remote import TOKEN_HEADER
-from tests.conftest import Mosquitto, logged_in, wait_until, with_users
+from tests.browser import ARTIFACTS, needs_chromium
+from tests.conftest import PASSWORDS, Mosquitto, logged_in, wait_until, with_users
 from tests.databases import needs_postgres
 from tests.test_schedule_e2e import plan_at
 
@@ -85,33 +87,6 @@ class Cluster:
         return result
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, postgres_url: str) -> AsyncIterator[Cluster]:
-    site = cluster_site(postgres_url)
-    assign_free_ports(site)
-    site_file = write_site(site, tmp_path / "site.yaml")
-    fleet = start_fleet(site_file, control_port=0)
-    nodes = {name: GatewayProcess(site_file, tmp_path / f"{name}.log", node_id=name)
-             for name in ("a", "b", "c")}
-    clients: dict[str, httpx.AsyncClient] = {}
-    try:
-        for node in nodes.values():
-            node.start()
-        for name, node in nodes.items():
-            clients[name] = await logged_in(node, "viewer")
-        yield Cluster(site_file, fleet, nodes, clients, postgres_url)
-    finally:
-        for client in clients.values():
-            await client.aclose()
-        for node in nodes.values():
-            node.stop()
-        fleet.stop()
-        for name in nodes:
-            log = tmp_path / f"{name}.log"
-            if log.exists():
-                print(f"--- node {name} log (tail) ---\n{log.read_text()[-3000:]}")
-
-
 def _seen_after(view: dict[str, dict[str, Any]], sirens: Iterator[str] | set[str],
                 moment: float) -> bool:
     for siren in sirens:
@@ -144,7 +119,6 @@ async def test_a_killed_nodes_sirens_are_taken_over_within_the_lease(cluster: Cl
     killed_at = time.time()
     cluster.nodes["b"].kill()
     survivors = ("a", "c")
-    await cluster.log_in_again(survivors)  # sessions live on the leader, which b may have been
 
     async def taken_over() -> bool:
         owners = cluster.owners()
@@ -202,24 +176,34 @@ async def _onsets(cluster: Cluster, sirens: int) -> dict[str, list[str]]:
         return out
 
 
-@pytest.fixture
-def small_cluster(tmp_path: Path, postgres_url: str) -> Iterator[Any]:
-    """Start a 3-node cluster over `sirens` simulated sirens with extra site settings."""
-    started: list[tuple[FleetProcess, dict[str, GatewayProcess]]] = []
+StartCluster = Callable[..., Awaitable[Cluster]]
 
-    def start(sirens: int, **extra: Any) -> tuple[Path, FleetProcess, dict[str, GatewayProcess]]:
-        site = cluster_site(postgres_url, sirens) | extra
+
+@pytest.fixture
+async def start_cluster(tmp_path: Path, postgres_url: str) -> AsyncIterator[StartCluster]:
+    """Start simulators and nodes a, b, c for a site dict (`urls`: a node's own database URL),
+    with a logged-in client for each; all stopped at the end, their logs' tails printed."""
+    started: list[tuple[FleetProcess, dict[str, GatewayProcess]]] = []
+    clusters: list[Cluster] = []
+
+    async def start(site: dict[str, Any], user: str = "viewer",
+                    urls: dict[str, str] | None = None) -> Cluster:
         assign_free_ports(site)
         site_file = write_site(site, tmp_path / "site.yaml")
         fleet = start_fleet(site_file, control_port=0)
-        nodes = {name: GatewayProcess(site_file, tmp_path / f"{name}.log", node_id=name)
+        nodes = {name: GatewayProcess(site_file, tmp_path / f"{name}.log", node_id=name,
+                                      database_url=(urls or {}).get(name))
                  for name in ("a", "b", "c")}
         started.append((fleet, nodes))
         for node in nodes.values():
             node.start()
-        return site_file, fleet, nodes
+        clients = {name: await logged_in(node, user) for name, node in nodes.items()}
+        clusters.append(Cluster(site_file, fleet, nodes, clients, postgres_url))
+        return clusters[-1]
 
     yield start
+    for cluster in clusters:
+        await cluster.close()
     for fleet, nodes in started:
         for node in nodes.values():
             node.stop()
@@ -230,24 +214,23 @@ def small_cluster(tmp_path: Path, postgres_url: str) -> Iterator[Any]:
             print(f"--- node {name} log (tail) ---\n{log.read_text()[-4000:]}")
 
 
-async def _open(small_cluster: Any, postgres_url: str, sirens: int, **extra: Any) -> Cluster:
-    site_file, fleet, nodes = small_cluster(sirens, **extra)
-    clients = {name: await logged_in(node, "operator") for name, node in nodes.items()}
-    return Cluster(site_file, fleet, nodes, clients, postgres_url)
+@pytest.fixture
+async def cluster(start_cluster: StartCluster, postgres_url: str) -> Cluster:
+    return await start_cluster(cluster_site(postgres_url))
 
 
 async def test_the_leader_killed_a_second_before_a_step_it_sounds_once_everywhere(
-        small_cluster: Any, postgres_url: str) -> None:
+        start_cluster: StartCluster, postgres_url: str) -> None:
     sirens = 30
     start = math.ceil(time.time()) + 16
-    cluster = await _open(small_cluster, postgres_url, sirens,
-                          schedules=[plan_at(start, [0], grace_s=60.0)])
+    cluster = await start_cluster(cluster_site(postgres_url, sirens) | {
+        "schedules": [plan_at(start, [0], grace_s=60.0)]}, "operator")
     try:
         leader = await _settled(cluster, sirens)
         await asyncio.sleep(max(0.0, start - 1.0 - time.time()))
         cluster.nodes[leader].kill()
         survivors = tuple(name for name in cluster.nodes if name != leader)
-        await cluster.log_in_again(survivors, "operator")
+        # No new login: the session made on the dead leader is in the database.
         http = cluster.clients[survivors[0]]
 
         async def done() -> bool:
@@ -256,6 +239,7 @@ async def test_the_leader_killed_a_second_before_a_step_it_sounds_once_everywher
             return bool(rows) and rows[0]["state"] == "done"
 
         await wait_until(done, 90, "the occurrence done under the new leader", 0.5)
+        assert (await cluster.clients[survivors[1]].get("/api/sirens")).status_code == 200
         occurrence = (await http.get("/api/schedules/e2e/occurrences")).json()[0]
         report = (await http.get(f"/api/reports/{occurrence['id']}")).json()
         new_leader = (await cluster.cluster(survivors[0]))["leader_id"]
@@ -271,9 +255,9 @@ async def test_the_leader_killed_a_second_before_a_step_it_sounds_once_everywher
 
 
 async def test_an_owner_killed_mid_activation_every_target_sounds_once(
-        small_cluster: Any, postgres_url: str) -> None:
+        start_cluster: StartCluster, postgres_url: str) -> None:
     sirens = 30
-    cluster = await _open(small_cluster, postgres_url, sirens)
+    cluster = await start_cluster(cluster_site(postgres_url, sirens), "operator")
     try:
         leader = await _settled(cluster, sirens)
         owners = cluster.owners()
@@ -310,7 +294,7 @@ def _log_time(line: str) -> float:
 
 
 async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
-        tmp_path: Path, postgres_url: str) -> None:
+        tmp_path: Path, postgres_url: str, start_cluster: StartCluster) -> None:
     """Node b logs in to PostgreSQL as a role of its own; the test takes the role's right to
     connect away and ends its sessions, as a partition would. b must stop polling its sirens
     (its fence) before the survivors' leases begin, and after the take-over each siren is
@@ -320,20 +304,12 @@ async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
     admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER".encode())
     base, _, name = postgres_url.rpartition("/")
     b_url = f"{base.split('//')[0]}//{role}@{base.split('@')[1]}/{name}"
-    site = cluster_site(postgres_url, 60)
-    assign_free_ports(site)
-    site_file = write_site(site, tmp_path / "site.yaml")
-    fleet = start_fleet(site_file, control_port=0)
-    nodes = {n: GatewayProcess(site_file, tmp_path / f"{n}.log", node_id=n,
-                               database_url=b_url if n == "b" else None) for n in "abc"}
     try:
-        for node in nodes.values():
-            node.start()
-        clients = {n: await logged_in(node, "viewer") for n, node in nodes.items()}
-        cluster = Cluster(site_file, fleet, nodes, clients, postgres_url)
+        cluster = await start_cluster(cluster_site(postgres_url, 60), "operator",
+                                      urls={"b": b_url})
         await _settled(cluster, 60)
         mine = sorted(s for s, node in cluster.owners().items() if node == "b")
-        control = httpx.AsyncClient(base_url=fleet.control_url, timeout=10)
+        control = httpx.AsyncClient(base_url=cluster.fleet.control_url, timeout=10)
 
         async def requests() -> int:
             counts = (await control.get("/stats")).json()["requests"]
@@ -343,6 +319,18 @@ async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
         admin.execute(f"ALTER ROLE {role} NOLOGIN".encode())
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
                       (role,))
+        # Every siren commanded while b is cut off (b may have been the leader: then the
+        # request waits for the next one).
+        activation_id = None
+
+        async def accepted() -> bool:
+            nonlocal activation_id
+            answer = await cluster.clients["a"].post("/api/activations", json={
+                "targets": {"all": True}, "class": "test", "signal": "growl_test"})
+            activation_id = answer.json()["id"] if answer.status_code == 201 else None
+            return activation_id is not None
+
+        await wait_until(accepted, 30, "an activation accepted during the cut", 0.5)
         await wait_until(lambda: all(o in ("a", "c") for s, o in cluster.owners().items()
                                      if s in mine), 30, "b's sirens taken over", 0.25)
         claimed = min(cluster.claimed_at()[s] for s in mine)
@@ -351,12 +339,19 @@ async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
         before = await requests()
         await asyncio.sleep(4 * POLL_S)
         per_siren = (await requests() - before) / len(mine) / 4
+
+        async def finished() -> bool:
+            answer = await cluster.clients["a"].get(f"/api/activations/{activation_id}")
+            return answer.status_code == 200 and answer.json()["state"] != "running"
+
+        await wait_until(finished, 60, "the activation finished", 0.5)
+        truths = {s: (await control.get(f"/sirens/{s}")).json() for s in cluster.owners()}
         await control.aclose()
         await cluster.close()
     finally:
-        for node in nodes.values():
-            node.stop()
-        fleet.stop()
+        admin.execute(f"ALTER ROLE {role} NOLOGIN".encode())
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                      (role,))
         admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER".encode())
         admin.execute(f"DROP ROLE IF EXISTS {role}".encode())
         admin.close()
@@ -367,28 +362,26 @@ async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
     print(f"cut at 0; b fenced at {fenced_at - cut_at:.2f} s; first claim by a survivor at "
           f"{claimed - cut_at:.2f} s; requests per siren and poll interval after: {per_siren:.2f}")
     assert fenced_at < claimed, "b stopped before any other node could claim its sirens"
+    # The simulators' own count: each siren got one command and sounded once, b's included.
+    assert all(t["commands_received"] == 1 for t in truths.values()), {
+        s: t["commands_received"] for s, t in truths.items() if t["commands_received"] != 1}
+    assert all([o["signal"] for o in t["onsets"]] == ["growl_test"] for t in truths.values())
     assert per_siren < 1.5, "one node polls each siren, not two"
 
 
 async def test_mqtt_messages_are_handled_once_by_their_owner_and_survive_a_node(
-        tmp_path: Path, postgres_url: str, broker: Mosquitto) -> None:
+        postgres_url: str, broker: Mosquitto, start_cluster: StartCluster) -> None:
     site = cluster_site(postgres_url, 30)
     mqtt = generate_site(30, poll_interval_s=POLL_S, timeout_s=0.5, mqtt_sirens=20,
                          telemetry_interval_s=0.5,
                          mqtt_broker={"host": "127.0.0.1", "port": broker.port,
                                       "client_id": "siren-gw", "reconnect_max_s": 1.0})
     site["sirens"], site["mqtt"] = mqtt["sirens"], mqtt["mqtt"]
-    assign_free_ports(site)
-    site_file = write_site(site, tmp_path / "site.yaml")
-    fleet = start_fleet(site_file, control_port=0)
-    nodes = {n: GatewayProcess(site_file, tmp_path / f"{n}.log", node_id=n) for n in "abc"}
     secret = {TOKEN_HEADER: site["cluster"]["secret"]}
     mqtt_sirens = {s["id"] for s in site["sirens"] if s["link"]["type"] == "mqtt"}
+    cluster = await start_cluster(site)
+    nodes = cluster.nodes
     try:
-        for node in nodes.values():
-            node.start()
-        clients = {n: await logged_in(node, "viewer") for n, node in nodes.items()}
-        cluster = Cluster(site_file, fleet, nodes, clients, postgres_url)
         await _settled(cluster, 30)
 
         async def counts() -> dict[str, tuple[int, int]]:
@@ -418,14 +411,35 @@ async def test_mqtt_messages_are_handled_once_by_their_owner_and_survive_a_node(
 
         await wait_until(reported_again, 30, "the killed node's MQTT sirens heard again", 0.25)
         resumed_s = time.time() - killed_at
-        await cluster.close()
     finally:
-        for node in nodes.values():
-            node.stop()
-        fleet.stop()
+        await cluster.close()
     assert lost, "the killed node owned MQTT sirens"
     print(f"the killed node's {len(lost)} MQTT sirens heard again on the leader {resumed_s:.2f} s "
           f"after the kill (lease {LEASE_S} s, reports every 0.5 s)")
     # Reports are lost for no longer than the lease (+ a heartbeat, a report interval, and the
     # mirror's delay to the leader's view).
     assert resumed_s <= LEASE_S + HEARTBEAT_S + 0.5 + 2.0, resumed_s
+
+
+@needs_chromium
+async def test_a_followers_dashboard_shows_every_siren_and_the_nodes(
+        start_cluster: StartCluster, postgres_url: str, page: Page) -> None:
+    """Chromium on a follower: the login goes on to the leader, the session is good on the
+    follower too (its stream connects), every siren is listed, and the node list shows the
+    three nodes with one leader."""
+    cluster = await start_cluster(cluster_site(postgres_url, 30))
+    leader = await _settled(cluster, 30)
+    follower = next(name for name in cluster.nodes if name != leader)
+    await page.goto(cluster.nodes[follower].url)
+    await page.fill("input[name=username]", "operator")
+    await page.fill("input[name=password]", PASSWORDS["operator"])
+    await page.click("#login-form button")
+    await expect(page.locator("#sirens tbody tr")).to_have_count(30)
+    await expect(page.locator("#stream")).to_have_class("stream live")
+    await expect(page.locator("#cluster-card")).to_be_visible()
+    await expect(page.locator("#cluster-nodes tbody tr[data-alive=true]")).to_have_count(3)
+    await expect(page.locator("#cluster-nodes tbody tr[data-leader=true]")).to_have_count(1)
+    assert await page.locator("#cluster-nodes tbody tr[data-leader=true]").get_attribute(
+        "data-node") == leader
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.locator("#cluster-card").screenshot(path=str(ARTIFACTS / "cluster-nodes.png"))

@@ -279,6 +279,25 @@ async def test_the_asset_register_and_its_history(new_store: StoreFactory) -> No
             ("s1", 1.0, "site file", {"serial": [None, "A-1"]})]
 
 
+async def test_sessions_are_shared_touched_and_revoked(new_store: StoreFactory) -> None:
+    async with opened(new_store) as store:
+        await store.sessions.put(("d1", "admin", "admin", 1.0, 1000.0, 1.0), now=1.0)
+        await store.sessions.put(("d2", "admin", "admin", 2.0, 1000.0, 2.0), now=2.0)
+        await store.sessions.put(("d3", "viewer", "viewer", 3.0, 5.0, 3.0), now=3.0)
+        assert await store.sessions.get("d1") == ("d1", "admin", "admin", 1.0, 1000.0, 1.0)
+        assert await store.sessions.touch("d1", 50.0)
+        assert await store.sessions.touch("d1", 40.0)  # an older use does not go back
+        touched = await store.sessions.get("d1")
+        assert touched is not None and touched[5] == 50.0
+        await store.sessions.put(("d4", "viewer", "viewer", 9.0, 1000.0, 9.0), now=9.0)
+        assert await store.sessions.get("d3") is None  # expired: pruned at the next put
+        await store.sessions.delete("d1")
+        assert not await store.sessions.touch("d1", 60.0)
+        await store.sessions.delete_user("admin")
+        assert await store.sessions.get("d2") is None
+        assert await store.sessions.get("d4") is not None
+
+
 async def test_telemetry_is_stored_and_read_back(new_store: StoreFactory) -> None:
     from datetime import UTC, datetime, timedelta
 
@@ -333,3 +352,24 @@ async def test_an_unreachable_postgres_refuses_to_start_with_a_clear_error() -> 
     with pytest.raises(StorageError, match=r"cannot reach PostgreSQL 127\.0\.0\.1:9/none"):
         await store.start()
     await store.stop()
+
+
+async def test_a_session_made_on_one_node_is_good_on_another_until_revoked(
+        new_store: StoreFactory) -> None:
+    from siren_gateway.security.auth import Principal, Role, TokenStore
+    from siren_gateway.security.sessions import Sessions
+
+    async with opened(new_store) as one, opened(new_store) as two:
+        leader = Sessions(TokenStore(3600, 600, 5), one.sessions, check_s=0)
+        follower = Sessions(TokenStore(3600, 600, 5), two.sessions, check_s=0)
+        session = leader.tokens.issue(Principal("operator", Role.OPERATOR))
+        await leader.issued(session)
+        assert await follower.resolve(session.token) == Principal("operator", Role.OPERATOR)
+        assert await follower.resolve("not-a-token") is None
+        await leader.revoke(session.token)  # a logout on the leader ends it everywhere
+        assert await follower.resolve(session.token) is None
+        again = leader.tokens.issue(Principal("viewer", Role.VIEWER))
+        await leader.issued(again)
+        assert await follower.resolve(again.token) is not None
+        await follower.revoke_user("viewer")  # an admin's revocation on any node
+        assert await leader.resolve(again.token) is None

@@ -51,7 +51,7 @@ def require(role: Role, needs: str | None = None) -> Callable[..., Awaitable[Pri
     refusal names, where the least role is not the whole story."""
 
     async def check(request: Request, gateway: GatewayDep, token: BearerToken) -> Principal:
-        principal = gateway.tokens.resolve(token) if token else None
+        principal = await gateway.sessions.resolve(token) if token else None
         if principal is None:
             raise HTTPException(401, "log in first: missing, unknown or expired bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})

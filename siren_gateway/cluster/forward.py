@@ -1,7 +1,6 @@
 """Any node accepts a request: a follower hands each API request to the leader, which runs the
-engines (and holds the sessions), and returns its answer. The node's own health and metrics,
-the dashboard's files and the live stream stay local (a follower's stream needs a session of
-its own: docs/cluster.md).
+engines, and returns its answer. The node's own health and metrics, the dashboard's files and
+the live stream stay local (sessions are shared: security/sessions.py).
 
 The leader is told who the client was (for the audit log and the login throttle) in a header
 it believes only with the cluster secret.

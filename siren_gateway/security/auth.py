@@ -123,6 +123,11 @@ class TokenStore:
         mine[session.token] = None
         return session
 
+    def adopt(self, session: Session) -> None:
+        """A session another node of the cluster made (security/sessions.py)."""
+        self._tokens[session.token] = session
+        self._by_user.setdefault(session.principal.username, OrderedDict())[session.token] = None
+
     def _valid(self, session: Session, now: float) -> bool:
         return now < session.expires_at and now - session.last_used < self.idle_s
 

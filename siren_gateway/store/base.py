@@ -17,6 +17,7 @@ from siren_gateway.scheduling.model import Occurrence
 from siren_gateway.store.assets import AssetChange
 from siren_gateway.store.audit import AuditRow
 from siren_gateway.store.database import StorageHealth
+from siren_gateway.store.sessions import SessionRow
 
 
 class ActivationRepository(Protocol):
@@ -134,6 +135,18 @@ class AssetRepository(Protocol):
     async def changes(self, siren_id: str, limit: int) -> list[AssetChange]: ...
 
 
+class SessionRepository(Protocol):
+    async def put(self, row: SessionRow, now: float) -> None: ...
+
+    async def get(self, token_sha256: str) -> SessionRow | None: ...
+
+    async def touch(self, token_sha256: str, at: float) -> bool: ...
+
+    async def delete(self, token_sha256: str) -> None: ...
+
+    async def delete_user(self, username: str) -> None: ...
+
+
 class Store(Protocol):
     """All durable state of one gateway, and whether the database takes writes now."""
 
@@ -147,6 +160,7 @@ class Store(Protocol):
     work_orders: WorkOrderRepository
     inspections: InspectionRepository
     assets: AssetRepository
+    sessions: SessionRepository
 
     async def start(self) -> None: ...
 

@@ -10,12 +10,16 @@ The repositories' SQL is the subset both databases run alike: `?` parameters, up
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol, TypeVar
+
+from siren_gateway.store.errors import DatabaseClosed
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -85,6 +89,24 @@ class Connection(Protocol):
         """Inside a transaction: wait until no other writer holds `name`, and hold it to the
         transaction's end (SQLite's one writer already is such a lock)."""
         ...
+
+
+class DatabaseThread:
+    """The one worker thread a database's connection lives on: the event loop hands it work and
+    never waits on the disk or the network itself."""
+
+    def __init__(self, name: str) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.stopped = False
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.stopped:  # its thread is gone
+            raise DatabaseClosed("database is stopped")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def shutdown(self) -> None:
+        self.stopped = True
+        self._executor.shutdown(wait=True)
 
 
 class Database(Protocol):

@@ -9,18 +9,22 @@ on the server. Its binary build needs no compiler.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from siren_gateway.store.database import Connection, Dialect, Rows, StorageHealth
+from siren_gateway.store.database import (
+    Connection,
+    DatabaseThread,
+    Dialect,
+    Rows,
+    StorageHealth,
+)
 from siren_gateway.store.errors import DatabaseClosed, StorageError
 from siren_gateway.store.repositories import RepositoryStore
 from siren_gateway.store.schema import migrate
@@ -87,8 +91,7 @@ class PostgresDatabase:
         self.url = url
         self.name = name  # which of a node's connections (state, cluster, live) in the server
         self.health = StorageHealth()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"postgres-{name}")
-        self._stopped = False
+        self._thread = DatabaseThread(f"postgres-{name}")
         self._conn: PostgresConnection | None = None
         self._open = False
 
@@ -113,13 +116,8 @@ class PostgresDatabase:
                 raise
             self._conn, self._open = conn, True
 
-        await self._call(open_and_migrate)
+        await self._thread.call(open_and_migrate)
         log.info("%s database: %s", self.name, self.describe())
-
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._stopped:  # its thread is gone
-            raise DatabaseClosed("database is stopped")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def run(self, fn: Callable[[Connection], T]) -> T:
         def call() -> T:
@@ -135,10 +133,10 @@ class PostgresDatabase:
                     self._conn = None  # the next call connects again
                 raise StorageError(str(exc).strip()) from exc
 
-        return await self._call(call)
+        return await self._thread.call(call)
 
     async def stop(self) -> None:
-        if self._stopped:
+        if self._thread.stopped:
             return
 
         def close() -> None:
@@ -147,9 +145,8 @@ class PostgresDatabase:
                 self._conn.raw.close()
                 self._conn = None
 
-        await self._call(close)
-        self._stopped = True
-        self._executor.shutdown(wait=True)
+        await self._thread.call(close)
+        self._thread.shutdown()
 
 
 class PostgresStore(RepositoryStore):

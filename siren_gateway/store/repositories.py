@@ -16,6 +16,7 @@ from siren_gateway.store.base import (
     OutboxRepository,
     PasswordUpgradeRepository,
     ScheduleRepository,
+    SessionRepository,
     WorkOrderRepository,
 )
 from siren_gateway.store.credentials import PasswordUpgradeStore
@@ -23,6 +24,7 @@ from siren_gateway.store.database import Database
 from siren_gateway.store.inspections import InspectionStore
 from siren_gateway.store.outbox import OutboxStore
 from siren_gateway.store.schedules import ScheduleStore
+from siren_gateway.store.sessions import SessionStore
 from siren_gateway.store.workorders import WorkOrderStore
 
 
@@ -40,6 +42,7 @@ class RepositoryStore:
         self.work_orders: WorkOrderRepository = WorkOrderStore(database)
         self.inspections: InspectionRepository = InspectionStore(database)
         self.assets: AssetRepository = AssetStore(database)
+        self.sessions: SessionRepository = SessionStore(database)
 
     async def start(self) -> None:
         await self.database.start()

@@ -287,6 +287,18 @@ CREATE TABLE siren_live (
 CREATE INDEX siren_live_seq ON siren_live (seq);
 """
 
+SESSIONS = """
+CREATE TABLE sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    username     TEXT NOT NULL,
+    role         TEXT NOT NULL,
+    issued_at    REAL NOT NULL,
+    expires_at   REAL NOT NULL,
+    last_used    REAL NOT NULL
+);
+CREATE INDEX sessions_user ON sessions (username);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "baseline: telemetry, audit, activations, alerts, schedules, outbox, "
                  "password upgrades", (BASELINE, AUDIT_APPEND_ONLY), _audit_chain_columns),
@@ -298,6 +310,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         LOOKUP_COLUMNS, "CREATE INDEX activations_requested_by ON activations (requested_by);")),
     Migration(7, "cluster: nodes, siren leases, leader, live state", (
         CLUSTER, PerDialect(sqlite="", postgres="CREATE SEQUENCE siren_live_counter;"))),
+    Migration(8, "sessions shared by a cluster's nodes", (SESSIONS,)),
 )
 CURRENT = MIGRATIONS[-1].version
 

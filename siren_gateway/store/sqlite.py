@@ -3,17 +3,21 @@ waits on disk."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from siren_gateway.config.site import Site
-from siren_gateway.store.database import Connection, Dialect, Rows, StorageHealth
+from siren_gateway.store.database import (
+    Connection,
+    DatabaseThread,
+    Dialect,
+    Rows,
+    StorageHealth,
+)
 from siren_gateway.store.errors import DatabaseClosed, StorageError
 from siren_gateway.store.repositories import RepositoryStore
 from siren_gateway.store.schema import migrate
@@ -74,15 +78,14 @@ class SqliteDatabase:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self.health = StorageHealth()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
-        self._stopped = False
+        self._thread = DatabaseThread("sqlite")
         self._conn: SqliteConnection | None = None
 
     def describe(self) -> str:
         return f"SQLite {self.path}"
 
     async def start(self) -> None:
-        await self._call(self._open)
+        await self._thread.call(self._open)
 
     def _open(self) -> None:
         if self.path != ":memory:":
@@ -109,11 +112,6 @@ class SqliteDatabase:
             raise
         self._conn = conn
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._stopped:  # its thread is gone
-            raise DatabaseClosed("database is stopped")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def run(self, fn: Callable[[Connection], T]) -> T:
         def call() -> T:
             if self._conn is None:
@@ -123,14 +121,13 @@ class SqliteDatabase:
             except sqlite3.Error as exc:
                 raise StorageError(str(exc)) from exc
 
-        return await self._call(call)
+        return await self._thread.call(call)
 
     async def stop(self) -> None:
         if self._conn is not None:
-            await self._call(self._conn.raw.close)
+            await self._thread.call(self._conn.raw.close)
             self._conn = None
-        self._stopped = True
-        self._executor.shutdown(wait=True)
+        self._thread.shutdown()
 
 
 class SqliteStore(RepositoryStore):

@@ -53,6 +53,7 @@ async def login(request: Request, gateway: GatewayDep,
                             ) from None
     except BadCredentials as exc:
         raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    await gateway.sessions.issued(session)  # (a cluster's other nodes know it too)
     api = gateway.site.config.api
     return TokenOut(access_token=session.token, expires_in=int(api.token_ttl_s),
                     idle_timeout_s=int(api.token_idle_s), role=user.role,
@@ -62,7 +63,7 @@ async def login(request: Request, gateway: GatewayDep,
 @router.post("/auth/logout")
 async def logout(gateway: GatewayDep, who: Viewer, token: BearerToken) -> LogoutOut:
     """End this session on the server: the token (and any stream opened with it) stops."""
-    revoked = gateway.tokens.revoke(token or "")
+    revoked = await gateway.sessions.revoke(token or "")
     await gateway.audit.record(who, "auth.logout", "ok")
     return LogoutOut(revoked=revoked)
 
@@ -70,7 +71,7 @@ async def logout(gateway: GatewayDep, who: Viewer, token: BearerToken) -> Logout
 @router.post("/auth/revoke")
 async def revoke(body: RevokeIn, gateway: GatewayDep, who: Admin) -> RevokeOut:
     """End every session of a user (a lost laptop, a leaver)."""
-    count = gateway.tokens.revoke_user(body.username)
+    count = await gateway.sessions.revoke_user(body.username)
     await gateway.audit.record(who, "auth.revoke", "ok", target=f"user {body.username}",
                                sessions=count)
     return RevokeOut(username=body.username, revoked=count)

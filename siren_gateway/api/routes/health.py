@@ -13,7 +13,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthOut,
             response_model_exclude_unset=True)
-def health(request: Request, gateway: GatewayDep, token: BearerToken) -> dict[str, Any]:
+async def health(request: Request, gateway: GatewayDep, token: BearerToken) -> dict[str, Any]:
     """Liveness for anyone (a load balancer, a supervisor); the details need a session (or,
     from another cluster node or its monitoring, the cluster secret: sessions live on the
     leader, and a follower's own figures are here)."""
@@ -22,6 +22,6 @@ def health(request: Request, gateway: GatewayDep, token: BearerToken) -> dict[st
         public["leader"] = gateway.membership.leader
     if token_matches(request.headers.get(TOKEN_HEADER), gateway.cluster_secret):
         return gateway.health() | public
-    if not token or gateway.tokens.resolve(token) is None:
+    if not token or await gateway.sessions.resolve(token) is None:
         return public
     return gateway.health() | public

@@ -56,7 +56,7 @@ async def stream(websocket: WebSocket) -> None:
     `bearer.<token>`; the stream is closed (4401) when the session ends or is revoked."""
     gateway: Gateway = websocket.app.state.gateway
     token = _offered_token(websocket)
-    principal = gateway.tokens.resolve(token) if token else None
+    principal = await gateway.sessions.resolve(token) if token else None
     if token is None or principal is None or principal.role < Role.VIEWER:
         await websocket.close(code=4401, reason="log in first: offer subprotocol "
                               "bearer.<token> with siren-gateway")
@@ -85,7 +85,7 @@ async def stream(websocket: WebSocket) -> None:
         # (An open stream counts as use: the session's idle clock does not run meanwhile.)
         # (polled: sessions end by the clock as well as by revocation, and this costs one dict
         # lookup a second per stream)
-        while gateway.tokens.resolve(token) is not None:  # noqa: ASYNC110
+        while await gateway.sessions.resolve(token) is not None:  # noqa: ASYNC110
             await asyncio.sleep(SESSION_CHECK_S)
         with contextlib.suppress(Exception):
             await websocket.close(code=4401, reason="session ended")
