@@ -139,7 +139,8 @@ class Gateway:
                                     config.site.timezone, self.store, self.clock,
                                     frozenset(config.alerts.faults))
         self.alerts = AlertEngine(config.alerts, config.coverage.severity, self.fleet, self.bus,
-                                  self.store, self.audit, self.clock)
+                                  self.store, self.audit, self.clock,
+                                  listen_from_start=node is None)
         self.coverage = CoverageEngine(catalogue, config.coverage, self.fleet, self.bus)
         self.scheduler = Scheduler(
             config.schedules, config.sirens, self.store, self.bus, self.audit,
@@ -191,16 +192,17 @@ class Gateway:
         if self.mqtt is not None:
             parts.append(("mqtt hub", self.mqtt))
         if self.leader_role is not None:
-            return [*parts, ("coverage engine", self.coverage), ("poller", self.poller),
-                    ("leader role", self.leader_role)]
+            return [*parts, ("poller", self.poller), ("leader role", self.leader_role)]
         return [*parts, ("alert engine", self.alerts), ("coverage engine", self.coverage),
                 *self._notifier_parts(), ("poller", self.poller), *self._engine_parts()]
 
     def _leader_parts(self) -> list[tuple[str, Service]]:
         """What only one gateway of a site may run at a time, because it numbers records or
-        sends commands and notifications: in a cluster, the leader (in parts()' order)."""
-        return [("alert engine", self.alerts), ("outbox", self.outbox),
-                *self._notifier_parts(), *self._engine_parts()]
+        sends commands and notifications: in a cluster, the leader (in parts()' order). The
+        coverage engine too: its answers and alerts are the leader's, and on every node it
+        would redo the whole fleet's work for nobody (bench/failover.py --scale)."""
+        return [("alert engine", self.alerts), ("coverage engine", self.coverage),
+                ("outbox", self.outbox), *self._notifier_parts(), *self._engine_parts()]
 
     def _notifier_parts(self) -> list[tuple[str, Service]]:
         parts: list[tuple[str, Service]] = [

@@ -66,7 +66,8 @@ KEEP_CLEARED = 500
 
 class AlertEngine:
     def __init__(self, config: AlertsConfig, coverage_severity: str, fleet: Fleet, bus: Bus,
-                 store: Store, audit: AuditLog, clock: Clock | None = None) -> None:
+                 store: Store, audit: AuditLog, clock: Clock | None = None,
+                 listen_from_start: bool = True) -> None:
         self.clock = clock or fleet.clock
         self.coverage_severity = coverage_severity  # the coverage section says how bad
         self.fleet = fleet
@@ -78,10 +79,11 @@ class AlertEngine:
         self.alerts: dict[int, Alert] = {}
         self._trackers: dict[tuple[str, str | None], _Tracker] = {}
         self._next_id = 1
-        self._subscription: Subscription = bus.subscribe(
-            "alerts", maxsize=100_000,
-            kinds=(SampleReceived, SpoolOverflow, SirenResultFinal, ScheduleEvent,
-                   SecurityEvent, CoverageChanged, InspectionOverdue))
+        # One gateway listens from its construction, so nothing its parts publish while they
+        # start is missed; a cluster node's engine only on the leader, once it takes over
+        # (a follower's queue would fill with events nobody reads).
+        self._subscription: Subscription | None = (self._subscribe() if listen_from_start
+                                                   else None)
         self._attacks: dict[str, float] = {}  # login_attack subject -> last seen
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -102,7 +104,15 @@ class AlertEngine:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def _subscribe(self) -> Subscription:
+        return self.bus.subscribe(
+            "alerts", maxsize=100_000,
+            kinds=(SampleReceived, SpoolOverflow, SirenResultFinal, ScheduleEvent,
+                   SecurityEvent, CoverageChanged, InspectionOverdue))
+
     async def start(self) -> None:
+        if self._subscription is None:
+            self._subscription = self._subscribe()
         reloaded, top = await self.store.not_cleared()
         self._next_id = top + 1
         for alert in reloaded:
@@ -125,7 +135,9 @@ class AlertEngine:
         self._running = False
         await cancel_and_wait(self._tasks)
         await self._flush()
-        self._subscription.close()
+        if self._subscription is not None:
+            self._subscription.close()
+            self._subscription = None
 
     # -- rules -----------------------------------------------------------------------------
 
@@ -389,9 +401,11 @@ class AlertEngine:
     async def _consume(self) -> None:
         """Evaluate events in batches: waking once per sample (hundreds a second on a large
         fleet) cost more than the rules themselves; a 0.1 s pause costs at most that latency."""
-        queue = self._subscription.queue
+        subscription = self._subscription
+        assert subscription is not None  # (made at start at the latest)
+        queue = subscription.queue
         while self._running:
-            events = [await self._subscription.get()]
+            events = [await subscription.get()]
             while not queue.empty():
                 events.append(queue.get_nowait())
             now = self.clock.now()

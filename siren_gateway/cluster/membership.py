@@ -62,6 +62,7 @@ class _Cycle:
     leader_id: str | None
     addresses: dict[str, str]  # live nodes' APIs
     owners: dict[str, str] | None  # every siren's owner now (read by the leader only)
+    owners_version: tuple[Any, ...]  # what the owners were read at (); () when not leading
 
 
 OwnershipListener = Callable[[set[str], set[str]], None]  # (gained, lost)
@@ -91,6 +92,7 @@ class Membership:
         self.addresses: dict[str, str] = {}
         # Each siren's owner as last read (the leader delivers commands through them).
         self.owners: dict[str, str] = {}
+        self._owners_version: tuple[Any, ...] = ()
         self.cycles = 0
         self.failed_cycles = 0
         self.fenced = 0  # times the fence fired
@@ -188,6 +190,7 @@ class Membership:
         self.leader_id, self.addresses = cycle.leader_id, cycle.addresses
         if cycle.owners is not None:
             self.owners = cycle.owners
+        self._owners_version = cycle.owners_version
         self._valid_until = sent + self.config.lease_s - self.config.fence_margin_s
         if self._fence is not None:
             self._fence.cancel()
@@ -239,11 +242,15 @@ class Membership:
                 leader_id = found[0] if found else None
             owners = None
             if row is not None:
-                owners = {r[0]: r[1] for r in conn.execute(
-                    "SELECT siren_id, node_id FROM siren_leases WHERE node_id IS NOT NULL "
-                    "AND expires_at > ?", (now,))}
+                # The whole map only when an owner changed (every claim raises an epoch; a
+                # released or expired lease leaves its old owner, who answers not_owner).
+                version = tuple(conn.execute(
+                    "SELECT sum(epoch), count(node_id) FROM siren_leases").fetchone())
+                if version != self._owners_version:
+                    owners = {r[0]: r[1] for r in conn.execute(
+                        "SELECT siren_id, node_id FROM siren_leases WHERE node_id IS NOT NULL")}
         return _Cycle(live, held, row is not None, int(row[0]) if row else 0, leader_id,
-                      addresses, owners)
+                      addresses, owners, version if row is not None else ())
 
     def _desired_set(self, live: list[str]) -> set[str]:
         nodes = tuple(live) if self.node.id in live else (*live, self.node.id)
