@@ -53,6 +53,11 @@ def run_nodes(config: Path, port: int, nodes: int, secret: str, work: Path) -> N
     """`siren-gateway run --node-id nodeK` on ports port..port+nodes-1, until Ctrl-C."""
     env = dict(os.environ, SIREN_CLUSTER_SECRET=secret, PYTHONUNBUFFERED="1")
     processes = []
+
+    def terminated(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM ends the nodes as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         for index in range(nodes):
             log_file = (work / f"node{index + 1}.log").open("ab")
@@ -109,7 +114,7 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
         if nodes > 1:
             for index in range(nodes):
                 print(f"  gateway node{index + 1}:      http://127.0.0.1:{port + index}/ "
-                      f"(PostgreSQL {describe_url(database_url or '')})")
+                      f"({describe_url(database_url or '')})")
         else:
             print(f"  gateway API:        http://127.0.0.1:{port}/api/sirens")
             print(f"  API docs:           http://127.0.0.1:{port}/docs")
