@@ -15,7 +15,6 @@ from siren_gateway.activation.operator import OperatorCommands
 from siren_gateway.alerts.engine import AlertEngine
 from siren_gateway.alerts.notifiers import MqttAlertNotifier, WebhookNotifier
 from siren_gateway.alerts.outbox import Outbox
-from siren_gateway.cluster.fence import FencedLink
 from siren_gateway.cluster.leadership import LeaderRole
 from siren_gateway.cluster.live import LiveExchange
 from siren_gateway.cluster.membership import Membership, NodeIdentity
@@ -101,7 +100,7 @@ class Gateway:
         membership, secret = self.membership, self.cluster_secret
         if owns is not None and membership is not None and secret is not None:
             def fence(link: SirenLink) -> SirenLink:
-                return ClusterLink(FencedLink(link, owns), membership, secret, self.node_client)
+                return ClusterLink(link, membership, secret, self.node_client)
         modbus, mqtt = [], []
         for siren in site.config.sirens:
             profile = site.profiles[siren.profile]

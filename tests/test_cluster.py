@@ -34,6 +34,7 @@ SIRENS = 300
 POLL_S = 1.0
 LEASE_S = 4.0
 HEARTBEAT_S = 0.5
+SECRET = "test-cluster-secret-0123456789"
 
 
 def cluster_site(database_url: str, sirens: int = SIRENS) -> dict[str, Any]:
@@ -45,7 +46,7 @@ def cluster_site(database_url: str, sirens: int = SIRENS) -> dict[str, Any]:
     site["cluster"] = {"lease_s": LEASE_S, "heartbeat_s": HEARTBEAT_S, "fence_margin_s": 1.0,
                        "live_interval_s": 0.25}
     site["storage"] = {"telemetry_min_interval_s": 60}
-    site["cluster"]["secret"] = "test-cluster-secret-0123456789"
+    site["cluster"]["secret"] = SECRET
     return site
 
 
@@ -71,10 +72,10 @@ class Cluster:
         response.raise_for_status()
         return {s["id"]: s for s in response.json()}
 
-    async def log_in_again(self, nodes: tuple[str, ...], user: str = "viewer") -> None:
-        for name in nodes:
-            await self.clients[name].aclose()
-            self.clients[name] = await logged_in(self.nodes[name], user)
+    async def fleet_truth(self, siren: str) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=self.fleet.control_url, timeout=10) as control:
+            result: dict[str, Any] = (await control.get(f"/sirens/{siren}")).json()
+            return result
 
     async def close(self) -> None:
         for client in self.clients.values():
@@ -112,6 +113,17 @@ async def test_a_killed_nodes_sirens_are_taken_over_within_the_lease(cluster: Cl
     assert info["mode"] == "cluster" and info["leader_id"] in ("a", "b", "c")
     assert sorted(n["id"] for n in info["nodes"] if n["alive"]) == ["a", "b", "c"]
     assert sum(n["sirens_owned"] for n in info["nodes"]) == SIRENS
+    # The delivery endpoint sounds sirens: only a node with the cluster secret may call it.
+    siren = next(s for s, node in cluster.owners().items() if node == "a")
+    deliver = f"{cluster.nodes['a'].url}/api/cluster/deliver/{siren}"
+    command = {"kind": "sound", "signal": "growl_test", "sequence": 1, "command_id": "x"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.post(deliver, json=command)).status_code == 403
+        assert (await http.post(deliver, json=command, headers={
+            TOKEN_HEADER: "not-the-secret-0123456789"})).status_code == 403
+        assert (await http.post(deliver, json={"kind": "explode"}, headers={
+            TOKEN_HEADER: SECRET})).status_code == 400
+    assert (await cluster.fleet_truth(siren))["commands_received"] == 0
     owners = cluster.owners()
     lost = {siren for siren, node in owners.items() if node == "b"}
     assert 40 < len(lost) < 160, "rendezvous hashing spreads the sirens"
@@ -293,22 +305,27 @@ def _log_time(line: str) -> float:
     return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
-async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
+async def test_the_leader_cut_off_from_the_database_stops_before_others_take_over(
         tmp_path: Path, postgres_url: str, start_cluster: StartCluster) -> None:
-    """Node b logs in to PostgreSQL as a role of its own; the test takes the role's right to
-    connect away and ends its sessions, as a partition would. b must stop polling its sirens
-    (its fence) before the survivors' leases begin, and after the take-over each siren is
-    polled by one node only (the simulators count the requests)."""
-    role = f"siren_node_{uuid.uuid4().hex[:8]}"
+    """Each node logs in to PostgreSQL as a role of its own; the test takes the leader's right
+    to connect away and ends its sessions, as a partition would. It must stop polling and
+    commanding (its fence) before the survivors' leases begin, give up the leadership and end
+    (crash-only); an activation made meanwhile sounds every siren once; afterwards each siren
+    is polled by one node only (the simulators count the requests)."""
+    tag = uuid.uuid4().hex[:8]
+    roles = {n: f"siren_node_{tag}_{n}" for n in "abc"}
     admin = psycopg.connect(postgres_url, autocommit=True)
-    admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER".encode())
     base, _, name = postgres_url.rpartition("/")
-    b_url = f"{base.split('//')[0]}//{role}@{base.split('@')[1]}/{name}"
+    scheme, _, host = base.partition("//")
+    urls = {n: f"{scheme}//{role}@{host.partition('@')[2]}/{name}" for n, role in roles.items()}
+    for role in roles.values():
+        admin.execute(f"CREATE ROLE {role} LOGIN SUPERUSER".encode())
+    victim = "?"
     try:
-        cluster = await start_cluster(cluster_site(postgres_url, 60), "operator",
-                                      urls={"b": b_url})
-        await _settled(cluster, 60)
-        mine = sorted(s for s, node in cluster.owners().items() if node == "b")
+        cluster = await start_cluster(cluster_site(postgres_url, 60), "operator", urls=urls)
+        victim = await _settled(cluster, 60)
+        survivor = next(n for n in "abc" if n != victim)
+        mine = sorted(s for s, node in cluster.owners().items() if node == victim)
         control = httpx.AsyncClient(base_url=cluster.fleet.control_url, timeout=10)
 
         async def requests() -> int:
@@ -316,24 +333,25 @@ async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
             return sum(counts.get(s, 0) for s in mine)
 
         cut_at = time.time()
-        admin.execute(f"ALTER ROLE {role} NOLOGIN".encode())
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                      (role,))
-        # Every siren commanded while b is cut off (b may have been the leader: then the
-        # request waits for the next one).
+        _cut_off(admin, roles[victim])
+        # Every siren commanded while the leader is cut off: the request waits for the next.
         activation_id = None
 
         async def accepted() -> bool:
             nonlocal activation_id
-            answer = await cluster.clients["a"].post("/api/activations", json={
+            answer = await cluster.clients[survivor].post("/api/activations", json={
                 "targets": {"all": True}, "class": "test", "signal": "growl_test"})
             activation_id = answer.json()["id"] if answer.status_code == 201 else None
             return activation_id is not None
 
         await wait_until(accepted, 30, "an activation accepted during the cut", 0.5)
-        await wait_until(lambda: all(o in ("a", "c") for s, o in cluster.owners().items()
-                                     if s in mine), 30, "b's sirens taken over", 0.25)
+        await wait_until(lambda: all(o != victim for s, o in cluster.owners().items()
+                                     if s in mine), 30, "the victim's sirens taken over", 0.25)
         claimed = min(cluster.claimed_at()[s] for s in mine)
+        victim_process = cluster.nodes[victim].process
+        assert victim_process is not None
+        await wait_until(lambda: victim_process.poll() is not None, 30,
+                         "the demoted leader ended (its supervisor would start it again)")
         # One node polls each siren now: over 4 poll intervals, about 4 requests each.
         await asyncio.sleep(1.0)
         before = await requests()
@@ -341,32 +359,39 @@ async def test_a_node_cut_off_from_the_database_stops_before_others_take_over(
         per_siren = (await requests() - before) / len(mine) / 4
 
         async def finished() -> bool:
-            answer = await cluster.clients["a"].get(f"/api/activations/{activation_id}")
+            answer = await cluster.clients[survivor].get(f"/api/activations/{activation_id}")
             return answer.status_code == 200 and answer.json()["state"] != "running"
 
         await wait_until(finished, 60, "the activation finished", 0.5)
         truths = {s: (await control.get(f"/sirens/{s}")).json() for s in cluster.owners()}
         await control.aclose()
-        await cluster.close()
     finally:
-        admin.execute(f"ALTER ROLE {role} NOLOGIN".encode())
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
-                      (role,))
-        admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER".encode())
-        admin.execute(f"DROP ROLE IF EXISTS {role}".encode())
+        for role in roles.values():
+            _cut_off(admin, role)
+            admin.execute(f"REASSIGN OWNED BY {role} TO CURRENT_USER".encode())
+            admin.execute(f"DROP ROLE IF EXISTS {role}".encode())
         admin.close()
-    fence_lines = [line for line in (tmp_path / "b.log").read_text().splitlines()
-                   if "fenced (lease not renewed)" in line]
-    assert fence_lines, "b fenced itself"
+    log = (tmp_path / f"{victim}.log").read_text().splitlines()
+    fence_lines = [line for line in log if "fenced (lease not renewed)" in line]
+    assert fence_lines, "the leader fenced itself"
+    assert any("lost the leadership" in line for line in log)
     fenced_at = _log_time(fence_lines[0])
-    print(f"cut at 0; b fenced at {fenced_at - cut_at:.2f} s; first claim by a survivor at "
-          f"{claimed - cut_at:.2f} s; requests per siren and poll interval after: {per_siren:.2f}")
-    assert fenced_at < claimed, "b stopped before any other node could claim its sirens"
-    # The simulators' own count: each siren got one command and sounded once, b's included.
+    print(f"cut at 0; the leader fenced at {fenced_at - cut_at:.2f} s; first claim by a "
+          f"survivor at {claimed - cut_at:.2f} s; requests per siren and poll interval after: "
+          f"{per_siren:.2f}")
+    assert fenced_at < claimed, "it stopped before any other node could claim its sirens"
+    # The simulators' own count: each siren got one command and sounded once.
     assert all(t["commands_received"] == 1 for t in truths.values()), {
         s: t["commands_received"] for s, t in truths.items() if t["commands_received"] != 1}
     assert all([o["signal"] for o in t["onsets"]] == ["growl_test"] for t in truths.values())
     assert per_siren < 1.5, "one node polls each siren, not two"
+
+
+def _cut_off(admin: psycopg.Connection[Any], role: str) -> None:
+    """As a partition would: the role may not connect, and its sessions end."""
+    admin.execute(f"ALTER ROLE {role} NOLOGIN".encode())
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                  (role,))
 
 
 async def test_mqtt_messages_are_handled_once_by_their_owner_and_survive_a_node(

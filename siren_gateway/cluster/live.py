@@ -119,9 +119,11 @@ class LiveExchange:
                         "data = excluded.data WHERE EXISTS (SELECT 1 FROM siren_leases l "
                         "WHERE l.siren_id = excluded.siren_id AND l.node_id = excluded.node_id)",
                         rows)
+            # (A row whose transaction commits after a higher-numbered one was read is skipped;
+            # its siren's next answer, one poll later, is read: its owner writes every one.)
             return [tuple(r) for r in conn.execute(
-                "SELECT siren_id, node_id, seq, data FROM siren_live WHERE seq > ? "
-                "ORDER BY seq LIMIT ?", (after, READ_BATCH))]
+                "SELECT siren_id, node_id, seq, data FROM siren_live WHERE seq > ? AND "
+                "node_id != ? ORDER BY seq LIMIT ?", (after, me, READ_BATCH))]
 
         try:
             found = await self.database.run(write_and_read)
@@ -134,7 +136,7 @@ class LiveExchange:
         self.written += len(rows)
         for siren_id, node_id, seq, data in found:
             self._last_seq = max(self._last_seq, seq)
-            if node_id == me or self.membership.owns(siren_id):
+            if self.membership.owns(siren_id):  # (another's row from before it was handed over)
                 continue
             if siren_id in self.fleet.states:
                 self._apply(siren_id, node_id, json.loads(data))

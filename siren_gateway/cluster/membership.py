@@ -57,6 +57,7 @@ class _Cycle:
 
     live: list[str]
     held: set[str]  # leases this node holds now (renewed or newly claimed)
+    desired: set[str]  # what rendezvous hashing over the live nodes gives this node
     leader: bool
     leader_epoch: int
     leader_id: str | None
@@ -196,8 +197,7 @@ class Membership:
             self._fence.cancel()
         self._fence = loop.call_at(self._valid_until, self._drop_all, "lease not renewed")
         # Stop using what the live nodes now give to others; release it at the next beat.
-        desired = self._desired_set(cycle.live)
-        leaving = cycle.held - desired
+        leaving = cycle.held - cycle.desired
         self._to_release |= leaving
         self._set_owned(cycle.held - leaving)
         self.leader_epoch = cycle.leader_epoch
@@ -213,21 +213,23 @@ class Membership:
             held = {r[0] for r in conn.execute(
                 "UPDATE siren_leases SET expires_at = ? WHERE node_id = ? RETURNING siren_id",
                 (now + lease, me))}
-            conn.execute(
-                "INSERT INTO cluster_nodes (id, address, pid, started_at, heartbeat_at, owned) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET address = "
-                "excluded.address, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at",
-                (me, self.node.address, self.node.pid, self.started_at or now, now, len(held)))
             addresses = {r[0]: r[1] for r in conn.execute(
-                "SELECT id, address FROM cluster_nodes WHERE heartbeat_at > ?", (now - lease,))}
+                "SELECT id, address FROM cluster_nodes WHERE heartbeat_at > ? AND id != ?",
+                (now - lease, me))} | {me: self.node.address}
             live = sorted(addresses)
-            wanted = sorted(self._desired_set(live) - held)
+            desired = self._desired_set(live)
+            wanted = sorted(desired - held)
             if wanted:
                 held |= {r[0] for r in conn.execute(
                     "UPDATE siren_leases SET node_id = ?, expires_at = ?, epoch = epoch + 1, "
                     "since = ? WHERE siren_id = ANY(?) AND (node_id IS NULL OR expires_at < ?) "
                     "RETURNING siren_id", (me, now + lease, now, wanted, now))}
-            conn.execute("UPDATE cluster_nodes SET owned = ? WHERE id = ?", (len(held), me))
+            conn.execute(
+                "INSERT INTO cluster_nodes (id, address, pid, started_at, heartbeat_at, owned) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET address = "
+                "excluded.address, pid = excluded.pid, heartbeat_at = excluded.heartbeat_at, "
+                "owned = excluded.owned",
+                (me, self.node.address, self.node.pid, self.started_at or now, now, len(held)))
             row = conn.execute(
                 "INSERT INTO cluster_leader (name, node_id, expires_at, epoch) VALUES "
                 "(?, ?, ?, 1) ON CONFLICT (name) DO UPDATE SET node_id = excluded.node_id, "
@@ -235,13 +237,14 @@ class Membership:
                 "cluster_leader.node_id = excluded.node_id THEN 0 ELSE 1 END "
                 "WHERE cluster_leader.node_id = excluded.node_id OR cluster_leader.expires_at < ? "
                 "RETURNING epoch", (LEADER, me, now + lease, now)).fetchone()
-            leader_id = me if row is not None else None
+            leader_id: str | None = me
+            owners: dict[str, str] | None = None
+            version: tuple[Any, ...] = ()
             if row is None:
                 found = conn.execute("SELECT node_id FROM cluster_leader WHERE name = ? AND "
                                      "expires_at > ?", (LEADER, now)).fetchone()
                 leader_id = found[0] if found else None
-            owners = None
-            if row is not None:
+            else:
                 # The whole map only when an owner changed (every claim raises an epoch; a
                 # released or expired lease leaves its old owner, who answers not_owner).
                 version = tuple(conn.execute(
@@ -249,8 +252,8 @@ class Membership:
                 if version != self._owners_version:
                     owners = {r[0]: r[1] for r in conn.execute(
                         "SELECT siren_id, node_id FROM siren_leases WHERE node_id IS NOT NULL")}
-        return _Cycle(live, held, row is not None, int(row[0]) if row else 0, leader_id,
-                      addresses, owners, version if row is not None else ())
+        return _Cycle(live, held, desired, row is not None, int(row[0]) if row else 0,
+                      leader_id, addresses, owners, version)
 
     def _desired_set(self, live: list[str]) -> set[str]:
         nodes = tuple(live) if self.node.id in live else (*live, self.node.id)

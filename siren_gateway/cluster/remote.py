@@ -1,8 +1,9 @@
-"""Commands for a siren another node owns: the leader's activation engine sends them through
-the owner, which puts them on the wire with its own link (cluster/fence.py checks it still
-owns the siren). The owner's answer keeps the link's meaning: sent, refused by the device, or
-a LinkError whose reason says whether it may have gone out (timeout) or certainly did not
-(unreachable, not_owner), so the engine's read-back rules hold across nodes as on one.
+"""A cluster node's links: its own sirens' commands and polls go on the wire here only while
+it owns them (the fence); a command for a siren another node owns goes through the owner,
+which puts it on the wire with its own link if it still owns the siren. The owner's answer
+keeps the link's meaning: sent, refused by the device, or a LinkError whose reason says
+whether it may have gone out (timeout) or certainly did not (unreachable, not_owner), so the
+engine's read-back rules hold across nodes as on one.
 """
 
 from __future__ import annotations
@@ -64,8 +65,13 @@ class NodeClient:
 
 
 class ClusterLink:
-    """A siren's link on a cluster node: its own (fenced) link while this node owns the siren,
-    else a request to its owner."""
+    """A siren's link on a cluster node: its own link while this node owns the siren, else a
+    request to its owner.
+
+    The fence: every poll and command goes through here, so no path (an activation, an
+    operator command, a read-back, a delivery for the leader) reaches a siren another node
+    owns, and a fenced node (cluster/membership.py) stops at once. Refused before anything is
+    put on the wire, so the caller knows it was not sent."""
 
     def __init__(self, local: SirenLink, membership: Membership, secret: str,
                  client: Callable[[], httpx.AsyncClient]) -> None:
@@ -77,27 +83,35 @@ class ClusterLink:
         self.polled = local.polled
         self.sequence_readback = local.sequence_readback
         self.idempotent_resend = local.idempotent_resend
-        self.forwarded = 0
 
     @property
     def timeout_s(self) -> float:
         return self.local.timeout_s
 
+    def _check_owned(self) -> None:
+        if not self.membership.owns(self.siren_id):
+            raise LinkError("not_owner", "another gateway node owns this siren (not sent)")
+
     async def poll(self) -> Sample:
-        return await self.local.poll()  # (the fence refuses it when another node owns it)
+        self._check_owned()
+        return await self.local.poll()
+
+    async def send_here(self, command: Command) -> None:
+        """Put the command on the wire from this node, which must own the siren."""
+        self._check_owned()
+        await self.local.send(command)
 
     def progress(self, command_id: str) -> str | None:
         return self.local.progress(command_id) if self.membership.owns(self.siren_id) else None
 
     async def send(self, command: Command) -> None:
         if self.membership.owns(self.siren_id):
-            await self.local.send(command)
+            await self.send_here(command)
             return
         owner = self.membership.owner_address(self.siren_id)
         if owner is None:
             raise LinkError("no_owner", "no live node owns this siren now (not sent)")
         node, address = owner
-        self.forwarded += 1
         # The owner may take the device's whole timeout (and an MQTT acknowledgement's).
         timeout = httpx.Timeout(self.local.timeout_s * 3 + 2.0, connect=2.0)
         try:

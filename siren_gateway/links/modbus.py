@@ -315,7 +315,7 @@ class ModbusLinks:
                  wrap: Callable[[SirenLink], SirenLink] | None = None) -> None:
         self._sirens = sirens
         self._registry = registry
-        self._wrap = wrap  # (a cluster node's fence, cluster/fence.py)
+        self._wrap = wrap  # (a cluster node's ClusterLink, cluster/remote.py)
         self.endpoints: list[ModbusEndpoint] = []
 
     async def start(self) -> None:

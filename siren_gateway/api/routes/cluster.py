@@ -55,7 +55,7 @@ async def deliver(siren_id: str, request: Request, gateway: GatewayDep) -> Respo
         raise HTTPException(400, f"not a command: {exc}") from exc
     try:
         async with gateway.activations.siren_lock(siren_id):
-            await link.local.send(command)  # fenced: refused unless this node owns it
+            await link.send_here(command)  # refused unless this node owns the siren
     except LinkError as exc:
         status = 409 if exc.reason == "not_owner" else 502
         return JSONResponse({"reason": exc.reason, "detail": exc.detail}, status_code=status)
