@@ -98,9 +98,11 @@ class MqttSirenLink:
         self._older_in_a_row = 0
         self._pending: dict[str, asyncio.Future[Ack]] = {}
         self._pending_sequence: dict[int, str] = {}  # sequence -> id of the command awaiting ack
-        # Points of the last report, to fill in what a partial report leaves out.
-        self._known: dict[str, Value] = {}
-        self._known_at: dict[str, float] = {}
+        # The last report's points, its time and the times of the points it carried, to fill
+        # in what a partial report leaves out.
+        self._last_values: dict[str, Value] | None = None
+        self._last_stamp = 0.0
+        self._last_carried: dict[str, float] = {}
         self.sequence_readback = profile.spec.sequence_readback is not False
         self._recent: OrderedDict[str, str] = OrderedDict()  # id -> "answered" | "expired"
         self.last_progress: dict[str, str] = {}  # command id -> sounding/finished/failed
@@ -200,24 +202,22 @@ class MqttSirenLink:
         self._older_in_a_row = 0
         self.last_device_ts = ts
         received = utc_now()
-        known, known_at = self._known, self._known_at
+        stamp = received.timestamp()
+        known = self._last_values
         carried: dict[str, float] = {}
-        if len(values) < len(profile.spec.points) and known:
+        if known is not None and len(values) < len(profile.spec.points):
             # A partial report: what it leaves out (or sends as null) keeps its last value and
             # the time it was reported; a fault clears only when reported clear.
+            last_at, last_carried = self._last_stamp, self._last_carried
             for name, value in known.items():
                 if name not in values:
                     values[name] = value
-                    carried[name] = known_at[name]
+                    carried[name] = last_carried.get(name, last_at)
             faults = profile.faults(values)
-        stamp = received.timestamp()
-        known.update(values)
-        if carried:
-            for name in values:
-                if name not in carried:
-                    known_at[name] = stamp
-        else:  # a complete report: every point is new (one C-level update, on every message)
-            known_at.update(dict.fromkeys(values, stamp))
+        # The last report's values (complete after the filling above) stand for what is
+        # known; kept by reference, not copied, as nothing changes a sample's values.
+        # (Copying them into a dict of values and one of times cost ~2 us per message.)
+        self._last_values, self._last_stamp, self._last_carried = values, stamp, carried
         return Sample(self.siren_id, received, values, faults, device_time, carried)
 
     def on_ack(self, ack: Ack) -> str | None:

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
+
 from siren_gateway.model import Sample
 
 
-@dataclass(frozen=True, slots=True)
-class SampleReceived:
+class SampleReceived(msgspec.Struct, frozen=True, gc=False):
+    """One per poll and per telemetry message: a Struct for the reason Sample is one."""
+
     sample: Sample
     # Another cluster node's sample, as mirrored here (cluster/live.py): seen by the rules,
     # never stored again (its owner stored it).

@@ -20,13 +20,12 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from siren_gateway.model import Value, shared_faults
+from siren_gateway.model import NO_FAULTS, Value, shared_faults
 
 if TYPE_CHECKING:
     from siren_gateway.profiles.modbus import CompiledPoint, FaultRule
 
 StatusDecoder = Callable[[Sequence[Sequence[int]]], tuple[dict[str, Value], frozenset[str]]]
-NO_FAULTS: frozenset[str] = shared_faults(frozenset())
 STRING_CACHE_SIZE = 64  # distinct contents remembered per string point (bounded whatever comes)
 
 
