@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -156,6 +157,9 @@ def main() -> None:
                         help="alternate gateway and bare runs N times; report medians")
     parser.add_argument("--store-every-poll", action="store_true",
                         help="store every sample in SQLite (default: the shipped thinning)")
+    parser.add_argument("--pin", action="store_true",
+                        help="simulators on the last CPU, the measured process on the others "
+                             "(Linux): neither side shares a core with the load it measures")
     parser.add_argument("--role", choices=["gateway", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,8 +181,14 @@ def main() -> None:
     config = write_site(site, work / "site.yaml", database=work / "bench.db")
     print(f"{args.sirens} sirens ({args.units_per_line} per endpoint), poll every {args.interval} s, "
           f"{args.sim_processes} simulator processes, window {args.duration} s after {warmup} s")
+    cpus = sorted(os.sched_getaffinity(0)) if args.pin else []
+    if len(cpus) >= 2:  # the fleet inherits the last CPU, the children started later the rest
+        os.sched_setaffinity(0, cpus[-1:])
+        print(f"pinned: simulators on CPU {cpus[-1]}, measured processes on {cpus[:-1]}")
     fleets = [start_fleet(config, 0, (i + 1, args.sim_processes))
               for i in range(args.sim_processes)]
+    if len(cpus) >= 2:
+        os.sched_setaffinity(0, cpus[:-1])
     target = args.sirens / args.interval
     gateways, bares = [], []
     try:

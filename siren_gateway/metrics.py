@@ -2,19 +2,28 @@
 collector), histograms observed on the hot paths, and the library's process metrics (CPU,
 memory, descriptors). One registry per gateway, so several can run in one process (tests).
 
-Histograms cost 0.7 µs an observation here (measured), against a poll's ~100 µs of CPU.
+prometheus_client's Histogram costs 0.77 µs an observation here (a lock per bucket and per
+sum); the poll histogram, observed on every poll and only ever on the loop's thread, is a plain
+count list instead (0.15 µs), exposed through the same library at scrape time.
 """
 
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from siren_gateway.model import LinkError
 from siren_gateway.runtime.process_stats import task_count
@@ -28,16 +37,52 @@ POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 COMMAND_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+class LoopHistogram:
+    """One histogram series observed from the event loop's thread only: no locks."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self._bounds = buckets
+        self.counts = [0] * (len(buckets) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus's buckets: (upper bound, observations at or below it)."""
+        out, running = [], 0
+        for bound, n in zip([*map(floatToGoString, self._bounds), "+Inf"], self.counts,
+                            strict=True):
+            running += n
+            out.append((bound, float(running)))
+        return out
+
+
+class _LoopHistograms(Collector):
+    def __init__(self, name: str, documentation: str, label: str,
+                 series: dict[str, LoopHistogram]) -> None:
+        self._name, self._doc, self._label, self._series = name, documentation, label, series
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, series in self._series.items():
+            family.add_metric([value], series.cumulative(), series.sum)
+        yield family
+
+
 class Instruments:
     """What the hot paths observe; created first, so every part can be given it."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        poll = Histogram("siren_gateway_poll_seconds", "Time a poll (read of a siren's "
-                         "status) took, by outcome.", ["outcome"], buckets=POLL_BUCKETS,
-                         registry=self.registry)
-        self.poll_ok = poll.labels("ok")
-        self.poll_failed = poll.labels("failed")
+        self.poll_ok = LoopHistogram(POLL_BUCKETS)
+        self.poll_failed = LoopHistogram(POLL_BUCKETS)
+        self.registry.register(_LoopHistograms(
+            "siren_gateway_poll_seconds", "Time a poll (read of a siren's status) took, by "
+            "outcome.", "outcome", {"ok": self.poll_ok, "failed": self.poll_failed}))
         self.command_round_trip = Histogram(
             "siren_gateway_command_round_trip_seconds", "From sending a command to the "
             "device's reply or acknowledgement, by command kind and outcome.",
