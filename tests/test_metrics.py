@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 
 from siren_gateway.api.app import create_app
+from siren_gateway.metrics import Instruments
 from siren_gateway.runtime.logs import JsonFormatter
 from tests.test_schedule_api import make_gateway
 
@@ -52,3 +53,24 @@ def test_json_logs_are_one_object_per_line() -> None:
     body = json.loads(line)
     assert body["level"] == "WARNING" and body["logger"] == "siren_gateway.links.mqtt"
     assert body["message"] == "MQTT wrong_type: s1 on t: 状态" and "time" in body
+
+
+def test_the_poll_histogram_counts_like_prometheus() -> None:
+    """The lock-free poll histogram: a value on a bound counts in that bucket (le), buckets
+    are cumulative, +Inf holds everything, and the library exposes it as a histogram."""
+    instruments = Instruments()
+    for seconds in (0.005, 0.0051, 0.3, 99.0):
+        instruments.poll_ok.observe(seconds)
+    instruments.poll_failed.observe(2.0)
+    text = instruments.expose().decode()
+    figures = dict(line.rsplit(" ", 1) for line in text.splitlines()
+                   if line and not line.startswith("#"))
+    ok = 'siren_gateway_poll_seconds_bucket{le="%s",outcome="ok"}'
+    assert float(figures[ok % "0.005"]) == 1
+    assert float(figures[ok % "0.01"]) == 2
+    assert float(figures[ok % "0.5"]) == 3
+    assert float(figures[ok % "10.0"]) == 3
+    assert float(figures[ok % "+Inf"]) == 4
+    assert float(figures['siren_gateway_poll_seconds_count{outcome="ok"}']) == 4
+    assert abs(float(figures['siren_gateway_poll_seconds_sum{outcome="ok"}']) - 99.3101) < 1e-9
+    assert float(figures['siren_gateway_poll_seconds_count{outcome="failed"}']) == 1

@@ -780,6 +780,11 @@ class ActivationEngine:
         tasks = list(activation.tasks.values())
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        # A finished task is not held with its activation: ~0.8 kB each (its result, name,
+        # callbacks), 1.6 MB for an all-siren test of 2,000 kept in memory afterwards (the
+        # soak's RSS climbed with every one held). Nothing reads a finished task.
+        for siren_id in [s for s, t in activation.tasks.items() if t.done()]:
+            del activation.tasks[siren_id]
         if self._stopping:
             return
         if activation.state == "running":

@@ -25,7 +25,7 @@ from pymodbus.framer import FramerType
 from siren_gateway.config.links import ModbusRtuOverTcpLink, ModbusRtuSerialLink, ModbusTcpLink, endpoint_key
 from siren_gateway.links.base import SirenLink
 from siren_gateway.model import Command, LinkError, Sample, utc_now
-from siren_gateway.profiles.modbus import ModbusProfile
+from siren_gateway.profiles.modbus import ModbusProfile, ReadBlock
 from siren_gateway.runtime.process_stats import raise_descriptor_limit
 
 log = logging.getLogger(__name__)
@@ -221,12 +221,17 @@ class ModbusEndpoint:
         self._client.close()
 
 
-def _registers(response: Any, expected: int, what: str) -> list[int]:
+def _registers(response: Any, block: ReadBlock) -> list[int]:
+    """The block's registers from a response, or a LinkError that says what was wrong (the
+    text is only made then: this runs on every poll)."""
     if response.isError():
-        raise LinkError("exception", f"{what}: Modbus exception code {response.exception_code}")
-    registers = list(getattr(response, "registers", ()))
-    if len(registers) != expected:
-        raise LinkError("malformed", f"{what}: {len(registers)} registers, expected {expected}")
+        raise LinkError("exception", f"{block.table} {block.address}: Modbus exception code "
+                        f"{response.exception_code}")
+    registers = getattr(response, "registers", None)
+    if registers.__class__ is not list or len(registers) != block.count:
+        got = len(registers) if isinstance(registers, list | tuple) else 0
+        raise LinkError("malformed", f"{block.table} {block.address}: {got} registers, "
+                        f"expected {block.count}")
     return registers
 
 
@@ -259,7 +264,7 @@ class ModbusSirenLink:
             read = (client.read_input_registers if block.table == "input"
                     else client.read_holding_registers)
             response = await read(block.address, count=block.count, device_id=self.unit_id)
-            blocks.append(_registers(response, block.count, f"{block.table} {block.address}"))
+            blocks.append(_registers(response, block))
         return blocks
 
     async def poll(self) -> Sample:
