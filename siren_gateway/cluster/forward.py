@@ -12,7 +12,6 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from siren_gateway.cluster.remote import CLIENT_HEADER, TOKEN_HEADER
@@ -59,6 +58,8 @@ class LeaderForwarding:
                     (CLIENT_HEADER, client[0] if client else "unknown")]
         query = scope.get("query_string", b"").decode("latin-1")
         url = f"{leader}{path}" + (f"?{query}" if query else "")
+        import httpx  # (cluster nodes only, like NodeClient)
+
         try:
             response = await self.gateway.node_client().request(
                 scope["method"], url, content=body, headers=headers,

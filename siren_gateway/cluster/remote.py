@@ -12,13 +12,14 @@ import hmac
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from siren_gateway.cluster.membership import Membership
 from siren_gateway.links.base import SirenLink
 from siren_gateway.model import Command, CommandKind, LinkError, Sample
+
+if TYPE_CHECKING:  # httpx is loaded by cluster nodes only (~6 MiB resident with its extras)
+    import httpx
 
 log = logging.getLogger(__name__)
 TOKEN_HEADER = "x-siren-cluster-token"
@@ -51,6 +52,8 @@ class NodeClient:
         self._client: httpx.AsyncClient | None = None
 
     def __call__(self) -> httpx.AsyncClient:
+        import httpx
+
         if self._client is None:
             self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=200))
         return self._client
@@ -112,6 +115,8 @@ class ClusterLink:
         if owner is None:
             raise LinkError("no_owner", "no live node owns this siren now (not sent)")
         node, address = owner
+        import httpx
+
         # The owner may take the device's whole timeout (and an MQTT acknowledgement's).
         timeout = httpx.Timeout(self.local.timeout_s * 3 + 2.0, connect=2.0)
         try:

@@ -70,10 +70,10 @@ class WorkOrders:
         self.orders: dict[int, WorkOrder] = {}
         self._next_id = 1
         self._pending = WriteBehind("work_order", self.orders, self.store.write, bus)
-        self.audio_faults = {
-            siren.id: frozenset(config.audio_faults)
-            | frozenset(catalogue.profiles[siren.profile].spec.silencing_faults)
-            for siren in catalogue.sirens}
+        # One set per profile, shared by its sirens (a set each cost ~0.5 kB a siren).
+        by_profile = {name: frozenset(config.audio_faults) | frozenset(profile.spec.silencing_faults)
+                      for name, profile in catalogue.profiles.items()}
+        self.audio_faults = {siren.id: by_profile[siren.profile] for siren in catalogue.sirens}
         self._subscription: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one change of an order at a time

@@ -13,10 +13,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
-
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from siren_gateway.store.database import (
     Connection,
@@ -28,6 +25,9 @@ from siren_gateway.store.database import (
 from siren_gateway.store.errors import DatabaseClosed, StorageError
 from siren_gateway.store.repositories import RepositoryStore
 from siren_gateway.store.schema import migrate
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -74,6 +74,9 @@ class PostgresConnection:
 
 def describe_url(url: str) -> str:
     """host:port/database of a connection URL, without user or password."""
+    import psycopg  # (loaded by PostgreSQL sites only: ~8 MiB resident, see _connect)
+    from psycopg.conninfo import conninfo_to_dict
+
     try:
         parts = conninfo_to_dict(url)
     except psycopg.Error:
@@ -99,6 +102,10 @@ class PostgresDatabase:
         return describe_url(self.url)
 
     def _connect(self) -> PostgresConnection:
+        # Imported here, not at the top: the driver costs a SQLite site ~8 MiB resident and
+        # ~80 ms of start-up for nothing (bench/memory.py).
+        import psycopg
+
         try:
             raw = psycopg.connect(self.url, autocommit=True, **(
                 CONNECT_OPTIONS | {"application_name": f"siren-gateway {self.name}"}))
@@ -125,6 +132,8 @@ class PostgresDatabase:
                 raise DatabaseClosed("database is not open")
             if self._conn is None or self._conn.raw.closed:
                 self._conn = self._connect()
+            import psycopg  # (loaded already by _connect)
+
             try:
                 return fn(self._conn)
             except psycopg.Error as exc:

@@ -93,6 +93,7 @@ class TelemetryStore:
         self._subscription: Subscription = bus.subscribe(
             "telemetry-store", maxsize=50_000, kinds=(SampleReceived,))
         self._last_stored: dict[str, tuple[float, tuple[Any, ...]]] = {}
+        self._signatures: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._signature = _DiscreteSignature()
         self._task: asyncio.Task[None] | None = None
         self._held: list[Sample] = []  # taken off the queue, not yet written
@@ -121,7 +122,12 @@ class TelemetryStore:
                 and ts - last[0] < self.config.telemetry_min_interval_s):
             self.thinned += 1
             return False
-        self._last_stored[sample.siren_id] = (ts, signature)
+        # Held per siren until its next stored sample: most sirens show one of a few
+        # signatures (idle, healthy), so equal ones share one tuple (~0.25 kB a siren each).
+        shared = self._signatures.get(signature)
+        if shared is None and len(self._signatures) < 4096:  # bounded whatever devices say
+            shared = self._signatures[signature] = signature
+        self._last_stored[sample.siren_id] = (ts, shared or signature)
         return True
 
     def _drain(self) -> list[Sample]:
