@@ -6,21 +6,22 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
 import pytest
 
-from simulators.sitegen import generate_site
+from simulators.sitegen import generate_site, write_site
 from siren_gateway.activation.model import ActivationRequest, Targets
-from siren_gateway.config.loading import load_profiles
+from siren_gateway.config.loading import load_profiles, load_site
 from siren_gateway.config.site import Site
 from siren_gateway.data import DEFAULT_PROFILES_DIR
 from siren_gateway.gateway import Gateway
 from siren_gateway.links.mqtt import MqttSirenLink
 from siren_gateway.live.bus import StatusChanged
 from siren_gateway.live.fleet import Reachability
-from siren_gateway.model import Command, CommandKind, LinkError
+from siren_gateway.model import Command, CommandKind, LinkError, Sample
 from siren_gateway.profiles.mqtt import MqttProfile, PayloadError
 from siren_gateway.security.auth import Principal, Role
 from tests.conftest import Mosquitto, SimulatedDistrict, StartDistrict, wait_until
@@ -317,3 +318,36 @@ async def test_broker_restart_reconnects_and_commands_are_never_unknown(
     assert "never delivered" in result.reason
     assert (await simulated.control.truth("s00003"))["commands_received"] == 0
     broker.start()
+
+
+def test_partial_reports_carry_points_with_the_time_they_were_reported(tmp_path: Path) -> None:
+    """A point left out of two partial reports in a row keeps its value and the time of the
+    report that last had it; a complete report carries nothing; a fault clears only when
+    reported clear. (The link keeps the last report by reference, not a copy.)"""
+    site = generate_site(1, mqtt_sirens=1, mqtt_broker={"host": "127.0.0.1", "port": 1,
+                                                        "topic_prefix": PREFIX})
+    gateway = Gateway(load_site(write_site(site, tmp_path / "site.yaml",
+                                           database=tmp_path / "g.db")))
+    assert gateway.mqtt is not None
+    link = gateway.mqtt.links["s00001"]
+    now = time.time()
+
+    def report(offset: float, **body: Any) -> Sample:
+        payload = json.dumps(telemetry(ts=now + offset, **body)).encode()
+        return link.on_telemetry(payload, now + offset)
+
+    first = report(0.0, security={"door_open": True})
+    assert "door_open" in first.faults and not first.carried
+    # the power section without mains and dc_ok; the second reports the door again
+    second = report(1.0, power={"battery_v": 26.0}, security={"door_open": True})
+    third = report(2.0, power={"battery_v": 25.0})  # no security section either
+    for sample in (second, third):
+        assert sample.values["mains_present"] is True and sample.values["dc_ok"] is True
+        assert sample.carried["mains_present"] == first.received_at.timestamp()
+        assert "battery_voltage" not in sample.carried
+    assert "cabinet_door_open" not in second.carried
+    assert third.values["cabinet_door_open"] is True and "door_open" in third.faults
+    assert third.carried["cabinet_door_open"] == second.received_at.timestamp()
+    assert first.values["battery_voltage"] == 27.1  # earlier samples are never changed
+    fourth = report(3.0, security={"door_open": False})
+    assert "door_open" not in fourth.faults and not fourth.carried  # complete again
