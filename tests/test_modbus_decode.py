@@ -103,3 +103,24 @@ def test_a_decimal_scale_divides_exactly_as_the_reference_rounds(scale: float) -
     divisor = round(1 / scale)
     raws = [*range(-0x8000, 0x10000), 0x7FFFFFFF, 0xFFFFFFFF, -0x80000000, 123456789]
     assert all(raw / divisor == round(raw * scale, decimals) for raw in raws)
+
+
+def test_a_response_that_is_an_exception_or_short_is_a_named_link_error() -> None:
+    """The per-poll register check: a Modbus exception, too few registers, or none at all is
+    a LinkError that names the block, never a decode of garbage."""
+    from types import SimpleNamespace
+
+    from siren_gateway.links.modbus import _registers
+    from siren_gateway.model import LinkError
+    from siren_gateway.profiles.modbus import ReadBlock
+
+    block = ReadBlock("input", 100, 4)
+    ok = SimpleNamespace(isError=lambda: False, registers=[1, 2, 3, 4])
+    assert _registers(ok, block) == [1, 2, 3, 4]
+    cases = [(SimpleNamespace(isError=lambda: True, exception_code=2), "exception"),
+             (SimpleNamespace(isError=lambda: False, registers=[1, 2]), "malformed"),
+             (SimpleNamespace(isError=lambda: False), "malformed")]
+    for response, reason in cases:
+        with pytest.raises(LinkError) as caught:
+            _registers(response, block)
+        assert caught.value.reason == reason and "input 100" in str(caught.value)

@@ -127,7 +127,7 @@ class TelemetryStore:
         shared = self._signatures.get(signature)
         if shared is None and len(self._signatures) < 4096:  # bounded whatever devices say
             shared = self._signatures[signature] = signature
-        self._last_stored[sample.siren_id] = (ts, shared or signature)
+        self._last_stored[sample.siren_id] = (ts, signature if shared is None else shared)
         return True
 
     def _drain(self) -> list[Sample]:
