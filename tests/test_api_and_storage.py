@@ -136,6 +136,35 @@ async def test_samples_survive_a_restart_and_retention_drops_only_old_ones(
     await db.stop()
 
 
+async def test_stored_rows_are_json_faults_and_a_non_finite_reading_included(
+        tmp_path: Path) -> None:
+    """Rows are written as plain JSON (SQLite's json functions read them): faults sorted, a
+    label with non-ASCII text intact, and a NaN reading (a float32 register can hold one) as
+    null, which history shows as None and leaves out of a bucket's mean."""
+    bus, db = Bus(), Database(tmp_path / "t.db")
+    await db.start()
+    store = TelemetryStore(db, bus, StorageConfig(telemetry_min_interval_s=0), flush_interval_s=0)
+    await store.start()
+    t0 = datetime.now(UTC)
+    readings = [27.0, float("nan"), 26.0]
+    for i, battery in enumerate(readings):
+        bus.publish(SampleReceived(Sample(
+            "a", t0 + timedelta(seconds=i), {"battery_voltage": battery, "site": "东区"},
+            frozenset({"door_open", "amplifier_fault"}))))
+    await wait_until(lambda: store.written == 3, 3, "written")
+    raw = await store.history("a", t0 - timedelta(seconds=1), 100)
+    assert [h["values"]["battery_voltage"] for h in raw] == [27.0, None, 26.0]
+    assert raw[0]["faults"] == ["amplifier_fault", "door_open"]
+    assert raw[0]["values"]["site"] == "东区"
+    bucket = await store.history("a", t0 - timedelta(seconds=1), 100, resolution_s=3600)
+    assert bucket[0]["values"]["battery_voltage"] == 26.5 and bucket[0]["samples"] == 3
+    await store.stop()
+    await db.stop()
+    with sqlite3.connect(tmp_path / "t.db") as conn:
+        assert conn.execute("SELECT count(*) FROM telemetry WHERE json_valid(data) "
+                            "AND json_valid(faults)").fetchone()[0] == 3
+
+
 @pytest.mark.parametrize("broker", ["auto", "amqtt"])
 def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path, broker: str) -> None:
     """The README's main command: simulators + embedded broker + gateway + API, then Ctrl-C

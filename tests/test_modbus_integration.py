@@ -358,3 +358,42 @@ async def test_a_new_controller_model_needs_only_a_profile_file(
     assert values["firmware"] == truth["firmware"]
     await gateway.links["s00001"].send(Command(CommandKind.STOP))
     await wait_until(lambda: state.state == "idle", 3, "stopped")
+
+
+@pytest.mark.parametrize("units_per_line", [1, 3])  # Modbus TCP, RTU over TCP
+async def test_register_reads_skip_pymodbus_debug_text_unless_debug_is_on(
+        start_district: StartDistrict, units_per_line: int) -> None:
+    """pymodbus builds a debug line for every decoded response, logged or not; our clients
+    decode register reads to classes whose text is only made when pymodbus debug is on. The
+    registers are the same either way."""
+    import logging
+
+    district = start_district(generate_site(units_per_line, units_per_line=units_per_line))
+    site = district.site()
+    link = site.config.sirens[0].link
+    assert not isinstance(link, str)
+    endpoint = ModbusEndpoint(link, 2.0, units=units_per_line)  # type: ignore[arg-type]
+    unit = site.config.sirens[0].link.unit_id  # type: ignore[union-attr]
+    pymodbus_log = logging.getLogger("pymodbus")
+    level = pymodbus_log.level
+
+    async def both() -> list[Any]:
+        async def read(client: Any) -> list[Any]:
+            return [await client.read_input_registers(0, count=4, device_id=unit),
+                    await client.read_holding_registers(0, count=4, device_id=unit)]
+        return await endpoint.submit(POLL_PRIORITY, read)
+
+    try:
+        pymodbus_log.setLevel(logging.WARNING)
+        quiet = await both()
+        assert [str(r) for r in quiet] == ["", ""]
+        assert all(len(r.registers) == 4 and not r.isError() for r in quiet)
+        pymodbus_log.setLevel(logging.DEBUG)
+        loud = await both()
+        assert "InputRegisters(" in str(loud[0]) and "registers=[" in str(loud[0])
+        assert "HoldingRegisters(" in str(loud[1])
+        assert [type(r).__mro__[1].__name__ for r in loud] == [
+            "ReadInputRegistersResponse", "ReadHoldingRegistersResponse"]
+    finally:
+        pymodbus_log.setLevel(level)
+        await endpoint.close()

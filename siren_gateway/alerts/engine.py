@@ -46,6 +46,8 @@ from siren_gateway.store.base import Store
 from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
+# A tuple, not `int | float`: that builds a union object on every call (per sample here).
+_NUMBER = (int, float)
 
 SPOOL_QUIET_S = 600.0  # a spool overflow alert clears after this long without another
 ATTACK_QUIET_S = 900.0  # a login_attack alert clears after this long without a failure
@@ -206,7 +208,7 @@ class AlertEngine:
         values = sample.values
         for name, rule in rules:
             value = values.get(rule.point)
-            if not isinstance(value, int | float) or isinstance(value, bool):
+            if not isinstance(value, _NUMBER) or value.__class__ is bool:
                 continue
             tracker = self._trackers.get((name, siren_id))
             raised = tracker is not None and tracker.alert is not None
@@ -239,7 +241,7 @@ class AlertEngine:
             self._observe_disarmed(siren_id, zones, disarmed, now)
         if sample.device_time is not None:
             enabled, override = self._enabled("clock_skew", siren_id, zones)
-            skew = sample.device_time.timestamp() - sample.received_at.timestamp()
+            skew = (sample.device_time - sample.received_at).total_seconds()  # (per sample)
             skewed = abs(skew) > self.config.clock_skew_s
             if enabled and (skewed or ("clock_skew", siren_id) in self._trackers):
                 self._observe("clock_skew", siren_id, zones, skewed,

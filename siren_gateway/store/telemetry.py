@@ -16,6 +16,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from siren_gateway.config.telemetry import StorageConfig
 from siren_gateway.live.bus import Bus, SampleReceived, Subscription
 from siren_gateway.model import Sample, Value
@@ -23,6 +25,11 @@ from siren_gateway.store.database import Connection, Database
 from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
+
+# msgspec, not json.dumps: 1.5 us against 9.9 us for a sample's values (json.dumps with
+# options makes a new encoder on every call). Same JSON for these values, except that a
+# non-finite float is stored as null (json.dumps wrote NaN, which is not JSON).
+_encode_json = msgspec.json.Encoder().encode
 
 
 class _DiscreteSignature:
@@ -71,7 +78,7 @@ def _aggregate(bucket_start: float, width: float, members: list[tuple[float, str
         for name, value in json.loads(data).items():
             if isinstance(value, bool | str):
                 last[name] = value
-            else:
+            elif value is not None:  # (null: a non-finite reading, see _encode_json)
                 sums[name] = sums.get(name, 0.0) + value
                 counts[name] = counts.get(name, 0) + 1
     values: dict[str, Value] = {n: round(sums[n] / counts[n], 4) for n in sums}
@@ -95,6 +102,7 @@ class TelemetryStore:
         self._last_stored: dict[str, tuple[float, tuple[Any, ...]]] = {}
         self._signatures: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._signature = _DiscreteSignature()
+        self._fault_texts: dict[frozenset[str], str] = {}
         self._task: asyncio.Task[None] | None = None
         self._held: list[Sample] = []  # taken off the queue, not yet written
         self.written = 0
@@ -158,12 +166,17 @@ class TelemetryStore:
     async def _flush(self, samples: list[Sample]) -> None:
         if not samples:
             return
-        rows = [
-            (s.siren_id, s.received_at.timestamp(),
-             s.device_time.timestamp() if s.device_time else None,
-             json.dumps(sorted(s.faults)), json.dumps(s.values, separators=(",", ":")))
-            for s in samples
-        ]
+        fault_texts = self._fault_texts
+        rows = []
+        for s in samples:
+            faults = fault_texts.get(s.faults)
+            if faults is None:  # a fleet shows a few distinct fault sets: each encoded once
+                faults = _encode_json(sorted(s.faults)).decode()
+                if len(fault_texts) < 4096:
+                    fault_texts[s.faults] = faults
+            rows.append((s.siren_id, s.received_at.timestamp(),
+                         s.device_time.timestamp() if s.device_time else None,
+                         faults, _encode_json(s.values).decode()))
 
         def insert(conn: Connection) -> None:
             with conn.transaction():
