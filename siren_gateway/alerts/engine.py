@@ -240,14 +240,15 @@ class AlertEngine:
         if disarmed or siren_id in self._disarmed:
             self._observe_disarmed(siren_id, zones, disarmed, now)
         if sample.device_time is not None:
-            enabled, override = self._enabled("clock_skew", siren_id, zones)
-            skew = (sample.device_time - sample.received_at).total_seconds()  # (per sample)
+            skew = (sample.device_time - sample.received_at).total_seconds()
             skewed = abs(skew) > self.config.clock_skew_s
-            if enabled and (skewed or ("clock_skew", siren_id) in self._trackers):
-                self._observe("clock_skew", siren_id, zones, skewed,
-                              now, override or self.config.clock_skew_severity,
-                              f"controller clock {skew:+.0f} s from the gateway's" if skewed
-                              else "")
+            if skewed or ("clock_skew", siren_id) in self._trackers:  # (seldom: looked up then)
+                enabled, override = self._enabled("clock_skew", siren_id, zones)
+                if enabled:
+                    self._observe("clock_skew", siren_id, zones, skewed,
+                                  now, override or self.config.clock_skew_severity,
+                                  f"controller clock {skew:+.0f} s from the gateway's"
+                                  if skewed else "")
 
     def _observe_disarmed(self, siren_id: str, zones: list[str], disarmed: bool,
                           now: float) -> None:

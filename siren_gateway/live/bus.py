@@ -192,11 +192,16 @@ class Subscription:
     def offer(self, event: Event) -> None:
         if self.kinds is not None and not isinstance(event, self.kinds):
             return
+        # EventQueue.put_nowait written out: this runs for every sample and subscriber.
         queue = self.queue
-        if len(queue._items) >= queue.maxsize:
-            queue._items.popleft()  # the oldest goes: live views care about the newest
+        items = queue._items
+        if len(items) >= queue.maxsize:
+            items.popleft()  # the oldest goes: live views care about the newest
             self.dropped += 1
-        queue.put_nowait(event)
+        items.append(event)
+        waiter = queue._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         self.delivered += 1
 
     async def get(self) -> Event:
