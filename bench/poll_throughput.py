@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import cpu_seconds, gateway_figures, run_child
+from bench.common import cpu_seconds, gateway_figures, run_child, run_child_counted
 
 
 async def measure(counter: Callable[[], tuple[int, int]], warmup_s: float, duration_s: float
@@ -130,6 +130,15 @@ def child(role: str, config: Path, warmup_s: float, duration_s: float) -> dict[s
                                                str(duration_s)])
 
 
+def counted(role: str, config: Path, warmup_s: float, duration_s: float) -> dict[str, float]:
+    """The child under callgrind: its result with `instructions` in the window added."""
+    result, instructions = run_child_counted(
+        "bench.poll_throughput", ["--role", role, "--config", str(config), "--warmup",
+                                  str(warmup_s), "--duration", str(duration_s)],
+        warmup_s, duration_s)
+    return result | {"instructions": float(instructions)}
+
+
 def per_poll(result: dict[str, float]) -> float:
     return result["cpu_s"] / max(result["polls"], 1)
 
@@ -160,6 +169,10 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true",
                         help="simulators on the last CPU, the measured process on the others "
                              "(Linux): neither side shares a core with the load it measures")
+    parser.add_argument("--callgrind", action="store_true",
+                        help="also count each side's instructions per poll under valgrind's "
+                             "callgrind (repeatable whatever the machine does; ~50x slower, "
+                             "so for up to ~1,000 sirens at a 10 s interval)")
     parser.add_argument("--role", choices=["gateway", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -191,6 +204,7 @@ def main() -> None:
         os.sched_setaffinity(0, cpus[:-1])
     target = args.sirens / args.interval
     gateways, bares = [], []
+    counts: list[dict[str, float]] = []
     try:
         for round_ in range(args.repeat):
             gateways.append(child("gateway", config, warmup, args.duration))
@@ -198,6 +212,9 @@ def main() -> None:
             if args.repeat > 1:
                 print(f"round {round_ + 1}: ratio {per_poll(gateways[-1]) / per_poll(bares[-1]):.2f}",
                       flush=True)
+        if args.callgrind:  # one round is enough: the count repeats
+            counts = [counted(role, config, max(warmup, 40.0), args.duration)
+                      for role in ("gateway", "bare")]
     finally:
         for fleet in fleets:
             fleet.stop()
@@ -213,6 +230,13 @@ def main() -> None:
           f"{int(gateway['stored'])}, bus drops: {int(gateway['bus_dropped'])}")
     print(f"RATIO gateway/bare CPU per poll: {ratio:.2f}  (target <= 1.2)")
     print(f"RATIO gateway/bare poll rate: {gateway['polls'] / max(bare['polls'], 1):.3f}")
+    if counts:
+        per = [r["instructions"] / max(r["polls"], 1) for r in counts]
+        rates = [r["polls"] / r["wall_s"] / target for r in counts]
+        print(f"  callgrind: gateway {per[0] / 1000:.0f}k, bare {per[1] / 1000:.0f}k instructions "
+              f"per poll (at {100 * rates[0]:.0f} % / {100 * rates[1]:.0f} % of the schedule "
+              "under valgrind)")
+        print(f"RATIO gateway/bare instructions per poll (callgrind): {per[0] / per[1]:.2f}")
 
 
 if __name__ == "__main__":
