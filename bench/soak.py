@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -266,6 +267,13 @@ def verdict(samples: list[Sample], warmup_s: float, max_growth: float, margin_ta
     lines = [f"RSS after warm-up {rss0 / MiB:.1f} MiB, at the end {rss1 / MiB:.1f} MiB: "
              f"{100 * growth:+.2f} % (limit {100 * max_growth:.0f} %)"]
     ok = growth <= max_growth
+    # Still rising at the end, or levelled off? (Caches bounded by design fill for a while:
+    # finished activations' results, cleared alerts; a slope near zero says they are full.)
+    tail = settled[-max(3, len(settled) // 3):]
+    slope = statistics.linear_regression([s.t_s / 60 for s in tail],
+                                         [s.rss_bytes / MiB for s in tail]).slope
+    lines.append(f"RSS slope over the last {(tail[-1].t_s - tail[0].t_s) / 60:.0f} min: "
+                 f"{slope:+.3f} MiB/min")
     for name, margin in (("tasks", margin_tasks), ("fds", 32.0)):
         early = max(getattr(s, name) for s in settled[:half])
         late = max(getattr(s, name) for s in settled[half:])
