@@ -15,8 +15,9 @@ asyncio tasks, activations and alerts held in memory (/metrics), and the SQLite 
 
 It fails (exit 1) when, after the warm-up, RSS grows by more than --max-rss-growth (the mean
 of the last three samples against the first three), or tasks or descriptors grow without
-bound (the second half's peak above the first half's by more than what one activation can
-hold). The curves go to a PNG (matplotlib) and the samples to a JSON file beside it.
+bound (the second half's median above the first half's by a margin, or a task peak above
+what the largest activation can hold). The curves go to a PNG (matplotlib) and the samples
+to a JSON file beside it.
 """
 
 from __future__ import annotations
@@ -253,9 +254,16 @@ class Soak:
                     self.events[f"scheduled_{occurrence['state']}"] += 1
 
 
-def verdict(samples: list[Sample], warmup_s: float, max_growth: float, margin_tasks: float
+def verdict(samples: list[Sample], warmup_s: float, max_growth: float, peak_tasks: float
             ) -> tuple[bool, list[str]]:
-    """Flat or not, with the figures that say so."""
+    """Flat or not, with the figures that say so.
+
+    Tasks and descriptors are judged by each half's median (what the gateway holds between
+    bursts: a leak raises it), not by the peaks that 30-s samples happen to catch during an
+    all-siren test (a sampled peak is luck: one run caught 3,521 tasks in its second half and
+    433 in its first); the peak is only held to `peak_tasks`, what the largest activation can
+    hold.
+    """
     settled = [s for s in samples if s.t_s >= warmup_s]
     if len(settled) < 6:
         return False, [f"only {len(settled)} samples after the warm-up: run longer"]
@@ -274,13 +282,16 @@ def verdict(samples: list[Sample], warmup_s: float, max_growth: float, margin_ta
                                          [s.rss_bytes / MiB for s in tail]).slope
     lines.append(f"RSS slope over the last {(tail[-1].t_s - tail[0].t_s) / 60:.0f} min: "
                  f"{slope:+.3f} MiB/min")
-    for name, margin in (("tasks", margin_tasks), ("fds", 32.0)):
-        early = max(getattr(s, name) for s in settled[:half])
-        late = max(getattr(s, name) for s in settled[half:])
-        bounded = late <= early + margin
+    for name, margin in (("tasks", 64.0), ("fds", 32.0)):
+        early = statistics.median(float(getattr(s, name)) for s in settled[:half])
+        late = statistics.median(float(getattr(s, name)) for s in settled[half:])
+        peak = max(float(getattr(s, name)) for s in settled)
+        bounded = late <= early + margin and (name != "tasks" or peak <= peak_tasks)
         ok = ok and bounded
-        lines.append(f"{name}: peak {early:.0f} in the first half, {late:.0f} in the second "
-                     f"({'bounded' if bounded else 'GROWING'}; margin {margin:.0f})")
+        lines.append(f"{name}: median {early:.0f} in the first half, {late:.0f} in the second "
+                     f"(margin {margin:.0f}), peak {peak:.0f}"
+                     + (f" (limit {peak_tasks:.0f})" if name == "tasks" else "")
+                     + f": {'bounded' if bounded else 'GROWING'}")
     return ok, lines
 
 
@@ -354,9 +365,10 @@ def main(argv: list[str] | None = None) -> int:
             log = Path(tmp) / "gateway.log"
             if log.exists():
                 (args.out / f"{name}-gateway.log").write_bytes(log.read_bytes()[-2_000_000:])
-    # The largest activation (all sirens, the scheduled silent test) holds one task per siren.
+    # The largest activation (all sirens, the scheduled silent test) holds a task or two per
+    # siren (its sender, a confirmation poll's worker): measured 1.7 at 2,000 sirens.
     ok, lines = verdict(soak.samples, args.warmup, args.max_rss_growth,
-                        margin_tasks=len(soak.sirens) + 64)
+                        peak_tasks=3 * len(soak.sirens) + 256)
     png = args.out / f"{name}.png"
     plot(soak.samples, args.warmup, f"Soak: {args.sirens} sirens, {args.duration / 60:.0f} min "
          f"({'pass' if ok else 'FAIL'})", png)
