@@ -23,3 +23,26 @@ def test_short_soak_stays_flat(tmp_path: Path) -> None:
     assert sum(n for kind, n in events.items() if kind.startswith("scheduled_")) >= 1
     png = Path(summary["png"])
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_verdict_judges_what_is_held_between_bursts_not_sampled_peaks() -> None:
+    """A burst of tasks caught by a sample in one half only is no leak; a floor that keeps
+    rising is, and so is RSS growing past the limit."""
+    from bench.soak import MiB, Sample, verdict
+
+    def run(tasks: list[float], rss_mib: list[float]) -> tuple[bool, list[str]]:
+        return verdict([Sample(30.0 * i, int(r * MiB), 1500, t, 0, 0, 0, 100)
+                        for i, (t, r) in enumerate(zip(tasks, rss_mib, strict=True))],
+                       warmup_s=0, max_growth=0.05, peak_tasks=3 * 100 + 256)
+
+    flat = [100.0] * 20
+    burst_late = [50.0] * 10 + [50.0, 400.0] + [50.0] * 8
+    ok, lines = run(burst_late, flat)
+    assert ok, lines
+    leaking = [50.0 + 10 * i for i in range(20)]  # +190 over the run, between bursts too
+    ok, lines = run(leaking, flat)
+    assert not ok and "tasks" in next(line for line in lines if "GROWING" in line)
+    runaway = [50.0] * 19 + [600.0]  # more than the largest activation can hold
+    assert not run(runaway, flat)[0]
+    ok, lines = run([50.0] * 20, [100.0] * 10 + [106.0] * 10)
+    assert not ok and "+6.00 %" in lines[0]
