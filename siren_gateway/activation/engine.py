@@ -594,10 +594,14 @@ class ActivationEngine:
         if resumed and not link.idempotent_resend:
             # After a restart the command may have gone out just before: ask the device first
             # (at least once, even past the allowance: a siren that has it is watched).
+            # Only a status taken from now on counts. A cluster's new leader already holds its
+            # predecessor's mirrored statuses, maybe from before that one's command reached the
+            # siren: read as "not taken", such a status sent the command a second time (three
+            # sirens sounded twice in a clean-clone run of test_cluster.py).
             async with self.siren_lock(siren_id):
-                seen = await self._read_back(link, sequence,
-                                             max(deadline, self.clock.now() + 2 * link.timeout_s),
-                                             since=0.0)
+                now = self.clock.now()
+                seen = await self._read_back(link, sequence, max(deadline, now + 2 * link.timeout_s),
+                                             since=now)
             if seen is Delivery.TAKEN:
                 self._accepted(activation, result)
                 return True
