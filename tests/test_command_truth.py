@@ -532,3 +532,57 @@ async def test_a_broker_restart_between_acceptance_and_onset_still_proves_the_so
     for result in report["sirens"]:
         assert result["status"] == "sounded", result
         assert len(await onsets(simulated.control, result["siren_id"])) == 1
+
+
+class _NotOwnedModbusLink:
+    """A Modbus siren another cluster node polls: seen here only through mirrored statuses."""
+
+    polled = True
+    sequence_readback = True
+    idempotent_resend = False
+    timeout_s = 0.2
+
+    def __init__(self, siren_id: str) -> None:
+        self.siren_id = siren_id
+        self.sent: list[Any] = []
+
+    def progress(self, command_id: str) -> str | None:
+        return None
+
+    async def poll(self) -> Any:
+        raise AssertionError("another node owns it: never polled here")
+
+    async def send(self, command: Any) -> None:
+        self.sent.append(command)
+
+
+async def test_a_new_leader_never_resends_on_a_status_older_than_its_resume(
+        tmp_path: Path) -> None:
+    """A cluster's new leader resuming a step holds its predecessor's mirrored statuses. One
+    from before the predecessor's command shows the previous sequence: it must not count as
+    "not taken" (that sent the command twice, and three sirens sounded twice, in a clean-clone
+    run of test_cluster.py). With no status newer than the resume, the siren is watched and
+    the command is never sent blind."""
+    from datetime import UTC, datetime
+
+    from simulators.sitegen import write_site
+    from siren_gateway.activation.model import Activation, SirenResult
+    from siren_gateway.config.loading import load_site
+    from siren_gateway.links.status import StatusReader
+    from siren_gateway.model import SEQUENCE_POINT, Sample
+
+    site = load_site(write_site(generate_site(1), tmp_path / "s.yaml", database=tmp_path / "d.db"))
+    gateway = Gateway(site)  # not started: only the engine's delivery is exercised
+    siren = site.config.sirens[0].id
+    engine = gateway.activations
+    engine.status = StatusReader(gateway.fleet, gateway.poller, owns=lambda _: False)
+    now = time.time()
+    activation = Activation(7, now - 5, "schedule", "test", "sound", "growl_test", now - 1,
+                            [siren], {})
+    result = activation.results[siren] = SirenResult(siren, activation_id=7, klass="test")
+    gateway.fleet.record_sample(Sample(siren, datetime.fromtimestamp(now - 3, UTC),
+                                       {SEQUENCE_POINT: sequence_of(6), "state": "idle"}))
+    link = _NotOwnedModbusLink(siren)
+    assert await engine._deliver(activation, result, link, resumed=True)
+    assert link.sent == []
+    assert "never sent blind" in result.reason
