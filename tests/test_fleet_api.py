@@ -4,6 +4,7 @@ curve from stored alerts, the map's tile server in the pages' content policy."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from simulators.sitegen import generate_site, write_site
 from siren_gateway.config.loading import load_site
@@ -23,9 +24,15 @@ async def test_the_summary_counts_what_the_sirens_report(
     gateway = await gateways(simulated.site())
     await wait_until(lambda: gateway.fleet.counts()["online"] == 4, 10, "all online")
     viewer = await Api(gateway).login("viewer")
-    first = (await viewer.get("/api/fleet/summary")).json()
-    assert (first["total"], first["ready"], first["with_faults"], first["offline"],
-            first["inhibited"]) == (4, 3, 0, 0, 1)
+    first: dict[str, Any] = {}
+
+    async def settled() -> bool:  # (one look could fall into a siren's stale moment)
+        nonlocal first
+        first = (await viewer.get("/api/fleet/summary")).json()
+        return (first["total"], first["ready"], first["with_faults"], first["offline"],
+                first["inhibited"]) == (4, 3, 0, 0, 1)
+
+    await wait_until(settled, 10, "3 of 4 ready, 1 inhibited")
     assert first["classes"]["inhibited"] == 1 and first["ready_share"] == 0.75
     # An amplifier fault silences s00001; an open door (minor) leaves s00002 able to sound.
     await simulated.control.inject("s00001", "amplifier_fault", amplifier=2)
