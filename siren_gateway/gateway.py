@@ -34,6 +34,7 @@ from siren_gateway.maintenance.engine import WorkOrders
 from siren_gateway.maintenance.history import SirenHistory
 from siren_gateway.maintenance.inspections import Inspections
 from siren_gateway.metrics import GatewayCollector, Instruments
+from siren_gateway.model import LinkError, Sample
 from siren_gateway.profiles.mqtt import MqttProfile
 from siren_gateway.runtime.clock import SystemClock
 from siren_gateway.runtime.lifecycle import Service, running
@@ -51,6 +52,12 @@ from siren_gateway.store.telemetry import TelemetryStore
 from siren_gateway.telemetry.sink import InfluxSink
 
 log = logging.getLogger(__name__)
+
+
+async def _poll_via_owner(link: SirenLink) -> Sample:
+    if not isinstance(link, ClusterLink):
+        raise LinkError("stopped", "not a cluster node's siren")
+    return await link.poll_via_owner()
 
 
 class Gateway:
@@ -124,7 +131,8 @@ class Gateway:
         # One command exchange per siren at a time, across activations and operator commands.
         self.siren_locks: dict[str, asyncio.Lock] = {}
         self.activations = ActivationEngine(catalogue, config.activation, self.fleet, self.links,
-                                            StatusReader(self.fleet, self.poller, owns),
+                                            StatusReader(self.fleet, self.poller, owns,
+                                                         _poll_via_owner if owns else None),
                                             self.store, self.audit,
                                             self.bus, self.siren_locks, self.instruments)
         self.commands = OperatorCommands(site.profiles, config.activation, self.fleet, self.links, self.audit,

@@ -11,6 +11,9 @@ import msgspec
 
 # A decoded status point: a measurement, a flag, or a label (state, firmware).
 Value = float | int | bool | str
+# For isinstance checks on hot paths: a tuple, where `int | float` would build a union object
+# on every call (per sample). bool is an int: callers that mean numbers exclude it.
+NUMBER_TYPES = (int, float)
 
 
 def utc_now() -> datetime:

@@ -330,6 +330,12 @@ def test_judge_needs_current_not_just_a_sounding_state() -> None:
     assert judge(sample("sounding", 14.0), 2) is None  # not ours
     activation.start_at = now  # still inside the first on-step: current may not show yet
     assert judge(sample("sounding", 0.0), 1) is None
+    # Read late (a stall in the reports), an early report still proves nothing about the
+    # current: it is judged at the time it was taken.
+    activation.start_at = now - 10
+    early = Sample("s00001", datetime.fromtimestamp(now - 9.5, UTC),
+                   {"state": "sounding", "sounding_current": 0.0, "last_command_sequence": 1})
+    assert judge(early, 1) is None
 
 
 async def test_finished_activations_leave_memory_but_stay_readable(

@@ -124,6 +124,21 @@ async def test_a_killed_nodes_sirens_are_taken_over_within_the_lease(cluster: Cl
         assert (await http.post(deliver, json={"kind": "explode"}, headers={
             TOKEN_HEADER: SECRET})).status_code == 400
     assert (await cluster.fleet_truth(siren))["commands_received"] == 0
+    # A read-back is asked of the owner, which answers with a poll started after the request
+    # (never a mirrored one that may predate a command); only nodes with the secret may ask,
+    # and a node that does not own the siren says so.
+    read = f"{cluster.nodes['a'].url}/api/cluster/read/{siren}"
+    other = next(name for name in cluster.nodes if name != "a")
+    async with httpx.AsyncClient(timeout=10) as http:
+        assert (await http.post(read, json={})).status_code == 403
+        asked_at = time.time()
+        answer = await http.post(read, json={}, headers={TOKEN_HEADER: SECRET})
+        assert answer.status_code == 200, answer.text
+        sample = answer.json()["sample"]
+        assert sample["at"] >= asked_at and "last_command_sequence" in sample["values"]
+        refused = await http.post(f"{cluster.nodes[other].url}/api/cluster/read/{siren}",
+                                  json={}, headers={TOKEN_HEADER: SECRET})
+        assert refused.status_code == 409 and refused.json()["reason"] == "not_owner"
     owners = cluster.owners()
     lost = {siren for siren, node in owners.items() if node == "b"}
     assert 40 < len(lost) < 160, "rendezvous hashing spreads the sirens"

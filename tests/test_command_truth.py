@@ -11,7 +11,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -586,3 +586,62 @@ async def test_a_new_leader_never_resends_on_a_status_older_than_its_resume(
     assert await engine._deliver(activation, result, link, resumed=True)
     assert link.sent == []
     assert "never sent blind" in result.reason
+
+
+class _ReplyLostModbusLink(_NotOwnedModbusLink):
+    """Another node's Modbus siren whose owner carried the command out and lost the reply;
+    meanwhile the mirror shows the owner's poll that was on the wire before the command."""
+
+    def __init__(self, siren_id: str, mirror: Callable[[], None]) -> None:
+        super().__init__(siren_id)
+        self.mirror = mirror
+
+    async def send(self, command: Any) -> None:
+        from siren_gateway.model import LinkError
+
+        self.sent.append(command)
+        self.mirror()
+        raise LinkError("timeout", "owner node a did not answer")
+
+
+async def test_a_read_back_of_another_nodes_siren_asks_its_owner_not_the_mirror(
+        tmp_path: Path) -> None:
+    """A reply lost on the way back from another node's siren is read back by asking the
+    owner for a poll started after the command. The mirrored status, newer than the send but
+    from a poll that was on the wire before the command reached the siren, shows the previous
+    sequence: read as "not taken" it would send the command a second time."""
+    from datetime import UTC, datetime
+
+    from simulators.sitegen import write_site
+    from siren_gateway.activation.model import Activation, SirenResult, Status
+    from siren_gateway.config.loading import load_site
+    from siren_gateway.links.base import SirenLink
+    from siren_gateway.links.status import StatusReader
+    from siren_gateway.model import SEQUENCE_POINT, Sample
+
+    site = load_site(write_site(generate_site(1), tmp_path / "s.yaml", database=tmp_path / "d.db"))
+    gateway = Gateway(site)  # not started: only the engine's delivery is exercised
+    siren = site.config.sirens[0].id
+    engine = gateway.activations
+    asked: list[str] = []
+
+    async def owner_polls_now(link: SirenLink) -> Sample:
+        asked.append(link.siren_id)
+        return Sample(link.siren_id, datetime.now(UTC),
+                      {SEQUENCE_POINT: sequence_of(8), "state": "start_pending"})
+
+    engine.status = StatusReader(gateway.fleet, gateway.poller, owns=lambda _: False,
+                                 ask_owner=owner_polls_now)
+    now = time.time()
+    activation = Activation(8, now - 1, "operator", "test", "sound", "growl_test", now,
+                            [siren], {})
+    result = activation.results[siren] = SirenResult(siren, activation_id=8, klass="test")
+
+    def mirror_the_poll_before_the_command() -> None:
+        gateway.fleet.record_sample(Sample(siren, datetime.now(UTC),
+                                           {SEQUENCE_POINT: sequence_of(7), "state": "idle"}))
+
+    link = _ReplyLostModbusLink(siren, mirror_the_poll_before_the_command)
+    assert await engine._deliver(activation, result, link)
+    assert len(link.sent) == 1 and asked == [siren]
+    assert result.status is Status.ACCEPTED

@@ -691,14 +691,14 @@ class ActivationEngine:
                          since: float) -> Delivery:
         """Ask the device which command it carried out last, until `deadline`."""
         while True:
-            sample, _ = await self.status.look(link, since)
+            sample, _ = await self.status.read_back(link, since)
             if sample is not None:
                 seen = sample.values.get(SEQUENCE_POINT)
                 return Delivery.TAKEN if seen == sequence else Delivery.NOT_TAKEN
             remaining = deadline - self.clock.now()
             if remaining <= 0:
                 return Delivery.UNKNOWN
-            await self.status.pause(link, _RESEND_PAUSE_S, remaining)
+            await self.status.pause(link, _RESEND_PAUSE_S, remaining, read_back=True)
 
     def _note_accepted(self, activation: Activation) -> None:
         if activation.all_accepted_at is None and all(

@@ -77,7 +77,12 @@ def judge_sample(activation: Activation, sample: Sample, sequence: int,
             return Status.SOUNDED, "controller reports sounding (no current sensing)"
         if isinstance(current, int | float) and current >= threshold:
             return Status.SOUNDED, f"sounding with {current} A"
-        if now > activation.start_at + first_on_s + 1.0:
+        # Judged at the time the report was taken, not at the time it is read: a report from
+        # the first second of the signal (the current still rising), read late after a stall in
+        # the reports (a cluster's mirrored statuses, a slow broker), proves nothing about the
+        # current; a later report decides, or the confirmation window ends without proof.
+        taken = min(now, sample.received_at.timestamp())
+        if taken > activation.start_at + first_on_s + 1.0:
             return Status.FAILED, "controller reports sounding but no sounding current"
         return None
     if seen_sequence is None:

@@ -37,7 +37,7 @@ from siren_gateway.live.bus import (
     Subscription,
 )
 from siren_gateway.live.fleet import Fleet, SirenState
-from siren_gateway.model import Sample
+from siren_gateway.model import NUMBER_TYPES, Sample
 from siren_gateway.runtime.clock import Clock, iso_utc
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.security.audit import AuditLog
@@ -46,8 +46,6 @@ from siren_gateway.store.base import Store
 from siren_gateway.store.errors import StorageError
 
 log = logging.getLogger(__name__)
-# A tuple, not `int | float`: that builds a union object on every call (per sample here).
-_NUMBER = (int, float)
 
 SPOOL_QUIET_S = 600.0  # a spool overflow alert clears after this long without another
 ATTACK_QUIET_S = 900.0  # a login_attack alert clears after this long without a failure
@@ -208,7 +206,7 @@ class AlertEngine:
         values = sample.values
         for name, rule in rules:
             value = values.get(rule.point)
-            if not isinstance(value, _NUMBER) or value.__class__ is bool:
+            if not isinstance(value, NUMBER_TYPES) or value.__class__ is bool:
                 continue
             tracker = self._trackers.get((name, siren_id))
             raised = tracker is not None and tracker.alert is not None

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from siren_gateway.gateway import Gateway
 
 log = logging.getLogger(__name__)
-LOCAL_PATHS = ("/api/cluster/deliver", "/api/health", "/api/stream")
+LOCAL_PATHS = ("/api/cluster/deliver", "/api/cluster/read", "/api/health", "/api/stream")
 _HOP_BY_HOP = {b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding",
                b"upgrade", b"te", b"trailer", b"proxy-authorization", b"proxy-connection",
                TOKEN_HEADER.encode(), CLIENT_HEADER.encode()}

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from siren_gateway.cluster.membership import Membership
+from siren_gateway.cluster.remote import decode_sample, encode_sample
 from siren_gateway.config.cluster import ClusterConfig
 from siren_gateway.live.fleet import Fleet, Reachability, SirenState
-from siren_gateway.model import Sample
 from siren_gateway.runtime.tasks import cancel_and_wait
 from siren_gateway.store.database import Connection
 from siren_gateway.store.errors import StorageError
@@ -49,9 +49,7 @@ def snapshot(state: SirenState) -> dict[str, Any]:
         "last_seen": _epoch(state.last_seen), "last_attempt": _epoch(state.last_attempt),
         "last_error": state.last_error, "failures": state.consecutive_failures,
         "polls_ok": state.polls_ok, "polls_failed": state.polls_failed,
-        "sample": None if sample is None else {
-            "at": sample.received_at.timestamp(), "device_time": _epoch(sample.device_time),
-            "values": sample.values, "faults": sorted(sample.faults)},
+        "sample": None if sample is None else encode_sample(sample),
     }
 
 
@@ -143,9 +141,7 @@ class LiveExchange:
 
     def _apply(self, siren_id: str, node_id: str, view: dict[str, Any]) -> None:
         raw = view["sample"]
-        sample = None if raw is None else Sample(
-            siren_id, _when(raw["at"]) or datetime.now(UTC), raw["values"],
-            frozenset(raw["faults"]), _when(raw["device_time"]))
+        sample = None if raw is None else decode_sample(siren_id, raw)
         last_seen = view["last_seen"]
         if last_seen is not None:
             lag = max(0.0, time.time() - last_seen)

@@ -4,6 +4,10 @@ which puts it on the wire with its own link if it still owns the siren. The owne
 keeps the link's meaning: sent, refused by the device, or a LinkError whose reason says
 whether it may have gone out (timeout) or certainly did not (unreachable, not_owner), so the
 engine's read-back rules hold across nodes as on one.
+
+A read-back (which command did the siren carry out?) is asked of the owner too, never read
+from the mirrored picture: a mirrored status may come from a poll that was on the wire before
+the command reached the siren, and read as "not taken" it would send the command twice.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from siren_gateway.cluster.membership import Membership
@@ -39,6 +43,19 @@ def decode_command(body: dict[str, Any]) -> Command:
                    else None,
                    clock=datetime.fromisoformat(body["clock"]) if body.get("clock") else None,
                    sequence=int(body.get("sequence", 0)), command_id=str(body["command_id"]))
+
+
+def encode_sample(sample: Sample) -> dict[str, Any]:
+    return {"at": sample.received_at.timestamp(),
+            "device_time": sample.device_time.timestamp() if sample.device_time else None,
+            "values": sample.values, "faults": sorted(sample.faults)}
+
+
+def decode_sample(siren_id: str, raw: dict[str, Any]) -> Sample:
+    device_time = raw.get("device_time")
+    return Sample(siren_id, datetime.fromtimestamp(float(raw["at"]), UTC), raw["values"],
+                  frozenset(raw["faults"]),
+                  None if device_time is None else datetime.fromtimestamp(device_time, UTC))
 
 
 def token_matches(given: str | None, secret: str | None) -> bool:
@@ -111,17 +128,32 @@ class ClusterLink:
         if self.membership.owns(self.siren_id):
             await self.send_here(command)
             return
+        await self._ask_owner("deliver", encode_command(command))
+
+    async def poll_via_owner(self) -> Sample:
+        """A status from a poll the owner starts after this call (after any command it is
+        still putting on the wire for this siren): what a read-back may trust."""
+        if self.membership.owns(self.siren_id):
+            return await self.poll()
+        body = await self._ask_owner("read", {})
+        try:
+            return decode_sample(self.siren_id, body["sample"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LinkError("timeout", f"owner's answer was not a status: {exc!r}") from exc
+
+    async def _ask_owner(self, what: str, body: dict[str, Any]) -> dict[str, Any]:
         owner = self.membership.owner_address(self.siren_id)
         if owner is None:
             raise LinkError("no_owner", "no live node owns this siren now (not sent)")
         node, address = owner
         import httpx
 
-        # The owner may take the device's whole timeout (and an MQTT acknowledgement's).
+        # The owner may take the device's whole timeout (and an MQTT acknowledgement's), and
+        # wait for a command or a poll already on the wire.
         timeout = httpx.Timeout(self.local.timeout_s * 3 + 2.0, connect=2.0)
         try:
             response = await self._client().post(
-                f"{address}/api/cluster/deliver/{self.siren_id}", json=encode_command(command),
+                f"{address}/api/cluster/{what}/{self.siren_id}", json=body,
                 headers={TOKEN_HEADER: self.secret}, timeout=timeout)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise LinkError("unreachable", f"owner node {node} refused the connection "
@@ -129,10 +161,12 @@ class ClusterLink:
         except httpx.HTTPError as exc:  # sent, and no answer: it may have gone out
             raise LinkError("timeout", f"owner node {node} did not answer: {exc!r}") from exc
         if response.status_code == 204:
-            return
+            return {}
         try:
-            body = response.json()
-            reason, detail = str(body["reason"]), str(body.get("detail", ""))
+            answer = response.json()
+            if response.status_code == 200 and isinstance(answer, dict):
+                return answer
+            reason, detail = str(answer["reason"]), str(answer.get("detail", ""))
         except (ValueError, KeyError, TypeError):
             reason, detail = "timeout", f"owner node {node} answered {response.status_code}"
         raise LinkError(reason, f"via node {node}: {detail}")

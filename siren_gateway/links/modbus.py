@@ -32,7 +32,7 @@ from pymodbus.pdu.register_message import (
 
 from siren_gateway.config.links import ModbusRtuOverTcpLink, ModbusRtuSerialLink, ModbusTcpLink, endpoint_key
 from siren_gateway.links.base import SirenLink
-from siren_gateway.model import Command, LinkError, Sample, utc_now
+from siren_gateway.model import NUMBER_TYPES, Command, LinkError, Sample, utc_now
 from siren_gateway.profiles.modbus import ModbusProfile, ReadBlock
 from siren_gateway.runtime.process_stats import raise_descriptor_limit
 
@@ -42,7 +42,6 @@ T = TypeVar("T")
 ModbusLinkConfig = ModbusTcpLink | ModbusRtuOverTcpLink | ModbusRtuSerialLink
 ModbusClient = AsyncModbusTcpClient | AsyncModbusSerialClient
 
-_NUMBER = (int, float)  # (a tuple: `int | float` builds a union object on each poll)
 COMMAND_PRIORITY = 0
 POLL_PRIORITY = 1
 # pymodbus drops a connection after a few unanswered requests by design; on a shared line that
@@ -318,7 +317,7 @@ class ModbusSirenLink:
             raise LinkError("malformed", f"cannot decode: {exc}") from None
         clock = values.get("device_clock")
         device_time = None
-        if isinstance(clock, _NUMBER) and clock.__class__ is not bool and clock > 0:
+        if isinstance(clock, NUMBER_TYPES) and clock.__class__ is not bool and clock > 0:
             device_time = datetime.fromtimestamp(clock, UTC)
         return Sample(self.siren_id, received_at, values, faults, device_time)
 

@@ -8,7 +8,7 @@ arrives. Nothing here writes the live picture.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from siren_gateway.links.base import SirenLink
 from siren_gateway.links.poller import Poller
@@ -18,12 +18,15 @@ from siren_gateway.model import LinkError, Sample
 
 class StatusReader:
     def __init__(self, fleet: Fleet, poller: Poller,
-                 owns: Callable[[str], bool] | None = None) -> None:
+                 owns: Callable[[str], bool] | None = None,
+                 ask_owner: Callable[[SirenLink], Awaitable[Sample]] | None = None) -> None:
         self.fleet = fleet
         self.poller = poller
         # A cluster node asks only the sirens it owns; another node's siren is seen through
-        # its owner's answers as mirrored here (cluster/live.py), like a reporting siren's.
+        # its owner's answers as mirrored here (cluster/live.py), like a reporting siren's,
+        # except for a read-back, which its owner is asked for (cluster/remote.py).
         self._owns = owns
+        self._ask_owner = ask_owner
 
     def _asks(self, link: SirenLink) -> bool:
         return link.polled and (self._owns is None or self._owns(link.siren_id))
@@ -40,11 +43,27 @@ class StatusReader:
             return latest, ""
         return None, "no report since"
 
-    async def pause(self, link: SirenLink, poll_interval_s: float, remaining_s: float) -> None:
+    def _asks_owner(self, link: SirenLink) -> bool:
+        return link.polled and self._ask_owner is not None and not self._asks(link)
+
+    async def read_back(self, link: SirenLink, since: float) -> tuple[Sample | None, str]:
+        """Which command the siren carried out, from a status taken after this call and
+        after `since`: asked of the device (through its owner if another node owns it), or a
+        reporting siren's latest report. Never a mirrored poll, which may predate a command
+        still on its way to the siren."""
+        if self._ask_owner is not None and self._asks_owner(link):
+            try:
+                return await self._ask_owner(link), ""
+            except LinkError as exc:
+                return None, f"siren not answering through its owner ({exc.reason})"
+        return await self.look(link, since)
+
+    async def pause(self, link: SirenLink, poll_interval_s: float, remaining_s: float,
+                    read_back: bool = False) -> None:
         """Until the next look is worth taking: a poll interval, or the siren's next report."""
         if remaining_s <= 0:
             return
-        if self._asks(link):
+        if self._asks(link) or (read_back and self._asks_owner(link)):
             await self.fleet.clock.sleep(min(poll_interval_s, remaining_s))
         else:
             await self.fleet.wait_for_news(link.siren_id, remaining_s)

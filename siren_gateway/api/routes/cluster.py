@@ -7,12 +7,19 @@ import logging
 import os
 from typing import Any
 
+import msgspec
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
 from siren_gateway.api.deps import GatewayDep, Viewer
 from siren_gateway.api.schemas import ClusterOut
-from siren_gateway.cluster.remote import TOKEN_HEADER, ClusterLink, decode_command, token_matches
+from siren_gateway.cluster.remote import (
+    TOKEN_HEADER,
+    ClusterLink,
+    decode_command,
+    encode_sample,
+    token_matches,
+)
 from siren_gateway.model import LinkError
 from siren_gateway.runtime.clock import iso_utc
 
@@ -38,17 +45,22 @@ async def cluster(gateway: GatewayDep, _: Viewer) -> dict[str, Any]:
             "lease_s": membership.config.lease_s, "nodes": nodes, "live": gateway.live.stats()}
 
 
-@router.post("/cluster/deliver/{siren_id}", status_code=204, include_in_schema=False,
-             response_model=None)
-async def deliver(siren_id: str, request: Request, gateway: GatewayDep) -> Response:
-    """A command for a siren this node owns, sent by the leader (cluster/remote.py). Only
-    nodes holding the cluster secret may call it."""
+def _cluster_link(siren_id: str, request: Request, gateway: GatewayDep) -> ClusterLink:
+    """Only nodes holding the cluster secret may put anything on this node's wire."""
     if gateway.membership is None or not token_matches(request.headers.get(TOKEN_HEADER),
                                                        gateway.cluster_secret):
         raise HTTPException(403, "cluster nodes only")
     link = gateway.links.get(siren_id)
     if not isinstance(link, ClusterLink):
         raise HTTPException(404, f"no siren with id {siren_id!r}")
+    return link
+
+
+@router.post("/cluster/deliver/{siren_id}", status_code=204, include_in_schema=False,
+             response_model=None)
+async def deliver(siren_id: str, request: Request, gateway: GatewayDep) -> Response:
+    """A command for a siren this node owns, sent by the leader (cluster/remote.py)."""
+    link = _cluster_link(siren_id, request, gateway)
     try:
         command = decode_command(await request.json())
     except (ValueError, KeyError, TypeError) as exc:
@@ -62,3 +74,22 @@ async def deliver(siren_id: str, request: Request, gateway: GatewayDep) -> Respo
     log.info("delivered %s (sequence %d) to %s for the leader", command.kind.value,
              command.sequence, siren_id)
     return Response(status_code=204)
+
+
+@router.post("/cluster/read/{siren_id}", include_in_schema=False, response_model=None)
+async def read(siren_id: str, request: Request, gateway: GatewayDep) -> Response:
+    """The leader's read-back of a siren this node owns: a poll that starts after every
+    command this node was asked to deliver before it (the siren's lock is taken in turn) and
+    after any poll already on the wire, so it shows whether those commands were carried out."""
+    _cluster_link(siren_id, request, gateway)
+    if not gateway.membership or not gateway.membership.owns(siren_id):
+        return JSONResponse({"reason": "not_owner", "detail": "this node does not own the "
+                             "siren"}, status_code=409)
+    async with gateway.activations.siren_lock(siren_id):
+        outcome = await gateway.poller.poll_now(siren_id)
+    if isinstance(outcome, LinkError):
+        return JSONResponse({"reason": outcome.reason, "detail": outcome.detail},
+                            status_code=502)
+    # (msgspec: a float register may hold NaN, which JSONResponse refuses; it goes as null)
+    return Response(msgspec.json.encode({"sample": encode_sample(outcome)}),
+                    media_type="application/json")
