@@ -97,6 +97,10 @@ class Membership:
         self.cycles = 0
         self.failed_cycles = 0
         self.fenced = 0  # times the fence fired
+        # Why a fence fired: a slow database (a beat still running) or a stalled event loop
+        # (the fence timer itself late); both go in its log line.
+        self.slowest_beat_s = 0.0
+        self._beat_started: float | None = None
         self.started_at = 0.0
 
     # -- what the rest of the node asks ----------------------------------------------------
@@ -177,6 +181,7 @@ class Membership:
         loop = asyncio.get_running_loop()
         sent = loop.time()
         release, self._to_release = self._to_release, set()
+        self._beat_started = sent
         try:
             cycle = await self.database.run(lambda conn: self._transaction(conn, release))
         except StorageError as exc:
@@ -186,6 +191,9 @@ class Membership:
                 log.warning("cluster heartbeat failed (%d in all): %s; fenced in %.1f s",
                             self.failed_cycles, exc, max(0.0, self._valid_until - loop.time()))
             return
+        finally:
+            self._beat_started = None
+            self.slowest_beat_s = max(self.slowest_beat_s, loop.time() - sent)
         self.cycles += 1
         self.live_nodes = cycle.live
         self.leader_id, self.addresses = cycle.leader_id, cycle.addresses
@@ -290,8 +298,12 @@ class Membership:
         if self._owned or self._leader:
             if why != "stopping":
                 self.fenced += 1
-                log.error("cluster node %s fenced (%s): stops polling and commanding %d sirens",
-                          self.node.id, why, len(self._owned))
+                now = asyncio.get_running_loop().time()
+                beat = (f"a heartbeat running for {now - self._beat_started:.2f} s"
+                        if self._beat_started is not None else "no heartbeat running")
+                log.error("cluster node %s fenced (%s; %s, the fence's timer %.2f s late): "
+                          "stops polling and commanding %d sirens", self.node.id, why, beat,
+                          max(0.0, now - self._valid_until), len(self._owned))
             self._valid_until = 0.0
             self._to_release |= self._owned
             self._set_owned(set())
@@ -330,7 +342,8 @@ class Membership:
     def stats(self) -> dict[str, Any]:
         return {"node": self.node.id, "owned": len(self.owned), "leader": self.leader,
                 "live_nodes": self.live_nodes, "cycles": self.cycles,
-                "failed_cycles": self.failed_cycles, "fenced": self.fenced}
+                "failed_cycles": self.failed_cycles, "fenced": self.fenced,
+                "slowest_beat_s": round(self.slowest_beat_s, 3)}
 
 
 _NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
