@@ -301,9 +301,9 @@ class Membership:
                 now = asyncio.get_running_loop().time()
                 beat = (f"a heartbeat running for {now - self._beat_started:.2f} s"
                         if self._beat_started is not None else "no heartbeat running")
-                log.error("cluster node %s fenced (%s; %s, the fence's timer %.2f s late): "
-                          "stops polling and commanding %d sirens", self.node.id, why, beat,
-                          max(0.0, now - self._valid_until), len(self._owned))
+                log.error("cluster node %s fenced (%s): stops polling and commanding %d sirens "
+                          "(%s; the fence's timer %.2f s late)", self.node.id, why,
+                          len(self._owned), beat, max(0.0, now - self._valid_until))
             self._valid_until = 0.0
             self._to_release |= self._owned
             self._set_owned(set())
