@@ -366,8 +366,10 @@ def test_the_demo_writes_to_a_time_series_server(victoria: Victoria, tmp_path: P
             time.sleep(1)
             sirens = {s["metric"]["siren_id"] for s in victoria.export()
                       if s["metric"]["__name__"] == "siren_status_battery_voltage"}
-        assert len(sirens) == 20, sirens
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=30)
+    # (the demo's own output says why, if it did not: it failed once in a full clean-clone run
+    # with no series at all, and passes alone in 13 s)
+    assert len(sirens) == 20, f"{sorted(sirens)}\n--- demo output ---\n{output[-4000:]}"
     assert process.returncode == 0, output
