@@ -134,7 +134,9 @@ class ClusterLink:
         """A status from a poll the owner starts after this call (after any command it is
         still putting on the wire for this siren): what a read-back may trust."""
         if self.membership.owns(self.siren_id):
-            return await self.poll()
+            # (gained since the caller looked: the poller is the only one that polls a siren,
+            # so the caller's next look goes through it; nothing was put on the wire here)
+            raise LinkError("not_owner", "this node owns the siren now: ask its poller")
         body = await self._ask_owner("read", {})
         try:
             return decode_sample(self.siren_id, body["sample"])
