@@ -170,11 +170,14 @@ def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path, broker: 
     """The README's main command: simulators + embedded broker + gateway + API, then Ctrl-C
     leaves nothing behind. `auto` takes mosquitto when installed; amqtt is the fallback."""
     port, sim_port = free_ports(2)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "siren_gateway", "demo", "--port", str(port),
-         "--sim-port", str(sim_port), "--data-dir", str(tmp_path), "--broker", broker],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    # Output to a file: an unread pipe fills at 64 KiB and then blocks the demo's logging.
+    log_path = tmp_path / "demo.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "siren_gateway", "demo", "--port", str(port),
+             "--sim-port", str(sim_port), "--data-dir", str(tmp_path), "--broker", broker],
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         deadline = time.monotonic() + 60
         sirens: list[dict[str, object]] = []
@@ -200,7 +203,8 @@ def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path, broker: 
         assert children, "the simulator fleet runs in its own process"
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
+        process.wait(timeout=30)
+    output = log_path.read_text(errors="replace")
     assert process.returncode == 0, output
     assert f"http://127.0.0.1:{port}/api/sirens" in output
     assert "MQTT broker:" in output and (broker == "auto" or "(amqtt, embedded)" in output)

@@ -353,12 +353,16 @@ def test_the_demo_writes_to_a_time_series_server(victoria: Victoria, tmp_path: P
     import sys
 
     port, sim_port = free_ports(2)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "siren_gateway", "demo", "--port", str(port), "--sim-port",
-         str(sim_port), "--data-dir", str(tmp_path), "--influx-url", victoria.url,
-         "--influx-no-strings"],
-        cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    # The demo's output goes to a file, not a pipe: nobody reads a pipe while the test waits, and
+    # once the demo has logged 64 KiB (warnings on a loaded machine) its next log call would
+    # block its event loop, writes included.
+    log_path = tmp_path / "demo.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "siren_gateway", "demo", "--port", str(port), "--sim-port",
+             str(sim_port), "--data-dir", str(tmp_path), "--influx-url", victoria.url,
+             "--influx-no-strings"],
+            cwd=Path(__file__).resolve().parent.parent, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         sirens: set[str] = set()
@@ -368,7 +372,8 @@ def test_the_demo_writes_to_a_time_series_server(victoria: Victoria, tmp_path: P
                       if s["metric"]["__name__"] == "siren_status_battery_voltage"}
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
+        process.wait(timeout=30)
+    output = log_path.read_text(errors="replace")
     # (the demo's own output says why, if it did not: it failed once in a full clean-clone run
     # with no series at all, and passes alone in 13 s)
     assert len(sirens) == 20, f"{sorted(sirens)}\n--- demo output ---\n{output[-4000:]}"
