@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 
 from simulators.processes import GatewayProcess
 from simulators.sitegen import generate_site
-from siren_gateway.activation.model import sequence_of
+from siren_gateway.activation.model import Status, sequence_of
 from siren_gateway.gateway import Gateway
 from siren_gateway.live.bus import SampleReceived
 from tests.conftest import (
@@ -361,6 +362,48 @@ async def test_reset_arm_and_disarm_are_confirmed_from_the_device(
     assert {"sirens.reset_faults", "sirens.disarm", "sirens.arm"} <= {e["action"] for e in entries}
     assert any(e["details"].get("comment") == "work at pole" for e in entries)
     await viewer.http.aclose()
+
+
+async def test_a_maintenance_command_waits_for_the_proof_of_a_sounding(
+        modbus_district: tuple[SimulatedDistrict, Gateway, Api]) -> None:
+    """A controller reports the sequence of the last command it carried out: a reset landing
+    between a sound command and its confirmation replaced it, and sirens that sounded were
+    reported without feedback (the soak's reset of every siren each minute did this to whole
+    activations). A maintenance command waits for the proof instead."""
+    simulated, gateway, api = modbus_district
+    start = datetime.now(UTC) + timedelta(seconds=3)  # on the sirens' clocks: sent at once
+    created = await api.post("/api/activations", {
+        "targets": {"sirens": ["s00001", "s00002"]}, "class": "test", "signal": "growl_test",
+        "start_at": start.isoformat()})
+    assert created.status_code == 201, created.text
+    activation = gateway.activations.activations[created.json()["id"]]
+    await wait_until(lambda: all(activation.results[s].status is Status.ACCEPTED
+                                 for s in ("s00001", "s00002")), 5, "both commands taken")
+    # A maintainer resets every siren's latched faults while the test is being proven.
+    reset = (await api.post("/api/commands", {"command": "reset_faults", "comment": "monthly",
+                                              "targets": {"all": True}})).json()
+    report = await api.finished(activation.id)
+    assert {s: r["status"] for s, r in by_siren(report).items()} == {
+        "s00001": "sounded", "s00002": "sounded"}, report
+    outcomes = {o["siren_id"]: o for o in reset["sirens"]}
+    assert {s: o["result"] for s, o in outcomes.items()} == dict.fromkeys(
+        ("s00001", "s00002", "s00003", "s00004"), "confirmed"), reset
+    assert outcomes["s00001"]["after_activation"] == activation.id
+    assert outcomes["s00002"]["after_activation"] == activation.id
+    assert outcomes["s00003"]["after_activation"] is None  # not in the test: not held back
+    for siren_id in ("s00001", "s00002"):  # sounded once, and the reset did reach it after
+        assert len(await onsets(simulated.control, siren_id)) == 1
+        assert (await simulated.control.truth(siren_id))["last_command_sequence"] == 0
+    # A clock set waits the same way, then sets the clock to the second it is sent in.
+    created = await api.post("/api/activations", {
+        "targets": {"sirens": ["s00003"]}, "class": "test", "signal": "growl_test",
+        "start_at": (datetime.now(UTC) + timedelta(seconds=3)).isoformat()})
+    second = gateway.activations.activations[created.json()["id"]]
+    await wait_until(lambda: second.results["s00003"].status is Status.ACCEPTED, 5, "taken")
+    clocks = (await api.post("/api/sirens/set-clock", {"sirens": ["s00003", "s00004"]})).json()
+    assert clocks["after_activation"] == {"s00003": second.id}, clocks
+    assert sorted(clocks["set"]) == ["s00003", "s00004"]
+    assert (await api.finished(second.id))["sirens"][0]["status"] == "sounded"
 
 
 # -- 8. alerts ------------------------------------------------------------------------------

@@ -32,10 +32,12 @@ would spread that state across modules. What has no such state lives apart: the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -145,6 +147,53 @@ class ActivationEngine:
         if lock is None:
             lock = self.siren_locks[siren_id] = asyncio.Lock()
         return lock
+
+    def _proof_pending(self, siren_id: str) -> tuple[int, asyncio.Task[None]] | None:
+        """The activation whose command this siren has (or may have) been sent and whose
+        result is not decided yet, with the task deciding it."""
+        occupation = self._occupied.get(siren_id)
+        activation = self.activations.get(occupation.activation_id) if occupation else None
+        if activation is None:
+            return None
+        result = activation.results.get(siren_id)
+        task = activation.tasks.get(siren_id)
+        if result is None or result.sent_at is None or result.status in FINAL or task is None \
+                or task.done():
+            return None
+        return activation.id, task
+
+    async def wait_for_proof(self, siren_id: str) -> int | None:
+        """Wait until no activation awaits this siren's proof; the last one waited for."""
+        waited_for = None
+        while (pending := self._proof_pending(siren_id)) is not None:
+            waited_for, task = pending
+            await asyncio.wait({task})  # bounded by the activation's own deadlines
+        return waited_for
+
+    @contextlib.asynccontextmanager
+    async def between_proofs(self, siren_id: str) -> AsyncIterator[int | None]:
+        """The siren's command lock, taken when no activation awaits the siren's proof; yields
+        the activation waited for, if any.
+
+        For every command that is not an activation's own (reset, arm, disarm, clock). The
+        controller reports the sequence of the *last* command it carried out, and that is what
+        proves an activation's command was taken: a reset landing between a sound command and
+        its confirmation replaced it, and a siren that sounded was reported without feedback
+        (the soak's all-siren reset every minute did this to every Modbus siren of five
+        activations in an hour, 424 of 2,000 in a scheduled test). Such a command waits for
+        the proof instead; proofs end by their own deadlines, so the wait is bounded."""
+        lock = self.siren_lock(siren_id)
+        waited_for = None
+        while True:
+            waited_for = await self.wait_for_proof(siren_id) or waited_for
+            await lock.acquire()
+            if self._proof_pending(siren_id) is None:
+                break
+            lock.release()  # an activation's command went out while we waited for the lock
+        try:
+            yield waited_for
+        finally:
+            lock.release()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -536,23 +585,32 @@ class ActivationEngine:
         active, excluded = self.resolve(targets)
         sirens = active + list(excluded)  # setting a clock makes no sound: maintenance too
         moment = math.floor(self.clock.now()) + 1
-        await self._sleep_until(moment)
-        command = Command(CommandKind.SET_CLOCK, clock=datetime.fromtimestamp(moment, UTC))
+        deferred: dict[str, int] = {}  # siren: the activation whose proof it waited for
 
         async def one(siren_id: str) -> tuple[str, str | None]:
+            planned = moment
             try:
-                async with self.siren_lock(siren_id):
-                    await self.links[siren_id].send(command)
+                while True:
+                    await self._sleep_until(planned)
+                    async with self.between_proofs(siren_id) as waited_for:
+                        if waited_for is None:
+                            await self.links[siren_id].send(Command(
+                                CommandKind.SET_CLOCK, clock=datetime.fromtimestamp(planned, UTC)))
+                            return siren_id, None
+                    # It waited for an activation's proof, so the second has passed: realign.
+                    deferred[siren_id] = waited_for
+                    planned = math.floor(self.clock.now()) + 1
             except LinkError as exc:
                 return siren_id, str(exc)
-            return siren_id, None
 
         outcomes = await asyncio.gather(*(one(s) for s in sirens))
         failed = {siren: error for siren, error in outcomes if error}
         result = {"set": [s for s, error in outcomes if not error], "failed": failed,
-                  "clock": datetime.fromtimestamp(moment, UTC).isoformat()}
+                  "clock": datetime.fromtimestamp(moment, UTC).isoformat(),
+                  "after_activation": deferred}
         await self.audit.record(who, "sirens.set_clock", "failed for some" if failed else "ok",
-                                targets=asdict(targets), set=len(result["set"]), failed=failed)
+                                targets=asdict(targets), set=len(result["set"]), failed=failed,
+                                after_activation=deferred)
         return result
 
     async def _stop_siren(self, siren_id: str) -> tuple[str, str | None]:

@@ -34,6 +34,8 @@ class CommandOutcome:
     result: str  # confirmed, not_confirmed, failed, refused, unsupported
     reason: str
     confirm_s: float | None = None
+    # Sent only once this activation's proof was in: see ActivationEngine.between_proofs.
+    after_activation: int | None = None
 
 
 class OperatorCommands:
@@ -78,15 +80,17 @@ class OperatorCommands:
         if not profile.supports(kind):
             return CommandOutcome(siren_id, "unsupported",
                                   f"model {profile.name} has no {kind.value} command")
-        sent_at = self.engine.clock.now()
         try:
-            async with self.engine.siren_lock(siren_id):
+            async with self.engine.between_proofs(siren_id) as waited_for:
+                sent_at = self.engine.clock.now()
                 with self.instruments.command(kind.value):
                     await link.send(Command(kind))
         except LinkError as exc:
             result = "refused" if exc.reason == "rejected" else "failed"
             return CommandOutcome(siren_id, result, str(exc))
-        return await self._confirm(link, kind, sent_at)
+        outcome = await self._confirm(link, kind, sent_at)
+        outcome.after_activation = waited_for
+        return outcome
 
     async def _confirm(self, link: SirenLink, kind: CommandKind, sent_at: float
                        ) -> CommandOutcome:

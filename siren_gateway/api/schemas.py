@@ -82,6 +82,9 @@ class ClockSetOut(Out):
     set: list[str]
     failed: dict[str, str] = Field(description="siren -> why its clock was not set")
     clock: str
+    after_activation: dict[str, int] = Field(
+        description="siren -> the activation whose proof of sounding it waited for (its clock "
+                    "was set a moment later, to a later second)")
 
 
 class CommandOutcomeOut(Out):
@@ -89,6 +92,9 @@ class CommandOutcomeOut(Out):
     result: str = Field(description="confirmed, not_confirmed, failed, refused or unsupported")
     reason: str
     confirm_s: float | None
+    after_activation: int | None = Field(
+        description="the activation whose proof of sounding this command waited for: another "
+                    "command in between would have replaced the sequence that proves it")
 
 
 class CommandsOut(Out):
