@@ -79,6 +79,7 @@ class Soak:
         self.mqtt: set[str] = set()
         self.zones: list[str] = []
         self.events: Counter[str] = Counter()
+        self.results: Counter[str] = Counter()  # per-siren activation results, by status
         self.samples: list[Sample] = []
         self.token: str | None = None
         self.started = 0.0
@@ -252,6 +253,11 @@ class Soak:
             for occurrence in occurrences:
                 if occurrence["fired_at"] is not None:  # not the ones still to come
                     self.events[f"scheduled_{occurrence['state']}"] += 1
+            # What the activations reported per siren: the faults explain a few failures and
+            # no-feedbacks; hundreds mean the truth broke (a reset every minute once hid the
+            # proof of whole activations, and only these counts showed it).
+            for summary in (await self.request(http, "GET", "/api/activations?limit=500")).json():
+                self.results.update({k: n for k, n in summary["counts"].items() if n})
 
 
 def verdict(samples: list[Sample], warmup_s: float, max_growth: float, peak_tasks: float
@@ -374,10 +380,12 @@ def main(argv: list[str] | None = None) -> int:
          f"({'pass' if ok else 'FAIL'})", png)
     (args.out / f"{name}.json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()}, "events": dict(soak.events),
-         "samples": [asdict(s) for s in soak.samples]}, indent=1), encoding="utf-8")
+         "results": dict(soak.results), "samples": [asdict(s) for s in soak.samples]},
+        indent=1), encoding="utf-8")
     for line in lines:
         print(f"  {line}")
     print(f"  events: {dict(sorted(soak.events.items()))}")
+    print(f"  activation results per siren: {dict(sorted(soak.results.items()))}")
     settled = [s for s in soak.samples if s.t_s >= args.warmup]
     if len(settled) >= 2:
         rss0, rss1 = settled[0].rss_bytes, settled[-1].rss_bytes
@@ -391,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plot: {png}")
     print("PASS" if ok else "FAIL")
     print(json.dumps({"pass": ok, "samples": len(soak.samples), "settled": len(settled),
-                      "png": str(png), "events": dict(soak.events), "verdict": lines}))
+                      "png": str(png), "events": dict(soak.events),
+                      "results": dict(soak.results), "verdict": lines}))
     return 0 if ok else 1
 
 
