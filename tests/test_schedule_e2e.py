@@ -135,3 +135,44 @@ async def test_real_time_plan_reports_the_truth_and_its_precision(
           f" ms after its planned moment; commands left {1000 * (min(sent) - (planned - PREPARE_S)):.1f}"
           f"..{1000 * (max(sent) - (planned - PREPARE_S)):.1f} ms after it; sirens started "
           f"{', '.join(f'{1000 * (o - planned):+.1f}' for o in onsets)} ms from the scheduled second")
+
+
+async def test_a_siren_busy_at_the_scheduled_moment_is_left_out_not_the_whole_test(
+        start_district: StartDistrict, gateways: StartGateway) -> None:
+    """A 2,000-siren scheduled test used to be refused whole (409) when one siren was still
+    sounding someone's test: the soak's every-minute activations stopped every scheduled test
+    of an hour. A scheduled step now sounds every siren it can and reports the busy one."""
+    site = with_users(generate_site(4, poll_interval_s=0.5, timeout_s=0.3),
+                      sync_lead_s=2.0, confirm_timeout_s=6.0)
+    start = math.ceil(time.time()) + 10
+    site["schedules"] = [plan_at(start, [0])]
+    district = start_district(site)
+    gateway: Gateway = await gateways(district.site())
+    await wait_until(lambda: gateway.fleet.counts()["online"] == 4, 10, "online")
+    api = await Api(gateway).login("operator")
+    try:
+        exercise = await api.post("/api/activations", {
+            "targets": {"sirens": ["s00002"]}, "class": "exercise", "signal": "air_raid"})
+        assert exercise.status_code == 201, exercise.text
+        busy_id = exercise.json()["id"]
+        assert time.time() < start - PREPARE_S, "the machine was too slow to set the test up"
+
+        async def done() -> bool:
+            rows = (await api.get("/api/schedules/e2e/occurrences")).json()
+            return bool(rows) and rows[0]["state"] == "done"
+
+        await wait_until(done, 40, "occurrence done")
+        occurrence = (await api.get("/api/schedules/e2e/occurrences")).json()[0]
+        assert [s.get("error") for s in occurrence["steps"]] == [None], occurrence
+        report = (await api.get(f"/api/reports/{occurrence['id']}")).json()
+        assert (await api.post(f"/api/activations/{busy_id}/cancel")).status_code == 200
+    finally:
+        await api.http.aclose()
+    results = {s["siren_id"]: s["result"] for s in report["sirens"]}
+    assert results == {"s00001": "sounded", "s00002": "excluded", "s00003": "sounded",
+                       "s00004": "sounded"}, report
+    step = gateway.activations.activations[occurrence["steps"][0]["activation_id"]]
+    assert step.results["s00002"].reason == (f"busy with exercise activation {busy_id}; "
+                                             "not commanded")
+    onsets = [o["signal"] for o in (await district.control.truth("s00002"))["onsets"]]
+    assert onsets == ["air_raid"]  # the exercise went on, untouched by the test

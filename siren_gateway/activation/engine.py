@@ -483,9 +483,13 @@ class ActivationEngine:
                     activation_id=twin["activation"], activation_state=twin["state"])
         always = request.action == "sound" and request.signal in ALWAYS_ALLOWED_SIGNALS
         preempt: set[int] = set()
+        busy: dict[str, str] = {}  # siren: why it is left out (a scheduled step's busy sirens)
         for conflict in self._conflicts(sirens):
             if request.klass == "emergency" or always:
                 preempt.add(conflict["activation"])
+            elif request.busy_sirens == "skip":
+                busy[conflict["siren"]] = (f"busy with {conflict['class']} activation "
+                                           f"{conflict['activation']}; not commanded")
             elif conflict["class"] == "emergency":
                 raise Conflict(f"siren {conflict['siren']} is sounding emergency "
                                       f"activation {conflict['activation']}; a {request.klass} "
@@ -493,21 +497,26 @@ class ActivationEngine:
             else:
                 raise Conflict(f"siren {conflict['siren']} is busy with "
                                       f"{conflict['class']} activation {conflict['activation']}")
+        if busy:
+            sirens = [siren_id for siren_id in sirens if siren_id not in busy]
+            if not sirens:
+                raise Conflict("every targeted siren is busy with another activation: "
+                               + "; ".join(sorted(set(busy.values()))))
         lead = self.config.sync_lead_s
         start_at = (request.start_at.timestamp() if request.start_at
                     else math.ceil(now + lead))  # whole seconds: device clocks count seconds
         activation = Activation(
             id=self._next_id, created_at=now, requested_by=who.username, klass=request.klass,
             action=request.action, signal=request.signal, start_at=start_at,
-            sirens=[*sirens, *excluded], results={}, repeat_of=repeat_of)
+            sirens=[*sirens, *busy, *excluded], results={}, repeat_of=repeat_of)
         self._next_id += 1
         for siren_id in sirens:
             activation.results[siren_id] = SirenResult(
                 siren_id, planned_start=start_at, activation_id=activation.id,
                 klass=request.klass, command_id=new_command_id())
-        for siren_id, why in excluded.items():
-            activation.results[siren_id] = SirenResult(siren_id, Status.EXCLUDED,
-                                                       EXCLUSION_REASONS[why],
+        for siren_id, reason in [*busy.items(),
+                                 *((s, EXCLUSION_REASONS[why]) for s, why in excluded.items())]:
+            activation.results[siren_id] = SirenResult(siren_id, Status.EXCLUDED, reason,
                                                        activation_id=activation.id,
                                                        klass=request.klass)
         for other_id in preempt:

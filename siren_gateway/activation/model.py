@@ -53,6 +53,10 @@ class ActivationRequest:
     signal: str | None = None
     start_at: datetime | None = None
     confirmation_token: str | None = None
+    # A siren busy with another activation refuses the whole request (an operator hears 409
+    # and decides), or, for a scheduled step, is left out and reported: one siren sounding
+    # someone's growl test must not stop a district's 9·18 test everywhere else.
+    busy_sirens: Literal["refuse", "skip"] = "refuse"
 
 
 @dataclass(slots=True)  # one per siren and activation: thousands held at once

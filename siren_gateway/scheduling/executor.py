@@ -28,7 +28,7 @@ class ActivationExecutor:
         request = ActivationRequest(
             Targets(tuple(plan.targets.sirens), tuple(plan.targets.zones), plan.targets.all),
             plan.klass, action=spec.action, signal=spec.signal,
-            start_at=datetime.fromtimestamp(start_at, UTC))
+            start_at=datetime.fromtimestamp(start_at, UTC), busy_sirens="skip")
         try:
             activation = await self.engine.activate(self.principal_for(tag), request)
         except Refused as exc:
