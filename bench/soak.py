@@ -253,6 +253,9 @@ class Soak:
             for occurrence in occurrences:
                 if occurrence["fired_at"] is not None:  # not the ones still to come
                     self.events[f"scheduled_{occurrence['state']}"] += 1
+                    # ("done" with a step refused once hid that no scheduled test had sounded)
+                    if any("error" in step for step in occurrence["steps"]):
+                        self.events["scheduled_step_refused"] += 1
             # What the activations reported per siren: the faults explain a few failures and
             # no-feedbacks; hundreds mean the truth broke (a reset every minute once hid the
             # proof of whole activations, and only these counts showed it).
