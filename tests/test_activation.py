@@ -12,9 +12,12 @@ import httpx
 import pytest
 
 from simulators.sitegen import generate_site
+from siren_gateway.activation.model import ActivationRequest, Targets
 from siren_gateway.api.app import create_app
 from siren_gateway.config.site import Site
+from siren_gateway.errors import Conflict
 from siren_gateway.gateway import Gateway
+from siren_gateway.security.auth import Principal, Role
 from tests.conftest import PASSWORDS, SimulatedDistrict, StartDistrict, wait_until, with_users
 
 StartGateway = Callable[[Site], Awaitable[Gateway]]
@@ -219,6 +222,37 @@ async def test_an_emergency_preempts_a_test_and_a_test_never_preempts_an_emergen
     assert clear.status_code == 201, clear.text
     await wait_until(lambda: _sounding(simulated, "s00001", "all_clear"), 5, "all clear")
     await api.post(f"/api/activations/{clear.json()['id']}/cancel")
+
+
+async def test_a_scheduled_step_skips_busy_sirens_but_is_refused_when_all_are_busy(
+        district: tuple[SimulatedDistrict, Gateway, Api]) -> None:
+    """A scheduled step (busy_sirens="skip") leaves out a siren busy with another activation;
+    when every siren it targets is busy there is nothing to sound, and it is refused, not
+    recorded as an activation of nobody."""
+    simulated, gateway, api = district
+    busy = await api.post("/api/activations", {"targets": {"sirens": ["s00001", "s00002"]},
+                                              "class": "test", "signal": "growl_test"})
+    assert busy.status_code == 201, busy.text
+    busy_id = busy.json()["id"]
+    await wait_until(lambda: _sounding(simulated, "s00002"), 5, "test sounding")
+    scheduler = Principal("schedule:e2e", Role.OPERATOR)
+
+    def step(*sirens: str) -> ActivationRequest:
+        return ActivationRequest(Targets(sirens=sirens), "exercise", signal="growl_test",
+                                 busy_sirens="skip")
+
+    with pytest.raises(Conflict, match="every targeted siren is busy") as refused:
+        await gateway.activations.activate(scheduler, step("s00001", "s00002"))
+    assert f"test activation {busy_id}" in refused.value.message
+    commands = (await simulated.control.truth("s00003"))["commands_received"]
+    partial = await gateway.activations.activate(scheduler, step("s00001", "s00002", "s00003"))
+    assert {s: r.status.value for s, r in partial.results.items()
+            if r.status.value == "excluded"} == {"s00001": "excluded", "s00002": "excluded"}
+    report = await api.finished(partial.id)
+    assert by_siren(report)["s00003"]["status"] == "sounded"
+    assert (await simulated.control.truth("s00003"))["commands_received"] > commands
+    for activation_id in (busy_id, partial.id):
+        await api.post(f"/api/activations/{activation_id}/cancel")
 
 
 async def test_a_duplicate_request_is_not_sent_twice(

@@ -162,7 +162,7 @@ class ActivationEngine:
             return None
         return activation.id, task
 
-    async def wait_for_proof(self, siren_id: str) -> int | None:
+    async def _wait_for_proof(self, siren_id: str) -> int | None:
         """Wait until no activation awaits this siren's proof; the last one waited for."""
         waited_for = None
         while (pending := self._proof_pending(siren_id)) is not None:
@@ -185,7 +185,7 @@ class ActivationEngine:
         lock = self.siren_lock(siren_id)
         waited_for = None
         while True:
-            waited_for = await self.wait_for_proof(siren_id) or waited_for
+            waited_for = await self._wait_for_proof(siren_id) or waited_for
             await lock.acquire()
             if self._proof_pending(siren_id) is None:
                 break

@@ -25,8 +25,11 @@ class ActivationConfig(StrictModel):
     # Faults that mean a siren did not really sound, if reported while it sounds.
     failing_faults: list[str] = ["amplifier_fault", "driver_fault"]
     # Finished activations held in memory (the dashboard's recent list): at most this many,
-    # and no more per-siren results in all than the second figure (a 9·18 test of 6,000
-    # sirens is 6,000 results, ~7 MB). Older ones stay in the database and are read from there
-    # when asked for, so memory does not grow with time.
+    # and no more per-siren results in all than the second figure; the newest finished one is
+    # held whatever its size (a 9·18 test of 6,000 sirens is 6,000 results, ~7 MB).
+    # Older ones stay in the database and are read from there when asked for, so memory does
+    # not grow with time. The results budget was 5,000: at 2,000 sirens it held the results
+    # of two all-siren tests (+2.2 to 3.3 MiB each, measured by the soak) and took 20 to 30
+    # minutes of tests every 10 minutes to fill; at 2,000 it is full after the first.
     keep_in_memory: int = Field(default=100, ge=10, le=10000)
-    keep_results_in_memory: int = Field(default=5000, ge=10, le=1_000_000)
+    keep_results_in_memory: int = Field(default=2000, ge=10, le=1_000_000)
