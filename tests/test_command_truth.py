@@ -406,6 +406,31 @@ async def test_a_maintenance_command_waits_for_the_proof_of_a_sounding(
     assert (await api.finished(second.id))["sirens"][0]["status"] == "sounded"
 
 
+async def test_a_maintenance_command_waiting_on_a_siren_that_died_is_bounded(
+        modbus_district: tuple[SimulatedDistrict, Gateway, Api]) -> None:
+    """A siren that takes the command and then stops answering holds a reset back only until
+    the activation decides it (no feedback, at its confirmation window); the reset then goes
+    out, fails on the dead siren, and is reported with the activation it waited for."""
+    simulated, gateway, api = modbus_district
+    start = datetime.now(UTC) + timedelta(seconds=3)
+    created = await api.post("/api/activations", {
+        "targets": {"sirens": ["s00001"]}, "class": "test", "signal": "growl_test",
+        "start_at": start.isoformat()})
+    assert created.status_code == 201, created.text
+    activation = gateway.activations.activations[created.json()["id"]]
+    await wait_until(lambda: activation.results["s00001"].status is Status.ACCEPTED, 5, "taken")
+    await simulated.control.inject("s00001", "no_response")
+    reset = (await api.post("/api/commands", {"command": "reset_faults", "comment": "monthly",
+                                              "targets": {"sirens": ["s00001", "s00002"]}})).json()
+    result = activation.results["s00001"]
+    assert result.status is Status.NO_FEEDBACK, result  # decided before the reset went out
+    outcomes = {o["siren_id"]: o for o in reset["sirens"]}
+    assert outcomes["s00001"]["after_activation"] == activation.id
+    assert outcomes["s00001"]["result"] != "confirmed", reset
+    assert outcomes["s00002"] == dict(outcomes["s00002"], result="confirmed",
+                                      after_activation=None), reset
+
+
 # -- 8. alerts ------------------------------------------------------------------------------
 
 async def test_a_siren_silent_in_an_exercise_raises_the_maintenance_alert(

@@ -80,6 +80,7 @@ class OperatorCommands:
         if not profile.supports(kind):
             return CommandOutcome(siren_id, "unsupported",
                                   f"model {profile.name} has no {kind.value} command")
+        waited_for = None
         try:
             async with self.engine.between_proofs(siren_id) as waited_for:
                 sent_at = self.engine.clock.now()
@@ -87,7 +88,7 @@ class OperatorCommands:
                     await link.send(Command(kind))
         except LinkError as exc:
             result = "refused" if exc.reason == "rejected" else "failed"
-            return CommandOutcome(siren_id, result, str(exc))
+            return CommandOutcome(siren_id, result, str(exc), after_activation=waited_for)
         outcome = await self._confirm(link, kind, sent_at)
         outcome.after_activation = waited_for
         return outcome
