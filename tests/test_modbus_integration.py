@@ -7,6 +7,7 @@ physical truth reported by the simulators' control API.
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -255,6 +256,11 @@ async def test_commands_jump_ahead_of_queued_polls(start_district: StartDistrict
         polls = [asyncio.create_task(poll(links[i % 3], f"poll{i}")) for i in range(5)]
         await asyncio.sleep(0.05)  # poll0 is on the wire, poll1..4 are queued
         await asyncio.gather(command(), *polls)
+        # The queue was worked by a drainer task; once it is empty the connection lets go of
+        # it (kept, every contended connection of a fleet held a finished task).
+        await asyncio.sleep(0)
+        assert not [o for o in gc.get_objects() if isinstance(o, asyncio.Task)
+                    and o.get_name().startswith("modbus ")]
     finally:
         await endpoint.close()
     assert finished.index("command") == 1, finished
