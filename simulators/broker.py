@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -64,9 +65,11 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int, timeout_s: floa
     raise RuntimeError("the MQTT broker did not start listening in time")
 
 
-def start_broker(work: Path, kind: BrokerKind = "auto", extra_conf: str = "") -> BrokerProcess:
-    """Start a broker on a free loopback port, in its own process (ended with ours)."""
-    port = free_ports(1)[0]
+def start_broker(work: Path, kind: BrokerKind = "auto", extra_conf: str = "",
+                 avoid: Collection[int] = ()) -> BrokerProcess:
+    """Start a broker on a free loopback port, none of `avoid`, in its own process (ended
+    with ours)."""
+    port = free_ports(1, avoid=avoid)[0]
     binary = mosquitto_binary()
     preexec = _die_with_parent if sys.platform == "linux" else None
     if kind == "mosquitto" or (kind == "auto" and binary):

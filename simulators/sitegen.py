@@ -6,6 +6,7 @@ import math
 import os
 import random
 import socket
+from collections.abc import Collection
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ def _ephemeral_low(default: int = 32768) -> int:
         return default
 
 
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports free right now on `host`, all distinct.
+def free_ports(count: int, host: str = "127.0.0.1", avoid: Collection[int] = ()) -> list[int]:
+    """Ports free right now on `host`, all distinct, none of them in `avoid` (ports chosen
+    already but not yet bound by whoever will listen on them).
 
     They are taken from below the kernel's ephemeral range: ports the kernel hands to outgoing
     connections (thousands of them, with a large simulated fleet) can never collide with them.
@@ -47,6 +49,8 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     ports: list[int] = []
     with ExitStack() as stack:
         for port in candidates:
+            if port in avoid:
+                continue
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
                 sock.bind((host, port))
@@ -111,11 +115,12 @@ def generate_site(
     return site
 
 
-def assign_free_ports(site: dict[str, Any], host: str = "127.0.0.1") -> dict[str, Any]:
+def assign_free_ports(site: dict[str, Any], host: str = "127.0.0.1",
+                      avoid: Collection[int] = ()) -> dict[str, Any]:
     """Move every TCP endpoint of the site to a free port, keeping which sirens share one."""
     old_ports = sorted({(s["link"]["type"], s["link"]["port"]) for s in site["sirens"]
                         if "port" in s["link"]})
-    mapping = dict(zip(old_ports, free_ports(len(old_ports), host), strict=True))
+    mapping = dict(zip(old_ports, free_ports(len(old_ports), host, avoid), strict=True))
     for siren in site["sirens"]:
         link = siren["link"]
         if "port" in link:

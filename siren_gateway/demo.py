@@ -89,7 +89,12 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
     loop, so an interrupt at any moment still ends them."""
     work = data_dir or Path(tempfile.mkdtemp(prefix="siren-demo-"))
     work.mkdir(parents=True, exist_ok=True)
-    site_dict = assign_free_ports(demo_site(sirens, base))
+    # The API and simulator-control ports are the caller's, bound only later: a siren or the
+    # broker given one of them by chance kept the demo from starting (seen in a CI run, where
+    # the test had picked its two ports from the same range).
+    reserved = {port + index for index in range(nodes)} | {sim_port}
+    site_dict = assign_free_ports(demo_site(sirens, base), avoid=reserved)
+    reserved |= {s["link"]["port"] for s in site_dict["sirens"] if "port" in s["link"]}
     if influx:
         site_dict["influx"] = influx
     broker: BrokerProcess | None = None
@@ -97,7 +102,7 @@ def run_demo(port: int, sim_port: int, sirens: int | None, data_dir: Path | None
     try:
         if "mqtt" in site_dict:
             # The demo brings its own broker on a free port; nothing needs to be installed.
-            broker = start_broker(work, broker_kind)
+            broker = start_broker(work, broker_kind, avoid=reserved)
             site_dict["mqtt"] = dict(site_dict["mqtt"]) | {"host": "127.0.0.1",
                                                            "port": broker.port}
         secret = secrets.token_urlsafe(24)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ import psutil
 import pytest
 from fastapi import FastAPI
 
-from simulators.sitegen import free_ports, generate_site
+from simulators.sitegen import assign_free_ports, free_ports, generate_site
 from siren_gateway.api.app import create_app
 from siren_gateway.config.site import Site
 from siren_gateway.config.telemetry import StorageConfig
@@ -183,6 +184,7 @@ def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path, broker: 
         sirens: list[dict[str, object]] = []
         headers: dict[str, str] = {}
         while time.monotonic() < deadline:
+            assert process.poll() is None, log_path.read_text(errors="replace")[-3000:]
             try:
                 if not headers:  # the demo's viewer account, as documented in the README
                     token = httpx.post(f"http://127.0.0.1:{port}/api/auth/token", timeout=5,
@@ -195,7 +197,8 @@ def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path, broker: 
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        assert len(sirens) == 20 and all(s["online"] for s in sirens), sirens
+        assert len(sirens) == 20 and all(s["online"] for s in sirens), (
+            sirens, log_path.read_text(errors="replace")[-3000:])
         truth = httpx.get(f"http://127.0.0.1:{sim_port}/sirens", timeout=5).json()
         assert len(truth) == 20
         assert sum(s["profile"] == "generic_mqtt_siren" for s in sirens) == 4
@@ -211,6 +214,24 @@ def test_demo_command_serves_the_district_and_cleans_up(tmp_path: Path, broker: 
     for child in children:
         assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
     assert (tmp_path / "demo.db").exists()
+
+
+def test_ports_chosen_but_not_yet_bound_are_never_handed_out_again() -> None:
+    """The demo's caller picks the API and simulator-control ports from the same range the
+    demo then picks its sirens' and broker's ports from; neither is bound yet, so only being
+    told keeps them apart (a CI run's demo once gave its control port to a siren too)."""
+    state = random.getstate()
+    try:
+        random.seed(918)
+        first = free_ports(3)
+        random.seed(918)  # the same candidates, in the same order
+        again = free_ports(3, avoid={first[0]})
+        random.seed(918)
+        site = assign_free_ports(generate_site(20), avoid=set(first))
+    finally:
+        random.setstate(state)
+    assert first[0] not in again and set(first[1:]) <= set(again)
+    assert not {s["link"]["port"] for s in site["sirens"] if "port" in s["link"]} & set(first)
 
 
 @pytest.mark.parametrize("args", [["demo", "--sirens", "0"]])
